@@ -1,0 +1,70 @@
+/** Command-line parsing in qemu-img's style, on top of node:util's parseArgs. */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { BlockError } from '../image/errors.js';
+import { parseOptionList } from '../options/schema.js';
+import { parseSize } from '../options/size.js';
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+
+export interface Parsed {
+  values: Record<string, string | boolean | string[] | undefined>;
+  positionals: string[];
+}
+
+export function parse(argv: string[], options: OptionSpec): Parsed {
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    return { values: values as Parsed['values'], positionals };
+  } catch (err) {
+    // parseArgs' messages are long and mention internals; keep the gist.
+    const msg = (err as Error).message.split('\n')[0].replace(/\. To specify a positional.*$/, '');
+    throw new BlockError('InvalidArgument', msg.charAt(0).toLowerCase() + msg.slice(1));
+  }
+}
+
+export function str(p: Parsed, name: string): string | undefined {
+  const v = p.values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function flag(p: Parsed, name: string): boolean {
+  return p.values[name] === true;
+}
+
+/** Repeated `-o` flags merge, later keys winning (as qemu-img). */
+export function optionList(p: Parsed, name = 'options'): Record<string, string> {
+  const v = p.values[name];
+  const list = Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];
+  return Object.assign({}, ...list.map(parseOptionList));
+}
+
+export function sizeArg(p: Parsed, name: string, what: string): number | undefined {
+  const v = str(p, name);
+  return v === undefined ? undefined : parseSize(v, what);
+}
+
+export function intArg(p: Parsed, name: string, what: string): number | undefined {
+  const v = str(p, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new BlockError('InvalidArgument', `invalid ${what} '${v}'`);
+  return n;
+}
+
+export const OUTPUT_FORMATS = ['human', 'json'] as const;
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
+
+export function outputFormat(p: Parsed): OutputFormat {
+  const v = str(p, 'output') ?? 'human';
+  if (!(OUTPUT_FORMATS as readonly string[]).includes(v)) {
+    throw new BlockError('InvalidArgument', `--output must be human or json, not '${v}'`);
+  }
+  return v as OutputFormat;
+}
+
+export function expectPositionals(p: Parsed, min: number, max: number, usage: string): string[] {
+  if (p.positionals.length < min || p.positionals.length > max) {
+    throw new BlockError('InvalidArgument', `expected ${usage}`);
+  }
+  return p.positionals;
+}

@@ -1,0 +1,25 @@
+/** What a `platter` subcommand is: its help, its options and how it runs. */
+import type { OptionSpec, Parsed } from './args.js';
+import type { Writer } from './progress.js';
+
+export interface CliIO {
+  stdout: Writer;
+  stderr: Writer;
+  /** Fires on Ctrl-C. */
+  signal: AbortSignal;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  /** The synopsis after `platter NAME`. */
+  usage: string;
+  options: OptionSpec;
+  /** Exit code for errors (compare uses 2, as qemu-img). */
+  errorExitCode?: number;
+  run(args: Parsed, io: CliIO): Promise<number>;
+}
+
+/** Options most commands share. */
+export const FORMAT_OPTION: OptionSpec = { format: { type: 'string', short: 'f' } };
+export const QUIET_OPTION: OptionSpec = { quiet: { type: 'boolean', short: 'q' } };

@@ -1,0 +1,49 @@
+import { BlockError } from '../../image/errors.js';
+import { convert } from '../../ops/convert.js';
+import { flag, intArg, optionList, sizeArg, str } from '../args.js';
+import { FORMAT_OPTION, QUIET_OPTION, type Command } from '../command.js';
+import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
+
+export const convertCommand: Command = {
+  name: 'convert',
+  summary: 'copy one or more images (concatenated) into a new image of any format',
+  usage:
+    '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] FILE [FILE2 ...] OUTPUT',
+  options: {
+    ...FORMAT_OPTION,
+    ...QUIET_OPTION,
+    ...PROGRESS_FLAGS,
+    'output-format': { type: 'string', short: 'O' },
+    options: { type: 'string', short: 'o', multiple: true },
+    'no-create': { type: 'boolean', short: 'n' },
+    sparse: { type: 'string', short: 'S' },
+    parallel: { type: 'string', short: 'm' },
+    'out-of-order': { type: 'boolean', short: 'W' },
+    'target-is-zero': { type: 'boolean' },
+  },
+  async run(args, io) {
+    if (args.positionals.length < 2) throw new BlockError('InvalidArgument', 'expected one or more source images and an output file');
+    const sources = args.positionals.slice(0, -1);
+    const target = args.positionals[args.positionals.length - 1];
+    const noCreate = flag(args, 'no-create');
+    if (flag(args, 'target-is-zero') && !noCreate) {
+      throw new BlockError('InvalidArgument', '--target-is-zero only applies to an existing target (-n)');
+    }
+    await convert(
+      {
+        sources,
+        sourceFormat: str(args, 'format'),
+        target,
+        targetFormat: str(args, 'output-format') ?? 'raw',
+        options: optionList(args),
+        noCreate,
+        targetIsZero: flag(args, 'target-is-zero') || undefined,
+        sparseSize: sizeArg(args, 'sparse', 'sparse size'),
+        parallel: intArg(args, 'parallel', 'number of parallel requests'),
+        outOfOrder: flag(args, 'out-of-order'),
+      },
+      { signal: io.signal, onProgress: progressFromArgs(args, io) },
+    );
+    return 0;
+  },
+};

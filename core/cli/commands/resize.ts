@@ -1,0 +1,31 @@
+import { BlockError } from '../../image/errors.js';
+import { PREALLOCATION_MODES, type Preallocation } from '../../io/protocol.js';
+import { resize } from '../../ops/resize.js';
+import { parseSize } from '../../options/size.js';
+import { expectPositionals, flag, str } from '../args.js';
+import { FORMAT_OPTION, QUIET_OPTION, type Command } from '../command.js';
+
+export const resizeCommand: Command = {
+  name: 'resize',
+  summary: 'change the virtual size of an image (shrinking needs --shrink)',
+  usage: '[-q] [-f FMT] [--preallocation=off|falloc|full] [--shrink] FILE [+|-]SIZE',
+  options: { ...FORMAT_OPTION, ...QUIET_OPTION, preallocation: { type: 'string' }, shrink: { type: 'boolean' } },
+  async run(args, io) {
+    const [filename, sizeText] = expectPositionals(args, 2, 2, 'an image file and a size');
+    const sign = sizeText[0] === '+' ? 1 : sizeText[0] === '-' ? -1 : 0;
+    const prealloc = str(args, 'preallocation');
+    if (prealloc !== undefined && !(PREALLOCATION_MODES as readonly string[]).includes(prealloc)) {
+      throw new BlockError('InvalidArgument', `invalid preallocation '${prealloc}' (allowed values: ${PREALLOCATION_MODES.join(', ')})`);
+    }
+    await resize({
+      filename,
+      format: str(args, 'format'),
+      size: (sign || 1) * parseSize(sign ? sizeText.slice(1) : sizeText),
+      relative: sign !== 0,
+      shrink: flag(args, 'shrink'),
+      preallocation: prealloc as Preallocation | undefined,
+    });
+    if (!flag(args, 'quiet')) io.stdout.write('Image resized.\n');
+    return 0;
+  },
+};

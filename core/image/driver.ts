@@ -1,0 +1,120 @@
+/**
+ * What a format driver is. One object per format (like QEMU's BlockDriver);
+ * the registry lists them and nothing outside it branches on format names.
+ * Optional abilities are small interfaces with type guards, not methods that
+ * throw "not supported".
+ */
+import type { OptionDecl, OptionValues } from '../options/schema.js';
+import type { Preallocation, Protocol } from '../io/protocol.js';
+
+/** What probing sees of a file. */
+export interface ProbeInput {
+  /** The first bytes (up to PROBE_HEAD_BYTES; fewer if the file is smaller). */
+  head: Uint8Array;
+  /** The last bytes (up to PROBE_TAIL_BYTES), for formats with a footer. */
+  tail: Uint8Array;
+  /** The file's size in bytes. */
+  size: number;
+  /** The name the user gave, for formats that can only be told by extension. */
+  filename: string;
+}
+
+export const PROBE_HEAD_BYTES = 2048;
+export const PROBE_TAIL_BYTES = 512;
+
+/** The state of one run of guest bytes in one layer of a chain. */
+export type LayerState =
+  /** Stored in this layer. */
+  | 'data'
+  /** Known to read as zeros in this layer (a zero cluster, a hole). */
+  | 'zero'
+  /** Not in this layer: read from the backing image (or zeros if none). */
+  | 'unallocated';
+
+export interface LayerExtent {
+  offset: number;
+  length: number;
+  state: LayerState;
+  /** Where the bytes are in this layer's file, when that means something. */
+  hostOffset?: number;
+  compressed?: boolean;
+}
+
+/** How an image names its backing file, as stored in its header. */
+export interface BackingRef {
+  filename: string;
+  format?: string;
+}
+
+/** Details shown by `info`, beyond size and format. */
+export interface FormatInfo {
+  clusterSize?: number;
+  dirty?: boolean;
+  /** qemu-img's "format-specific" object: {type, data}. */
+  specific?: { type: string; data: Record<string, unknown> };
+}
+
+/** One open layer: the object a driver's `open` returns. */
+export interface FormatImage {
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Where reads of unallocated ranges go, if the header names a backing file. */
+  readonly backingRef?: BackingRef;
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
+  discard(offset: number, length: number): Promise<void>;
+  /** The extent starting at `offset`, at most `length` long, in this layer only. */
+  blockStatus(offset: number, length: number): Promise<LayerExtent>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  info(): Promise<FormatInfo>;
+}
+
+/** Images that can change their virtual size. */
+export interface Resizable {
+  resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void>;
+}
+export function isResizable(img: FormatImage): img is FormatImage & Resizable {
+  return typeof (img as Partial<Resizable>).resize === 'function';
+}
+
+/** Images that read from a backing image must be given it after opening. */
+export interface HasBacking {
+  setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;
+}
+export function hasBacking(img: FormatImage): img is FormatImage & HasBacking {
+  return typeof (img as Partial<HasBacking>).setBacking === 'function';
+}
+
+export interface DriverOpenOptions {
+  readOnly: boolean;
+}
+
+export interface CreateRequest {
+  size: number;
+  options: OptionValues;
+}
+
+/** Sizes `measure` reports for a new image of this format. */
+export interface Measurement {
+  required: number;
+  fullyAllocated: number;
+}
+
+export interface FormatDriver {
+  readonly name: string;
+  /** One line for lists and menus. */
+  readonly description: string;
+  /** 0 (not this format) to 100 (certainly this format). */
+  probe(input: ProbeInput): number;
+  open(proto: Protocol, opts: DriverOpenOptions): Promise<FormatImage>;
+  /** Present when the format can be created; `size` is always among them. */
+  readonly createOptions?: readonly OptionDecl[];
+  create?(proto: Protocol, req: CreateRequest): Promise<void>;
+  /**
+   * How much room an image of this format needs for `size` guest bytes of
+   * which `allocated` hold data.
+   */
+  measure?(size: number, allocated: number, options: OptionValues): Measurement;
+}

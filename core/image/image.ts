@@ -1,0 +1,150 @@
+/**
+ * An open image: a format layer over a protocol, with its backing chain.
+ * Ops talk to this, never to drivers or protocols directly.
+ */
+import type { Protocol } from '../io/protocol.js';
+import type { FormatDriver, FormatImage, FormatInfo } from './driver.js';
+import { BlockError, toBlockError } from './errors.js';
+
+/** The state of a run of guest bytes across the whole chain (qemu's block status). */
+export interface BlockStatus {
+  offset: number;
+  length: number;
+  /** Stored somewhere in the chain (qemu's "present"). */
+  present: boolean;
+  /** Reads return stored bytes, not known zeros. */
+  data: boolean;
+  /** Known to read as zeros. */
+  zero: boolean;
+  /** The layer that answered: 0 is this image, 1 its backing file, ... */
+  depth: number;
+  /** Where the bytes are in that layer's file, when that means something. */
+  hostOffset?: number;
+  compressed: boolean;
+  /** The file of the layer that answered. */
+  filename: string;
+}
+
+export class Image {
+  constructor(
+    readonly filename: string,
+    readonly driver: FormatDriver,
+    readonly layer: FormatImage,
+    readonly protocol: Protocol,
+    readonly backing?: Image,
+  ) {}
+
+  get format(): string {
+    return this.driver.name;
+  }
+
+  get size(): number {
+    return this.layer.size;
+  }
+
+  get readOnly(): boolean {
+    return this.layer.readOnly;
+  }
+
+  private checkRange(op: string, offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new BlockError('OutOfBounds', `${op} of ${length} bytes at offset ${offset} is outside the image (size ${this.size})`, {
+        path: this.filename,
+        op,
+        offset,
+      });
+    }
+  }
+
+  private checkWritable(op: string): void {
+    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only', { path: this.filename, op });
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkRange('read', offset, buf.length);
+    await this.wrap('read', offset, () => this.layer.read(buf, offset));
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkWritable('write');
+    this.checkRange('write', offset, buf.length);
+    await this.wrap('write', offset, () => this.layer.write(buf, offset));
+  }
+
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    this.checkWritable('write-zeroes');
+    this.checkRange('write-zeroes', offset, length);
+    await this.wrap('write-zeroes', offset, () => this.layer.writeZeroes(offset, length, mayUnmap));
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable('discard');
+    this.checkRange('discard', offset, length);
+    await this.wrap('discard', offset, () => this.layer.discard(offset, length));
+  }
+
+  async flush(): Promise<void> {
+    await this.wrap('flush', undefined, () => this.layer.flush());
+  }
+
+  info(): Promise<FormatInfo> {
+    return this.layer.info();
+  }
+
+  /**
+   * What the run of bytes at `offset` (at most `length`) is, looking down the
+   * backing chain for ranges this layer leaves unallocated.
+   */
+  async blockStatus(offset: number, length: number, depth = 0): Promise<BlockStatus> {
+    const len = Math.min(length, this.size - offset);
+    if (len <= 0) {
+      return { offset, length: 0, present: false, data: false, zero: true, depth, compressed: false, filename: this.filename };
+    }
+    const ext = await this.wrap('block-status', offset, () => this.layer.blockStatus(offset, len));
+    // A driver bug or a hostile image must not make callers loop forever.
+    if (!(ext.length > 0)) {
+      throw new BlockError('Corrupt', `block status at offset ${offset} reported an empty extent`, {
+        path: this.filename,
+        op: 'block-status',
+        offset,
+      });
+    }
+    ext.length = Math.min(ext.length, len);
+    if (ext.state === 'unallocated' && this.backing && offset < this.backing.size) {
+      return this.backing.blockStatus(offset, ext.length, depth + 1);
+    }
+    return {
+      offset,
+      length: ext.length,
+      present: ext.state !== 'unallocated',
+      data: ext.state === 'data',
+      // Unallocated with nothing below reads as zeros.
+      zero: ext.state !== 'data',
+      depth,
+      hostOffset: ext.hostOffset,
+      compressed: ext.compressed ?? false,
+      filename: this.filename,
+    };
+  }
+
+  /** Closes this image and its backing chain; safe to call twice. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.layer.close();
+    } finally {
+      await this.protocol.close();
+      await this.backing?.close();
+    }
+  }
+  private closed = false;
+
+  private async wrap<T>(op: string, offset: number | undefined, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw toBlockError(err, { path: this.filename, op, offset });
+    }
+  }
+}

@@ -1,0 +1,112 @@
+import { closeSync, ftruncateSync, openSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BlockError } from '../image/errors.js';
+import { platterProcess } from '../test/cli.js';
+import { tempDir } from '../test/tmp.js';
+import { FileProtocol } from './file.js';
+
+const MiB = 1 << 20;
+let t: ReturnType<typeof tempDir>;
+beforeEach(() => (t = tempDir()));
+afterEach(() => t.cleanup());
+
+/** A sparse file: data at [1 MiB, 1.5 MiB) and [3 MiB, 3 MiB + 4 KiB), 4 MiB long. */
+function sparseFile(path: string): void {
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, 4 * MiB);
+  writeSync(fd, Buffer.alloc(MiB / 2, 0xab), 0, MiB / 2, MiB);
+  writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 3 * MiB);
+  closeSync(fd);
+}
+
+describe('FileProtocol', () => {
+  it('reads what was written, and zeros past the end of the file', async () => {
+    const p = await FileProtocol.open(t.path('a'), { readOnly: false, create: true });
+    await p.write(Uint8Array.from([1, 2, 3, 4]), 10);
+    const buf = new Uint8Array(8).fill(0xff);
+    await p.read(buf, 10);
+    expect([...buf]).toEqual([1, 2, 3, 4, 0, 0, 0, 0]);
+    expect(await p.size()).toBe(14);
+    await p.close();
+  });
+
+  it('finds holes and data with SEEK_DATA/SEEK_HOLE', async () => {
+    sparseFile(t.path('s'));
+    const p = await FileProtocol.open(t.path('s'), { readOnly: true });
+    const extents = [];
+    for (let at = 0; at < 4 * MiB; ) {
+      const e = await p.blockStatus(at, 4 * MiB - at);
+      extents.push([e.offset, e.length, e.data]);
+      at += e.length;
+    }
+    expect(extents).toEqual([
+      [0, MiB, false],
+      [MiB, MiB / 2, true],
+      [1.5 * MiB, 1.5 * MiB, false],
+      [3 * MiB, 4096, true],
+      [3 * MiB + 4096, MiB - 4096, false],
+    ]);
+    await p.close();
+  });
+
+  it('treats everything as data when the FFI is unavailable', () => {
+    sparseFile(t.path('s'));
+    const r = platterProcess(['map', '--output=json', t.path('s')], { env: { PLATTER_NO_FFI: '1' } });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual([
+      { start: 0, length: 4 * MiB, depth: 0, present: true, zero: false, data: true, offset: 0 },
+    ]);
+  });
+
+  it('punches holes on discard and zero writes, freeing space', async () => {
+    const path = t.path('z');
+    writeFileSync(path, Buffer.alloc(2 * MiB, 7));
+    const p = await FileProtocol.open(path, { readOnly: false });
+    const before = (await p.allocatedSize())!;
+    await p.discard(0, MiB);
+    await p.writeZeroes(MiB, MiB / 2, true);
+    const buf = new Uint8Array(1.5 * MiB);
+    await p.read(buf, 0);
+    expect(buf.every((b) => b === 0)).toBe(true);
+    expect((await p.allocatedSize())!).toBeLessThanOrEqual(before - 1.5 * MiB);
+    // Without unmap the range still reads zero, and stays allocated.
+    await p.writeZeroes(1.5 * MiB, 4096, false);
+    const tail = new Uint8Array(8192);
+    await p.read(tail, 1.5 * MiB);
+    expect(tail.subarray(0, 4096).every((b) => b === 0)).toBe(true);
+    expect(tail.subarray(4096).every((b) => b === 7)).toBe(true);
+    expect(await p.size()).toBe(2 * MiB);
+    await p.close();
+  });
+
+  it.each([
+    ['off', 0],
+    ['falloc', 8 * MiB],
+    ['full', 8 * MiB],
+  ] as const)('grows with preallocation=%s', async (mode, allocated) => {
+    const p = await FileProtocol.open(t.path('g'), { readOnly: false, create: true });
+    await p.truncate(8 * MiB, mode);
+    expect(await p.size()).toBe(8 * MiB);
+    expect(statSync(t.path('g')).blocks * 512).toBeGreaterThanOrEqual(allocated);
+    if (mode === 'off') expect(statSync(t.path('g')).blocks).toBe(0);
+    await p.close();
+  });
+
+  it('refuses writes when read-only, and directories', async () => {
+    writeFileSync(t.path('r'), 'x');
+    const p = await FileProtocol.open(t.path('r'), { readOnly: true });
+    await expect(p.write(new Uint8Array(1), 0)).rejects.toMatchObject({ kind: 'InvalidArgument' });
+    await p.close();
+    const err = await FileProtocol.open(t.dir, { readOnly: true }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BlockError);
+    expect((err as BlockError).message).toBe('is a directory, not an image file');
+  });
+
+  it('creating refuses to overwrite an existing file', async () => {
+    writeFileSync(t.path('e'), 'x');
+    await expect(FileProtocol.open(t.path('e'), { readOnly: false, create: true })).rejects.toMatchObject({
+      kind: 'InvalidArgument',
+      message: 'file already exists',
+    });
+  });
+});

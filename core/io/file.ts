@@ -1,0 +1,190 @@
+/**
+ * The file protocol: a regular file on a local file system, read and written
+ * at positions, with holes found by SEEK_DATA/SEEK_HOLE and punched by
+ * fallocate where the host has them.
+ */
+import { constants as fsc, promises as fsp } from 'node:fs';
+import { constants as osc } from 'node:os';
+import { BlockError, toBlockError } from '../image/errors.js';
+import { punchHole, reserve, seekData, zeroRange } from './native.js';
+import type { Preallocation, Protocol, ProtocolExtent } from './protocol.js';
+
+/** Zero-filling happens in pieces this big, so memory stays flat. */
+const ZERO_CHUNK = 1 << 20;
+let zeroChunk: Uint8Array | undefined;
+function zeros(): Uint8Array {
+  zeroChunk ??= new Uint8Array(ZERO_CHUNK);
+  return zeroChunk;
+}
+
+export interface FileOpenOptions {
+  readOnly: boolean;
+  /** Create the file (failing if it exists) instead of opening it. */
+  create?: boolean;
+  /** The name errors show, when it differs from the path (a temporary file). */
+  displayName?: string;
+}
+
+export class FileProtocol implements Protocol {
+  private constructor(
+    readonly name: string,
+    readonly readOnly: boolean,
+    private readonly fh: fsp.FileHandle,
+  ) {}
+
+  static async open(path: string, opts: FileOpenOptions): Promise<FileProtocol> {
+    const name = opts.displayName ?? path;
+    const ctx = { path: name, op: opts.create ? 'create' : 'open' };
+    let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    if (opts.create) flags = fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL;
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(path, flags, 0o644);
+    } catch (err) {
+      throw toBlockError(err, ctx);
+    }
+    try {
+      const st = await fh.stat();
+      if (st.isDirectory()) throw new BlockError('InvalidArgument', 'is a directory, not an image file', ctx);
+      if (!st.isFile()) {
+        throw new BlockError('Unsupported', 'not a regular file (host devices are not supported yet)', ctx);
+      }
+    } catch (err) {
+      await fh.close();
+      throw toBlockError(err, ctx);
+    }
+    return new FileProtocol(name, opts.readOnly, fh);
+  }
+
+  get fd(): number {
+    return this.fh.fd;
+  }
+
+  private fail(err: unknown, op: string, offset?: number): never {
+    throw toBlockError(err, { path: this.name, op, offset });
+  }
+
+  private checkWritable(op: string): void {
+    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only', { path: this.name, op });
+  }
+
+  async size(): Promise<number> {
+    try {
+      return (await this.fh.stat()).size;
+    } catch (err) {
+      this.fail(err, 'stat');
+    }
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < buf.length) {
+        const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
+        if (bytesRead === 0) {
+          buf.fill(0, done); // past the end of the file: zeros, as qemu's file driver
+          return;
+        }
+        done += bytesRead;
+      }
+    } catch (err) {
+      this.fail(err, 'read', offset + done);
+    }
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkWritable('write');
+    let done = 0;
+    try {
+      while (done < buf.length) {
+        const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      this.fail(err, 'write', offset + done);
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    try {
+      await this.fh.sync();
+    } catch (err) {
+      this.fail(err, 'flush');
+    }
+  }
+
+  async truncate(size: number, prealloc: Preallocation = 'off'): Promise<void> {
+    this.checkWritable('truncate');
+    const old = await this.size();
+    try {
+      if (size <= old || prealloc === 'off') {
+        await this.fh.truncate(size);
+      } else if (prealloc === 'falloc') {
+        const err = await reserve(this.fd, old, size - old);
+        if (err === undefined) {
+          throw new BlockError('Unsupported', 'preallocation=falloc is not supported on this system', {
+            path: this.name,
+            op: 'truncate',
+          });
+        }
+        if (err !== 0) throw errnoError(err);
+      } else {
+        await this.fh.truncate(size);
+        await this.fillZeroes(old, size - old);
+      }
+    } catch (err) {
+      this.fail(err, 'truncate', old);
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable('discard');
+    // Discard is a hint: a host that cannot punch holes keeps the data.
+    await punchHole(this.fd, offset, length);
+  }
+
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    this.checkWritable('write-zeroes');
+    if (mayUnmap && (await punchHole(this.fd, offset, length))) return;
+    if (await zeroRange(this.fd, offset, length)) return;
+    await this.fillZeroes(offset, length);
+  }
+
+  private async fillZeroes(offset: number, length: number): Promise<void> {
+    const z = zeros();
+    for (let at = offset; at < offset + length; at += z.length) {
+      await this.write(z.subarray(0, Math.min(z.length, offset + length - at)), at);
+    }
+  }
+
+  async blockStatus(offset: number, length: number): Promise<ProtocolExtent> {
+    const end = Math.min(offset + length, await this.size());
+    if (offset >= end) return { offset, length, data: false };
+    const nextData = seekData(this.fd, offset, false);
+    if (nextData === undefined) return { offset, length: end - offset, data: true };
+    if (nextData === -1 || nextData >= end) return { offset, length: end - offset, data: false };
+    if (nextData > offset) return { offset, length: nextData - offset, data: false };
+    const nextHole = seekData(this.fd, offset, true);
+    const dataEnd = nextHole === undefined || nextHole < 0 ? end : Math.min(nextHole, end);
+    return { offset, length: dataEnd - offset, data: true };
+  }
+
+  async allocatedSize(): Promise<number | undefined> {
+    const st = await this.fh.stat();
+    return st.blocks * 512;
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+/** A Node-style error for an error number returned (not set in errno) by libc. */
+function errnoError(errno: number): NodeJS.ErrnoException {
+  const code = Object.entries(osc.errno).find(([, n]) => n === errno)?.[0] ?? `E${errno}`;
+  const err: NodeJS.ErrnoException = new Error(code);
+  err.code = code;
+  err.errno = errno;
+  return err;
+}

@@ -1,0 +1,107 @@
+/**
+ * The few libc calls Node does not expose: lseek(SEEK_DATA/SEEK_HOLE) to find
+ * holes, and fallocate to punch them or reserve space. Loaded through koffi
+ * when the platform has them; every caller has a portable fallback, so a
+ * missing FFI only costs speed and sparseness, never correctness.
+ */
+import { createRequire } from 'node:module';
+
+interface Libc {
+  lseek(fd: number, offset: number, whence: number): number;
+  errno(): number;
+  /** fallocate(2) on koffi's worker thread; resolves true on success. */
+  fallocate?: (fd: number, mode: number, offset: number, length: number) => Promise<boolean>;
+  /** posix_fallocate(3) on a worker thread; resolves the error number, 0 on success. */
+  posixFallocate?: (fd: number, offset: number, length: number) => Promise<number>;
+}
+
+export const ENXIO = 6;
+
+/** SEEK_DATA/SEEK_HOLE differ between Linux and the BSDs. */
+const WHENCE: Partial<Record<NodeJS.Platform, { data: number; hole: number }>> = {
+  linux: { data: 3, hole: 4 },
+  darwin: { data: 4, hole: 3 },
+  freebsd: { data: 3, hole: 4 },
+};
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+let libc: Libc | null | undefined;
+
+/** Runs a koffi function on its worker pool, so long calls never block the event loop. */
+function onWorker<T>(fn: { async: (...args: unknown[]) => void }, ...args: unknown[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    fn.async(...args, (err: unknown, res: T) => (err ? reject(err) : resolve(res)));
+  });
+}
+
+function load(): Libc | null {
+  if (process.env.PLATTER_NO_FFI === '1') return null;
+  if (!WHENCE[process.platform]) return null;
+  try {
+    const require = createRequire(import.meta.url);
+    const koffi = require('koffi') as typeof import('koffi');
+    const lib = koffi.load(process.platform === 'darwin' ? 'libc.dylib' : 'libc.so.6');
+    const lseek = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
+    const c: Libc = {
+      lseek: (fd, offset, whence) => Number(lseek(fd, offset, whence)),
+      errno: () => koffi.errno(),
+    };
+    if (process.platform === 'linux') {
+      const fa = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+      const pfa = lib.func('int posix_fallocate(int fd, int64_t offset, int64_t len)');
+      c.fallocate = async (fd, mode, offset, length) =>
+        (await onWorker<number>(fa, fd, mode, offset, length)) === 0;
+      c.posixFallocate = (fd, offset, length) => onWorker<number>(pfa, fd, offset, length);
+    }
+    return c;
+  } catch {
+    return null;
+  }
+}
+
+function libcOrNull(): Libc | null {
+  if (libc === undefined) libc = load();
+  return libc;
+}
+
+/**
+ * Where the next data (or, with `hole`, the next hole) starts at or after
+ * `offset`. Returns -1 when there is none before the end of the file, and
+ * undefined when the platform or file system cannot tell (then treat
+ * everything as data).
+ */
+export function seekData(fd: number, offset: number, hole: boolean): number | undefined {
+  const c = libcOrNull();
+  const whence = WHENCE[process.platform];
+  if (!c || !whence) return undefined;
+  const res = c.lseek(fd, offset, hole ? whence.hole : whence.data);
+  if (res >= 0) return res;
+  return c.errno() === ENXIO ? -1 : undefined;
+}
+
+/** Frees the range (it reads as zeros after); false if this host cannot. */
+export async function punchHole(fd: number, offset: number, length: number): Promise<boolean> {
+  const c = libcOrNull();
+  if (!c?.fallocate) return false;
+  return c.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+/** Zeroes the range cheaply, keeping it allocated; false if this host cannot. */
+export async function zeroRange(fd: number, offset: number, length: number): Promise<boolean> {
+  const c = libcOrNull();
+  if (!c?.fallocate) return false;
+  return c.fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+/**
+ * Reserves blocks for the range, extending the file if needed. Resolves the
+ * error number (0 on success), or undefined when the host has no such call.
+ */
+export async function reserve(fd: number, offset: number, length: number): Promise<number | undefined> {
+  const c = libcOrNull();
+  if (!c?.posixFallocate) return undefined;
+  return c.posixFallocate(fd, offset, length);
+}

@@ -1,0 +1,109 @@
+/**
+ * convert: copy one or more images (concatenated) into a new image of any
+ * writable format, or into an existing one with `noCreate`.
+ */
+import { BlockError } from '../image/errors.js';
+import type { Image } from '../image/image.js';
+import { createImage, openImage, type NewImage } from '../image/open.js';
+import { findDriver } from '../image/registry.js';
+import { resolveOptions } from '../options/schema.js';
+import { copySpans, DEFAULT_COPY_OPTIONS, type CopyOptions, type CopySpan } from './copy.js';
+import type { JobContext } from './job.js';
+
+/** Same bounds as qemu-img: at most 16 requests in flight. */
+export const MAX_PARALLEL = 16;
+
+export interface ConvertOptions extends Partial<CopyOptions> {
+  sources: string[];
+  /** Format of every source; probed when omitted. */
+  sourceFormat?: string;
+  target: string;
+  targetFormat?: string;
+  /** Create options for the target (`-o`), as text. */
+  options?: Record<string, string>;
+  /** Write into an existing target instead of creating one (`-n`). */
+  noCreate?: boolean;
+}
+
+export interface ConvertResult {
+  size: number;
+}
+
+export async function convert(opts: ConvertOptions, ctx: JobContext = {}): Promise<ConvertResult> {
+  if (opts.sources.length === 0) throw new BlockError('InvalidArgument', 'no source image given');
+  const copy = copyOptionsFrom(opts);
+  const sources: Image[] = [];
+  try {
+    for (const name of opts.sources) sources.push(await openImage(name, { format: opts.sourceFormat }));
+    const spans: CopySpan[] = [];
+    let size = 0;
+    for (const source of sources) {
+      spans.push({ source, sourceOffset: 0, length: source.size, targetOffset: size });
+      size += source.size;
+    }
+    await copyIntoTarget(spans, size, opts, copy, ctx);
+    return { size };
+  } finally {
+    await Promise.all(sources.map((s) => s.close()));
+  }
+}
+
+/**
+ * Writes `spans` into the target named by `opts`: a new image of `size`
+ * (appearing only when complete), or the existing one with `noCreate`.
+ * Shared by convert and dd.
+ */
+export async function copyIntoTarget(
+  spans: CopySpan[],
+  size: number,
+  opts: Pick<ConvertOptions, 'target' | 'targetFormat' | 'options' | 'noCreate'>,
+  copy: CopyOptions,
+  ctx: JobContext,
+): Promise<void> {
+  if (opts.noCreate) {
+    const target = await openImage(opts.target, { format: opts.targetFormat, readOnly: false });
+    try {
+      if (target.size < size) {
+        throw new BlockError('InvalidArgument', `target is too small: ${target.size} bytes, ${size} needed`, {
+          path: opts.target,
+        });
+      }
+      await copySpans(spans, target, copy, ctx);
+      await target.flush();
+    } finally {
+      await target.close();
+    }
+    return;
+  }
+  const driver = findDriver(opts.targetFormat ?? 'raw');
+  const values = resolveOptions(driver.createOptions ?? [], { ...opts.options }, driver.name);
+  delete values.size; // the size is the sources' size
+  let created: NewImage | undefined;
+  try {
+    created = await createImage(opts.target, driver, size, values);
+    await copySpans(spans, created.image, { ...copy, targetIsZero: true }, ctx);
+    await created.commit();
+  } catch (err) {
+    await created?.abort();
+    throw err;
+  }
+}
+
+/** The copy tunables in `opts`, defaults filled in and bounds checked. */
+export function copyOptionsFrom(opts: Partial<CopyOptions>): CopyOptions {
+  const d = DEFAULT_COPY_OPTIONS;
+  const copy: CopyOptions = {
+    sparseSize: opts.sparseSize ?? d.sparseSize,
+    parallel: opts.parallel ?? d.parallel,
+    outOfOrder: opts.outOfOrder ?? d.outOfOrder,
+    targetIsZero: opts.targetIsZero ?? d.targetIsZero,
+    chunkSize: opts.chunkSize ?? d.chunkSize,
+  };
+  if (!Number.isInteger(copy.parallel) || copy.parallel < 1 || copy.parallel > MAX_PARALLEL) {
+    throw new BlockError('InvalidArgument', `parallel requests must be between 1 and ${MAX_PARALLEL}`);
+  }
+  if (!Number.isSafeInteger(copy.sparseSize) || copy.sparseSize < 0 || copy.sparseSize % 512 !== 0) {
+    throw new BlockError('InvalidArgument', 'the sparse size (-S) must be a multiple of 512');
+  }
+  return copy;
+}

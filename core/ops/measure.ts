@@ -1,0 +1,49 @@
+/** measure: how much room a new image of some format would need. */
+import { BlockError, throwIfAborted } from '../image/errors.js';
+import { openImage } from '../image/open.js';
+import { findDriver } from '../image/registry.js';
+import { resolveOptions } from '../options/schema.js';
+import type { JobContext } from './job.js';
+
+export interface MeasureOptions {
+  targetFormat: string;
+  options?: Record<string, string>;
+  /** Measure for an empty image of this size ... */
+  size?: number;
+  /** ... or for a copy of this image. */
+  filename?: string;
+  format?: string;
+}
+
+/** `qemu-img measure --output=json`'s object. */
+export interface MeasureResult {
+  required: number;
+  'fully-allocated': number;
+}
+
+export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promise<MeasureResult> {
+  if ((opts.size === undefined) === (opts.filename === undefined)) {
+    throw new BlockError('InvalidArgument', 'give either a size or an image to measure, not both');
+  }
+  const driver = findDriver(opts.targetFormat);
+  if (!driver.measure) throw new BlockError('Unsupported', `${driver.name} images cannot be measured yet`);
+  const values = resolveOptions(driver.createOptions ?? [], { ...opts.options }, driver.name);
+  let size = opts.size ?? 0;
+  let allocated = 0;
+  if (opts.filename !== undefined) {
+    const image = await openImage(opts.filename, { format: opts.format });
+    try {
+      size = image.size;
+      for (let at = 0; at < size; ) {
+        throwIfAborted(ctx.signal);
+        const st = await image.blockStatus(at, size - at);
+        if (st.data) allocated += st.length;
+        at += st.length;
+      }
+    } finally {
+      await image.close();
+    }
+  }
+  const m = driver.measure(size, allocated, values);
+  return { required: m.required, 'fully-allocated': m.fullyAllocated };
+}

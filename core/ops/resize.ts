@@ -1,0 +1,39 @@
+/** resize: change an image's virtual size. */
+import { isResizable } from '../image/driver.js';
+import { BlockError } from '../image/errors.js';
+import { openImage } from '../image/open.js';
+import type { Preallocation } from '../io/protocol.js';
+import type { JobContext } from './job.js';
+
+export interface ResizeOptions {
+  filename: string;
+  format?: string;
+  /** The new size, or a change of size when `relative`. */
+  size: number;
+  relative?: boolean;
+  /** Shrinking loses data; it must be asked for (qemu-img's --shrink). */
+  shrink?: boolean;
+  preallocation?: Preallocation;
+}
+
+export async function resize(opts: ResizeOptions, _ctx: JobContext = {}): Promise<{ size: number }> {
+  const image = await openImage(opts.filename, { format: opts.format, readOnly: false });
+  try {
+    const size = opts.relative ? image.size + opts.size : opts.size;
+    const ctx = { path: opts.filename, op: 'resize' };
+    if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('InvalidArgument', 'the new size would be negative', ctx);
+    if (size < image.size && !opts.shrink) {
+      throw new BlockError('InvalidArgument', 'shrinking deletes the data past the new end; use --shrink to do it', ctx);
+    }
+    if (opts.preallocation && opts.preallocation !== 'off' && size <= image.size) {
+      throw new BlockError('InvalidArgument', 'preallocation only applies when growing an image', ctx);
+    }
+    const layer = image.layer;
+    if (!isResizable(layer)) throw new BlockError('Unsupported', `${image.format} images cannot be resized`, ctx);
+    await layer.resize(size, { prealloc: opts.preallocation ?? 'off', shrink: opts.shrink ?? false });
+    await image.flush();
+    return { size };
+  } finally {
+    await image.close();
+  }
+}

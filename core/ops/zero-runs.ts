@@ -1,0 +1,40 @@
+/**
+ * Splitting a buffer of data into runs of zero and non-zero blocks, so that
+ * zeros in the source become holes in the target (qemu-img convert -S).
+ */
+
+let zeroBlock = new Uint8Array(0);
+
+/** True if every byte is zero (native memcmp against a zero buffer). */
+export function isZero(buf: Uint8Array): boolean {
+  if (zeroBlock.length < buf.length) zeroBlock = new Uint8Array(Math.max(buf.length, 64 * 1024));
+  return Buffer.from(buf.buffer, buf.byteOffset, buf.length).equals(
+    Buffer.from(zeroBlock.buffer, 0, buf.length),
+  );
+}
+
+export interface Run {
+  start: number;
+  length: number;
+  zero: boolean;
+}
+
+/**
+ * Cuts `buf` (which holds guest bytes starting at `baseOffset`) into runs of
+ * blocks of `blockSize` aligned to guest offsets, each run all-zero or not.
+ * Only whole blocks count as zero, so small zero gaps inside data stay data.
+ */
+export function zeroRuns(buf: Uint8Array, baseOffset: number, blockSize: number): Run[] {
+  const runs: Run[] = [];
+  let pos = 0;
+  while (pos < buf.length) {
+    const alignedEnd = (Math.floor((baseOffset + pos) / blockSize) + 1) * blockSize - baseOffset;
+    const end = Math.min(alignedEnd, buf.length);
+    const zero = isZero(buf.subarray(pos, end));
+    const last = runs[runs.length - 1];
+    if (last && last.zero === zero) last.length += end - pos;
+    else runs.push({ start: pos, length: end - pos, zero });
+    pos = end;
+  }
+  return runs;
+}

@@ -1,0 +1,32 @@
+/** Test helpers: temporary folders and external tools that may be missing. */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** A fresh folder, removed by the returned cleanup. */
+export function tempDir(prefix = 'platter-test-'): { dir: string; path: (name: string) => string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, path: (name) => join(dir, name), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Whether a command exists. Tests that need it use `it.skipIf(!has)` and this
+ * prints why, so a missing tool never passes silently.
+ */
+export function hasTool(name: string, installHint: string): boolean {
+  const found = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).status === 0;
+  if (!found) console.warn(`SKIPPED tests that need ${name}: not installed (${installHint})`);
+  return found;
+}
+
+/** Runs a command, returning stdout; throws with stderr on failure. */
+export function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Runs a command and returns its exit status and output, never throwing. */
+export function shStatus(cmd: string, args: string[], opts: { cwd?: string } = {}) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
