@@ -17,6 +17,8 @@ export interface Command {
   options: OptionSpec;
   /** Exit code for errors (compare uses 2, as qemu-img). */
   errorExitCode?: number;
+  /** Rewrites argv before parsing, for syntax parseArgs cannot express. */
+  preprocess?(argv: string[]): string[];
   run(args: Parsed, io: CliIO): Promise<number>;
 }
 

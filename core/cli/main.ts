@@ -88,7 +88,8 @@ export async function run(argv: string[], io?: Partial<CliIO>): Promise<number> 
   }
   if (!io?.signal) process.on('SIGINT', onSigint);
   try {
-    return await command.run(parse(rest, command.options), full);
+    const argv = command.preprocess ? command.preprocess(rest) : rest;
+    return await command.run(parse(argv, command.options), full);
   } catch (err) {
     const e = toBlockError(err);
     if (e.kind === 'Cancelled') {

@@ -98,7 +98,11 @@ export function copyOptionsFrom(opts: Partial<CopyOptions>): CopyOptions {
     outOfOrder: opts.outOfOrder ?? d.outOfOrder,
     targetIsZero: opts.targetIsZero ?? d.targetIsZero,
     chunkSize: opts.chunkSize ?? d.chunkSize,
+    rateLimit: opts.rateLimit ?? d.rateLimit,
   };
+  if (!Number.isSafeInteger(copy.rateLimit) || copy.rateLimit < 0) {
+    throw new BlockError('InvalidArgument', 'the rate limit (-r) must be a positive number of bytes per second');
+  }
   if (!Number.isInteger(copy.parallel) || copy.parallel < 1 || copy.parallel > MAX_PARALLEL) {
     throw new BlockError('InvalidArgument', `parallel requests must be between 1 and ${MAX_PARALLEL}`);
   }

@@ -4,6 +4,7 @@
  * to be zero are never read, and zeros are not written to a target that
  * already reads as zeros.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Image } from '../image/image.js';
 import { ProgressMeter, runWorkers, type JobContext } from './job.js';
 import { zeroRuns } from './zero-runs.js';
@@ -27,6 +28,8 @@ export interface CopyOptions {
   targetIsZero: boolean;
   /** Bytes per request. */
   chunkSize: number;
+  /** Bytes per second at most (qemu-img's -r); 0 for no limit. */
+  rateLimit: number;
 }
 
 export const DEFAULT_COPY_OPTIONS: CopyOptions = {
@@ -35,7 +38,26 @@ export const DEFAULT_COPY_OPTIONS: CopyOptions = {
   outOfOrder: false,
   targetIsZero: false,
   chunkSize: 2 << 20,
+  rateLimit: 0,
 };
+
+/**
+ * Keeps a copy at or below `rate` bytes per second by making each chunk wait
+ * until the bytes before it were due.
+ */
+class Throttle {
+  private readonly start = Date.now();
+  private admitted = 0;
+  constructor(private readonly rate: number) {}
+
+  async admit(bytes: number, signal?: AbortSignal): Promise<void> {
+    if (this.rate <= 0) return;
+    const due = this.start + (this.admitted / this.rate) * 1000;
+    this.admitted += bytes;
+    const wait = due - Date.now();
+    if (wait > 0) await sleep(wait, undefined, { signal });
+  }
+}
 
 /** Splits spans into chunks that never cross a span (or chunk-size) boundary. */
 function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopySpan> {
@@ -55,6 +77,7 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
   const meter = new ProgressMeter(total, ctx);
   const chunks = chunksOf(spans, opts.chunkSize);
   const buffers: Uint8Array[] = [];
+  const throttle = new Throttle(opts.rateLimit);
   // Writes wait for the previous chunk's writes unless out-of-order is allowed.
   let lastWrite: Promise<void> = Promise.resolve();
 
@@ -74,6 +97,7 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
       lastWrite = new Promise<void>((resolve) => (release = resolve));
       const buf = buffers.pop() ?? new Uint8Array(opts.chunkSize);
       try {
+        await throttle.admit(chunk.length, ctx.signal);
         const writes: (() => Promise<void>)[] = [];
         for (let at = 0; at < chunk.length; ) {
           const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);

@@ -23,8 +23,12 @@ export async function dd(opts: DdOptions, ctx: JobContext = {}): Promise<{ size:
   const source = await openImage(opts.input, { format: opts.format });
   try {
     const start = (opts.skip ?? 0) * bs;
-    if (!Number.isSafeInteger(start)) throw new BlockError('InvalidArgument', 'skip is too large');
-    const available = Math.max(0, source.size - start);
+    if (!Number.isSafeInteger(start) || start > source.size) {
+      throw new BlockError('InvalidArgument', `cannot skip past the end of the input (${opts.skip} blocks of ${bs} bytes)`, {
+        path: opts.input,
+      });
+    }
+    const available = source.size - start;
     const length = opts.count === undefined ? available : Math.min(available, opts.count * bs);
     await copyIntoTarget(
       [{ source, sourceOffset: start, length, targetOffset: 0 }],

@@ -8,7 +8,7 @@ export const convertCommand: Command = {
   name: 'convert',
   summary: 'copy one or more images (concatenated) into a new image of any format',
   usage:
-    '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] FILE [FILE2 ...] OUTPUT',
+    '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] FILE [FILE2 ...] OUTPUT',
   options: {
     ...FORMAT_OPTION,
     ...QUIET_OPTION,
@@ -20,6 +20,7 @@ export const convertCommand: Command = {
     parallel: { type: 'string', short: 'm' },
     'out-of-order': { type: 'boolean', short: 'W' },
     'target-is-zero': { type: 'boolean' },
+    'rate-limit': { type: 'string', short: 'r' },
   },
   async run(args, io) {
     if (args.positionals.length < 2) throw new BlockError('InvalidArgument', 'expected one or more source images and an output file');
@@ -41,6 +42,7 @@ export const convertCommand: Command = {
         sparseSize: sizeArg(args, 'sparse', 'sparse size'),
         parallel: intArg(args, 'parallel', 'number of parallel requests'),
         outOfOrder: flag(args, 'out-of-order'),
+        rateLimit: sizeArg(args, 'rate-limit', 'rate limit'),
       },
       { signal: io.signal, onProgress: progressFromArgs(args, io) },
     );

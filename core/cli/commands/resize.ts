@@ -10,6 +10,8 @@ export const resizeCommand: Command = {
   summary: 'change the virtual size of an image (shrinking needs --shrink)',
   usage: '[-q] [-f FMT] [--preallocation=off|falloc|full] [--shrink] FILE [+|-]SIZE',
   options: { ...FORMAT_OPTION, ...QUIET_OPTION, preallocation: { type: 'string' }, shrink: { type: 'boolean' } },
+  // "-5M" is a size, not a flag (as in qemu-img).
+  preprocess: (argv) => (/^-\d/.test(argv[argv.length - 1] ?? '') ? [...argv.slice(0, -1), '--', argv[argv.length - 1]] : argv),
   async run(args, io) {
     const [filename, sizeText] = expectPositionals(args, 2, 2, 'an image file and a size');
     const sign = sizeText[0] === '+' ? 1 : sizeText[0] === '-' ? -1 : 0;
