@@ -6,8 +6,15 @@
 import { constants as fsc, promises as fsp } from 'node:fs';
 import { constants as osc } from 'node:os';
 import { BlockError, toBlockError } from '../image/errors.js';
-import { punchHole, reserve, seekData, zeroRange } from './native.js';
+import { punchHole, reserve, seekData, startWriteback, zeroRange } from './native.js';
 import type { Preallocation, Protocol, ProtocolExtent } from './protocol.js';
+
+/**
+ * After this many bytes written, disk write-out starts in the background:
+ * otherwise the kernel holds gigabytes of dirty pages until the final fsync,
+ * and a large copy pays for the whole disk write at the end.
+ */
+const WRITEBACK_EVERY = 16 << 20;
 
 /** Zero-filling happens in pieces this big, so memory stays flat. */
 const ZERO_CHUNK = 1 << 20;
@@ -26,10 +33,15 @@ export interface FileOpenOptions {
 }
 
 export class FileProtocol implements Protocol {
+  private unsynced = 0;
+  private writeback: Promise<void> = Promise.resolve();
+
   private constructor(
     readonly name: string,
     readonly readOnly: boolean,
     private readonly fh: fsp.FileHandle,
+    /** Cached: Platter is the file's only writer while it is open. */
+    private length: number,
   ) {}
 
   static async open(path: string, opts: FileOpenOptions): Promise<FileProtocol> {
@@ -43,17 +55,19 @@ export class FileProtocol implements Protocol {
     } catch (err) {
       throw toBlockError(err, ctx);
     }
+    let size: number;
     try {
       const st = await fh.stat();
       if (st.isDirectory()) throw new BlockError('InvalidArgument', 'is a directory, not an image file', ctx);
       if (!st.isFile()) {
         throw new BlockError('Unsupported', 'not a regular file (host devices are not supported yet)', ctx);
       }
+      size = st.size;
     } catch (err) {
       await fh.close();
       throw toBlockError(err, ctx);
     }
-    return new FileProtocol(name, opts.readOnly, fh);
+    return new FileProtocol(name, opts.readOnly, fh, size);
   }
 
   get fd(): number {
@@ -69,11 +83,7 @@ export class FileProtocol implements Protocol {
   }
 
   async size(): Promise<number> {
-    try {
-      return (await this.fh.stat()).size;
-    } catch (err) {
-      this.fail(err, 'stat');
-    }
+    return this.length;
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
@@ -103,11 +113,19 @@ export class FileProtocol implements Protocol {
     } catch (err) {
       this.fail(err, 'write', offset + done);
     }
+    this.length = Math.max(this.length, offset + buf.length);
+    this.unsynced += buf.length;
+    if (this.unsynced >= WRITEBACK_EVERY) {
+      this.unsynced = 0;
+      // Not awaited: it only starts disk writes; flush waits for it.
+      this.writeback = this.writeback.then(() => startWriteback(this.fd)).catch(() => undefined);
+    }
   }
 
   async flush(): Promise<void> {
     if (this.readOnly) return;
     try {
+      await this.writeback;
       await this.fh.sync();
     } catch (err) {
       this.fail(err, 'flush');
@@ -116,7 +134,7 @@ export class FileProtocol implements Protocol {
 
   async truncate(size: number, prealloc: Preallocation = 'off'): Promise<void> {
     this.checkWritable('truncate');
-    const old = await this.size();
+    const old = this.length;
     try {
       if (size <= old || prealloc === 'off') {
         await this.fh.truncate(size);
@@ -133,6 +151,7 @@ export class FileProtocol implements Protocol {
         await this.fh.truncate(size);
         await this.fillZeroes(old, size - old);
       }
+      this.length = size;
     } catch (err) {
       this.fail(err, 'truncate', old);
     }
@@ -159,7 +178,7 @@ export class FileProtocol implements Protocol {
   }
 
   async blockStatus(offset: number, length: number): Promise<ProtocolExtent> {
-    const end = Math.min(offset + length, await this.size());
+    const end = Math.min(offset + length, this.length);
     if (offset >= end) return { offset, length, data: false };
     const nextData = seekData(this.fd, offset, false);
     if (nextData === undefined) return { offset, length: end - offset, data: true };
@@ -176,6 +195,7 @@ export class FileProtocol implements Protocol {
   }
 
   async close(): Promise<void> {
+    await this.writeback;
     await this.fh.close();
   }
 }

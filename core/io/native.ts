@@ -13,6 +13,8 @@ interface Libc {
   fallocate?: (fd: number, mode: number, offset: number, length: number) => Promise<boolean>;
   /** posix_fallocate(3) on a worker thread; resolves the error number, 0 on success. */
   posixFallocate?: (fd: number, offset: number, length: number) => Promise<number>;
+  /** sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) on a worker thread. */
+  startWriteback?: (fd: number) => Promise<void>;
 }
 
 export const ENXIO = 6;
@@ -27,6 +29,7 @@ const WHENCE: Partial<Record<NodeJS.Platform, { data: number; hole: number }>> =
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
+const SYNC_FILE_RANGE_WRITE = 0x02;
 
 let libc: Libc | null | undefined;
 
@@ -55,6 +58,10 @@ function load(): Libc | null {
       c.fallocate = async (fd, mode, offset, length) =>
         (await onWorker<number>(fa, fd, mode, offset, length)) === 0;
       c.posixFallocate = (fd, offset, length) => onWorker<number>(pfa, fd, offset, length);
+      const sfr = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
+      c.startWriteback = async (fd) => {
+        await onWorker<number>(sfr, fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+      };
     }
     return c;
   } catch {
@@ -104,4 +111,13 @@ export async function reserve(fd: number, offset: number, length: number): Promi
   const c = libcOrNull();
   if (!c?.posixFallocate) return undefined;
   return c.posixFallocate(fd, offset, length);
+}
+
+/**
+ * Starts writing the file's dirty pages to disk without waiting for them, so
+ * that a long copy's final fsync has little left to do. A no-op where the
+ * host has no such call.
+ */
+export async function startWriteback(fd: number): Promise<void> {
+  await libcOrNull()?.startWriteback?.(fd);
 }
