@@ -56,6 +56,14 @@ describe.skipIf(!HAS_QEMU)('interop with qemu-img', () => {
       );
     });
 
+    it('map of a window (--start-offset, --max-length) equals qemu-img map', async () => {
+      for (const w of [['--start-offset=4096', '--max-length=400000'], ['--start-offset=1000000'], ['--start-offset=40M'], ['--max-length=1']]) {
+        expect((await platter(['map', '--output=json', ...w, file()])).stdout).toBe(
+          sh('qemu-img', ['map', '--output=json', '-f', 'raw', ...w, file()]),
+        );
+      }
+    });
+
     it('human map equals qemu-img map', async () => {
       expect((await platter(['map', file()])).stdout).toBe(sh('qemu-img', ['map', '-f', 'raw', file()]));
     });

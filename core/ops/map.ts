@@ -42,10 +42,10 @@ function mergeable(a: MapEntry, b: BlockStatus): boolean {
 export async function map(opts: MapOptions, ctx: JobContext = {}): Promise<MapEntry[]> {
   const image = await openImage(opts.filename, { format: opts.format });
   try {
-    const start = Math.min(opts.startOffset ?? 0, image.size);
+    const start = opts.startOffset ?? 0;
     const end = Math.min(image.size, start + (opts.maxLength ?? image.size));
     const entries: MapEntry[] = [];
-    const meter = new ProgressMeter(end - start, ctx);
+    const meter = new ProgressMeter(Math.max(0, end - start), ctx);
     for (let at = start; at < end; ) {
       throwIfAborted(ctx.signal);
       const st = await image.blockStatus(at, Math.min(end - at, MAP_STEP));
@@ -69,6 +69,10 @@ export async function map(opts: MapOptions, ctx: JobContext = {}): Promise<MapEn
       meter.add(st.length);
     }
     meter.finish();
+    // Nothing in range: qemu-img still prints one empty, absent entry there.
+    if (entries.length === 0) {
+      entries.push({ start, length: 0, depth: 0, present: false, zero: false, data: false, filename: image.filename });
+    }
     return entries;
   } finally {
     await image.close();

@@ -32,10 +32,8 @@ export const mapCommand: Command = {
 
 /** qemu-img's exact layout: one entry per line, keys in its order. */
 function jsonMap(entries: MapEntry[]): string {
-  // An empty image still prints one (empty, absent) entry, as qemu-img does.
-  const list = entries.length > 0 ? entries : [{ start: 0, length: 0, depth: 0, present: false, zero: false, data: false }];
-  const lines = list.map((e) => {
-    const offset = 'offset' in e && e.offset !== undefined ? `, "offset": ${e.offset}` : '';
+  const lines = entries.map((e) => {
+    const offset = e.offset !== undefined ? `, "offset": ${e.offset}` : '';
     return `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${offset}}`;
   });
   return `[${lines.join(',\n')}]\n`;

@@ -1,0 +1,128 @@
+/** convert's flags and the copy pipeline, checked against the bytes and holes they produce. */
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, statSync, writeSync } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { platter } from '../test/cli.js';
+import { tempDir } from '../test/tmp.js';
+import { convert } from './convert.js';
+import { map } from './map.js';
+
+const MiB = 1 << 20;
+let t: ReturnType<typeof tempDir>;
+beforeEach(() => (t = tempDir()));
+afterEach(() => t.cleanup());
+
+/** 8 MiB: random data at 1 MiB, a run of written zeros at 3 MiB, random data at 6 MiB. */
+function source(): string {
+  const p = t.path('src.raw');
+  const fd = openSync(p, 'w');
+  ftruncateSync(fd, 8 * MiB);
+  writeSync(fd, randomBytes(MiB), 0, MiB, MiB);
+  writeSync(fd, Buffer.alloc(MiB), 0, MiB, 3 * MiB);
+  writeSync(fd, randomBytes(64 * 1024), 0, 64 * 1024, 6 * MiB);
+  closeSync(fd);
+  return p;
+}
+
+const dataRanges = async (p: string) =>
+  (await map({ filename: p })).filter((e) => e.data).map((e) => [e.start, e.length]);
+
+describe('convert', () => {
+  it('turns written zeros into holes by default, and keeps them with -S 0', async () => {
+    const src = source();
+    expect((await platter(['convert', src, t.path('sparse.raw')])).code).toBe(0);
+    expect(await dataRanges(t.path('sparse.raw'))).toEqual([
+      [MiB, MiB],
+      [6 * MiB, 64 * 1024],
+    ]);
+    expect((await platter(['convert', '-S', '0', src, t.path('dense.raw')])).code).toBe(0);
+    expect(await dataRanges(t.path('dense.raw'))).toEqual([
+      [MiB, MiB],
+      [3 * MiB, MiB],
+      [6 * MiB, 64 * 1024],
+    ]);
+    for (const out of ['sparse.raw', 'dense.raw']) {
+      expect(readFileSync(t.path(out)).equals(readFileSync(src))).toBe(true);
+    }
+  });
+
+  it.each([['-W'], ['-m', '1'], ['-m', '16', '-W']])('gives the same bytes with %s', async (...flags) => {
+    const src = source();
+    expect((await platter(['convert', ...flags, src, t.path('o.raw')])).code).toBe(0);
+    expect(readFileSync(t.path('o.raw')).equals(readFileSync(src))).toBe(true);
+  });
+
+  it('-n writes into an existing image, zeroing what the source has as zeros', async () => {
+    const src = source();
+    const target = t.path('existing.raw');
+    const fd = openSync(target, 'w');
+    writeSync(fd, Buffer.alloc(10 * MiB, 0xee));
+    closeSync(fd);
+    expect((await platter(['convert', '-n', src, target])).code).toBe(0);
+    const out = readFileSync(target);
+    expect(out.subarray(0, 8 * MiB).equals(readFileSync(src))).toBe(true);
+    // Past the source's end the target keeps its bytes.
+    expect(out.subarray(8 * MiB).every((b) => b === 0xee)).toBe(true);
+  });
+
+  it('--target-is-zero skips zero ranges (so a non-zero target keeps its bytes there)', async () => {
+    const src = source();
+    const target = t.path('trusted.raw');
+    const fd = openSync(target, 'w');
+    writeSync(fd, Buffer.alloc(8 * MiB, 0xee));
+    closeSync(fd);
+    expect((await platter(['convert', '-n', '--target-is-zero', src, target])).code).toBe(0);
+    const out = readFileSync(target);
+    expect(out.subarray(MiB, 2 * MiB).equals(readFileSync(src).subarray(MiB, 2 * MiB))).toBe(true);
+    expect(out.subarray(0, MiB).every((b) => b === 0xee)).toBe(true);
+    const refused = await platter(['convert', '--target-is-zero', src, t.path('new.raw')]);
+    expect(refused.stderr).toBe('platter: --target-is-zero only applies to an existing target (-n)\n');
+  });
+
+  it('-n refuses a target smaller than the source', async () => {
+    const src = source();
+    const small = t.path('small.raw');
+    closeSync(openSync(small, 'w'));
+    const r = await platter(['convert', '-n', src, small]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`platter: ${small}: target is too small: 0 bytes, ${8 * MiB} needed\n`);
+  });
+
+  it('--progress=json prints one JSON object per line, ending at 100%', async () => {
+    const src = source();
+    const r = await platter(['convert', '--progress=json', src, t.path('p.raw')]);
+    const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines[0]).toMatchObject({ done: 0, total: 8 * MiB });
+    expect(lines[lines.length - 1]).toMatchObject({ done: 8 * MiB, total: 8 * MiB, percent: 100 });
+    for (const l of lines) expect(Object.keys(l).sort()).toEqual(['bytesPerSecond', 'done', 'percent', 'secondsLeft', 'total']);
+  });
+
+  it('an aborted convert throws Cancelled and leaves nothing behind', async () => {
+    const src = source();
+    const ac = new AbortController();
+    const err = await convert(
+      { sources: [src], target: t.path('aborted.raw'), rateLimit: MiB },
+      { signal: ac.signal, onProgress: (p) => p.done > 0 && ac.abort() },
+    ).catch((e: unknown) => e);
+    expect(err).toMatchObject({ kind: 'Cancelled' });
+    expect(readdirSync(t.dir)).toEqual(['src.raw']);
+  });
+
+  it('rejects out-of-range tunables with one line', async () => {
+    const src = source();
+    expect((await platter(['convert', '-m', '17', src, t.path('x.raw')])).stderr).toBe(
+      'platter: parallel requests must be between 1 and 16\n',
+    );
+    expect((await platter(['convert', '-S', '100', src, t.path('x.raw')])).stderr).toBe(
+      'platter: the sparse size (-S) must be a multiple of 512\n',
+    );
+    expect(existsSync(t.path('x.raw'))).toBe(false);
+  });
+
+  it('writes a fully allocated target with -o preallocation=full', async () => {
+    const src = source();
+    expect((await platter(['convert', '-o', 'preallocation=full', src, t.path('full.raw')])).code).toBe(0);
+    expect(statSync(t.path('full.raw')).blocks * 512).toBeGreaterThanOrEqual(8 * MiB);
+    expect(readFileSync(t.path('full.raw')).equals(readFileSync(src))).toBe(true);
+  });
+});
