@@ -40,7 +40,8 @@ const TYPE_LABEL: Record<OptionDecl['type'], string> = {
  * joining them with commas.
  */
 export function parseOptionList(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
+  // No prototype: "-o __proto__=x" must be an unknown option, not a no-op.
+  const out: Record<string, string> = Object.create(null);
   let key = '';
   let value = '';
   let inValue = false;
@@ -104,12 +105,14 @@ export function parseOptionValue(decl: OptionDecl, text: string): OptionValue {
           throw invalid(decl, text, 'not a size');
         }
       } else {
-        n = Number(text);
+        n = /^(\d+|0x[0-9a-f]+)$/i.test(text) ? Number(text) : NaN;
         if (!Number.isSafeInteger(n)) throw invalid(decl, text, 'not a whole number');
       }
       if (decl.min !== undefined && n < decl.min) throw invalid(decl, text, `must be at least ${decl.min}`);
       if (decl.max !== undefined && n > decl.max) throw invalid(decl, text, `must be at most ${decl.max}`);
-      if (decl.powerOfTwo && (n <= 0 || (n & (n - 1)) !== 0)) throw invalid(decl, text, 'must be a power of two');
+      if (decl.powerOfTwo && (n <= 0 || (BigInt(n) & (BigInt(n) - 1n)) !== 0n)) {
+        throw invalid(decl, text, 'must be a power of two');
+      }
       return n;
     }
   }
@@ -126,7 +129,7 @@ export function resolveOptions(
   format: string,
 ): OptionValues {
   const byName = new Map(decls.map((d) => [d.name, d]));
-  const out: OptionValues = {};
+  const out: OptionValues = Object.create(null);
   for (const [name, text] of Object.entries(given)) {
     const decl = byName.get(name);
     if (!decl) {
@@ -136,10 +139,11 @@ export function resolveOptions(
     out[name] = parseOptionValue(decl, text);
   }
   for (const decl of decls) {
-    if (!(decl.name in out) && decl.default !== undefined) out[decl.name] = decl.default;
+    if (!Object.hasOwn(out, decl.name) && decl.default !== undefined) out[decl.name] = decl.default;
   }
   for (const decl of decls) {
-    if (!(decl.name in given)) continue;
+    // An option left off (or switched off) needs nothing.
+    if (!Object.hasOwn(given, decl.name) || out[decl.name] === false) continue;
     for (const req of decl.requires ?? []) {
       if (out[req.option] !== req.value) {
         throw new BlockError(

@@ -17,9 +17,8 @@ export function parseSize(text: string, what = 'size'): number {
   }
   const shift = SUFFIX_SHIFT[(m[2] ?? 'b').toLowerCase()];
   const value = Number(m[1]) * 2 ** shift;
-  if (!Number.isSafeInteger(value)) {
-    throw new BlockError('InvalidArgument', `invalid ${what} '${text}': not a whole number of bytes below 8 PiB`);
-  }
+  if (!Number.isInteger(value)) throw new BlockError('InvalidArgument', `invalid ${what} '${text}': not a whole number of bytes`);
+  if (!Number.isSafeInteger(value)) throw new BlockError('InvalidArgument', `invalid ${what} '${text}': must be below 8 PiB`);
   return value;
 }
 
@@ -27,12 +26,29 @@ const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
 
 /**
  * Three significant digits and a binary unit, switching unit before the number
- * would reach 1000 (qemu's size_to_str, so outputs read alike).
+ * would reach 1000: qemu's size_to_str, digit for digit, so outputs read alike.
  */
 export function formatSize(bytes: number): string {
   if (bytes === 0) return '0 B';
-  const exponent = Math.floor(Math.log2(bytes / (1000 / 1024)));
-  const i = Math.min(Math.max(Math.floor(exponent / 10), 0), UNITS.length - 1);
-  const value = bytes / 2 ** (i * 10);
-  return `${Number(value.toPrecision(3))} ${UNITS[i]}`;
+  // The largest unit with bytes >= 1000/1024 of it, in exact integers.
+  const b = BigInt(bytes);
+  let i = 0;
+  while (i < UNITS.length - 1 && b * 1024n >= 1000n << BigInt(10 * (i + 1))) i++;
+  return `${formatG3(bytes / 2 ** (i * 10))} ${UNITS[i]}`;
+}
+
+/**
+ * printf's "%0.3g" for 0.9 <= x < 1000: three significant digits, exact ties
+ * rounded to even (JS's toPrecision rounds them up), trailing zeros dropped,
+ * and "1e+03" when rounding reaches 1000.
+ */
+function formatG3(x: number): string {
+  const exp = Math.floor(Math.log10(x));
+  const scale = 10 ** (2 - exp);
+  // x is a dyadic fraction and scale a small power of ten: y is exact.
+  const y = x * scale;
+  const floor = Math.floor(y);
+  const n = y - floor === 0.5 ? (floor % 2 === 0 ? floor : floor + 1) : Math.round(y);
+  const value = n / scale;
+  return value >= 1000 ? '1e+03' : String(value);
 }
