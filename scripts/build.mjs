@@ -15,3 +15,33 @@ await build({
   external: ['koffi'],
   logLevel: 'warning',
 });
+
+// The desktop app: Electron's main process and preload as CommonJS bundles
+// (a sandboxed preload can't load ES modules), and the React renderer with
+// Vite. 'electron' is provided by the runtime; koffi loads a native library.
+{
+  const { readFile } = await import('node:fs/promises');
+  const { fileURLToPath } = await import('node:url');
+  const { build: viteBuild } = await import('vite');
+  const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
+
+  await Promise.all([
+    build({
+      entryPoints: { main: 'electron/main.ts', preload: 'electron/preload.ts' },
+      outdir: 'dist/electron',
+      outExtension: { '.js': '.cjs' },
+      bundle: true,
+      platform: 'node',
+      format: 'cjs',
+      target: 'node20',
+      sourcemap: true,
+      external: ['electron', 'koffi'],
+      define: { __PLATTER_VERSION__: JSON.stringify(pkg.version) },
+      logLevel: 'warning',
+    }),
+    viteBuild({
+      configFile: fileURLToPath(new URL('../renderer/vite.config.ts', import.meta.url)),
+      logLevel: 'warn',
+    }),
+  ]);
+}

@@ -1,0 +1,134 @@
+// Electron main process: one window, locked down. The renderer is untrusted
+// (see shared ARCHITECTURE.md, "Security principles"): it runs sandboxed with
+// context isolation and no Node, can't navigate or open windows, and gets no
+// permissions. The typed IPC contract arrives in a later issue; until then the
+// preload exposes only the app version.
+//
+// Bundled by scripts/build.mjs to dist/electron/main.cjs (CommonJS), so
+// __dirname is dist/electron at run time, both from the source tree and
+// inside the packaged app.asar.
+import { app, BrowserWindow, Menu, session, type MenuItemConstructorOptions } from 'electron';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const isMac = process.platform === 'darwin';
+
+const PRELOAD_PATH = path.join(__dirname, 'preload.cjs');
+const RENDERER_INDEX = path.join(__dirname, '..', 'renderer', 'index.html');
+
+// A dev server URL (e.g. Vite's) may replace the built renderer, but only when
+// running unpackaged and only from this machine: a packaged app never loads
+// remote content.
+function rendererUrl(): string {
+  const dev = process.env.PLATTER_RENDERER_URL;
+  if (dev && !app.isPackaged) {
+    const url = URL.canParse(dev) ? new URL(dev) : undefined;
+    const local = url !== undefined && ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
+    if (url && local && (url.protocol === 'http:' || url.protocol === 'https:')) return url.href;
+    console.warn(`Ignoring PLATTER_RENDERER_URL=${dev}: only an http(s) URL on localhost is allowed`);
+  }
+  return pathToFileURL(RENDERER_INDEX).href;
+}
+
+function createWindow(): BrowserWindow {
+  const win = new BrowserWindow({
+    title: 'Platter',
+    width: 1100,
+    height: 720,
+    minWidth: 640,
+    minHeight: 400,
+    show: false,
+    webPreferences: {
+      preload: PRELOAD_PATH,
+      contextIsolation: true,
+      sandbox: true,
+      nodeIntegration: false,
+      nodeIntegrationInWorker: false,
+      nodeIntegrationInSubFrames: false,
+      webSecurity: true,
+      allowRunningInsecureContent: false,
+      webviewTag: false,
+      spellcheck: false,
+    },
+  });
+  win.once('ready-to-show', () => win.show());
+  void win.loadURL(rendererUrl());
+  return win;
+}
+
+// Applied to every web contents the app creates: no navigation away from the
+// loaded page, no new windows, no <webview>. Links meant for the user's
+// browser will go through a vetted IPC call when there are any.
+function lockDownWebContents(contents: Electron.WebContents): void {
+  contents.on('will-navigate', (event) => {
+    event.preventDefault();
+  });
+  contents.on('will-redirect', (event) => {
+    event.preventDefault();
+  });
+  contents.on('will-attach-webview', (event) => {
+    event.preventDefault();
+  });
+  contents.setWindowOpenHandler(() => ({ action: 'deny' }));
+}
+
+function denyAllPermissions(): void {
+  session.defaultSession.setPermissionRequestHandler((_contents, _permission, callback) => {
+    callback(false);
+  });
+  session.defaultSession.setPermissionCheckHandler(() => false);
+}
+
+function buildMenu(): Menu {
+  const template: MenuItemConstructorOptions[] = [
+    ...(isMac ? [{ role: 'appMenu' } as MenuItemConstructorOptions] : []),
+    { label: 'File', submenu: [isMac ? { role: 'close' } : { role: 'quit' }] },
+    { role: 'editMenu' },
+    {
+      label: 'View',
+      submenu: [
+        { role: 'reload' },
+        { role: 'forceReload' },
+        { role: 'toggleDevTools' },
+        { type: 'separator' },
+        { role: 'resetZoom' },
+        { role: 'zoomIn' },
+        { role: 'zoomOut' },
+        { type: 'separator' },
+        { role: 'togglefullscreen' },
+      ],
+    },
+    { role: 'windowMenu' },
+  ];
+  return Menu.buildFromTemplate(template);
+}
+
+// Every renderer is sandboxed, whatever a future window forgets to say.
+app.enableSandbox();
+
+if (!app.requestSingleInstanceLock()) {
+  app.quit();
+} else {
+  app.on('second-instance', () => {
+    const [win] = BrowserWindow.getAllWindows();
+    if (win) {
+      if (win.isMinimized()) win.restore();
+      win.focus();
+    }
+  });
+
+  app.on('web-contents-created', (_event, contents) => lockDownWebContents(contents));
+
+  app.on('window-all-closed', () => {
+    if (!isMac) app.quit();
+  });
+
+  void app.whenReady().then(() => {
+    denyAllPermissions();
+    Menu.setApplicationMenu(buildMenu());
+    createWindow();
+    app.on('activate', () => {
+      if (BrowserWindow.getAllWindows().length === 0) createWindow();
+    });
+  });
+}
