@@ -18,10 +18,10 @@ export class PendingFile {
   }
 
   /** Moves the finished file into place; the caller has flushed and closed it. */
-  async commit(): Promise<void> {
+  async commit({ durable } = { durable: true }): Promise<void> {
     try {
       await fsp.rename(this.tempPath, this.finalPath);
-      await syncDir(dirname(this.finalPath));
+      if (durable) await syncDir(dirname(this.finalPath));
     } catch (err) {
       await this.discard();
       throw toBlockError(err, { path: this.finalPath, op: 'rename' });

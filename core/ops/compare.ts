@@ -6,6 +6,7 @@ import { openImage } from '../image/open.js';
 import type { Image } from '../image/image.js';
 import { throwIfAborted } from '../image/errors.js';
 import { ProgressMeter, type JobContext } from './job.js';
+import { readAhead, readGuest } from './read-ahead.js';
 import { isZero } from './zero-runs.js';
 
 export interface CompareOptions {
@@ -41,45 +42,61 @@ export async function compare(opts: CompareOptions, ctx: JobContext = {}): Promi
   }
 }
 
+/** What one chunk of a comparison found. */
+type Verdict =
+  | { kind: 'same'; length: number }
+  | { kind: 'content'; offset: number }
+  | { kind: 'allocation'; offset: number };
+
+/** Chunks compared at once, ahead of the one being looked at. */
+const READ_AHEAD = 4;
+
 async function compareImages(a: Image, b: Image, strict: boolean, ctx: JobContext): Promise<CompareResult> {
   const sizeMismatch = a.size !== b.size;
   if (strict && sizeMismatch) return { identical: false, reason: 'size' };
   const common = Math.min(a.size, b.size);
   const larger = a.size > b.size ? a : b;
   const meter = new ProgressMeter(Math.max(a.size, b.size), ctx);
-  const bufA = new Uint8Array(CHUNK);
-  const bufB = new Uint8Array(CHUNK);
 
-  for (let at = 0; at < common; ) {
-    throwIfAborted(ctx.signal);
-    const len = Math.min(CHUNK - (at % CHUNK), common - at);
-    const [sa, sb] = await Promise.all([a.blockStatus(at, len), b.blockStatus(at, len)]);
-    const step = Math.min(sa.length, sb.length);
-    if (strict && sa.present !== sb.present) return { identical: false, reason: 'allocation', offset: at };
-    if (sa.data || sb.data) {
-      const da = bufA.subarray(0, step);
-      const db = bufB.subarray(0, step);
-      await Promise.all([a.read(da, at), b.read(db, at)]);
-      const diff = firstDifference(da, db);
-      // Found before the size difference is looked at, so not reported with it.
-      if (diff >= 0) return { identical: false, reason: 'content', offset: floorSector(at + diff), sizeMismatch: false };
+  // Each chunk answers with its first difference (or -1); the first chunk in
+  // order that has one is the answer, as in a sequential scan.
+  const common$ = readAhead(0, common, CHUNK, READ_AHEAD, async (c, buf): Promise<Verdict> => {
+    const other = buf.subarray(CHUNK);
+    for (let at = c.offset; at < c.offset + c.length; ) {
+      const len = c.offset + c.length - at;
+      const [sa, sb] = await Promise.all([a.blockStatus(at, len), b.blockStatus(at, len)]);
+      const step = Math.min(sa.length, sb.length);
+      if (strict && sa.present !== sb.present) return { kind: 'allocation', offset: at };
+      if (sa.data || sb.data) {
+        const da = buf.subarray(0, step);
+        const db = other.subarray(0, step);
+        await Promise.all([a.read(da, at), b.read(db, at)]);
+        const diff = firstDifference(da, db);
+        if (diff >= 0) return { kind: 'content', offset: at + diff };
+      }
+      at += step;
     }
-    at += step;
-    meter.add(step);
+    return { kind: 'same', length: c.length };
+  }, 2 * CHUNK);
+  for await (const r of common$) {
+    throwIfAborted(ctx.signal);
+    if (r.kind === 'allocation') return { identical: false, reason: 'allocation', offset: r.offset };
+    // Found before the size difference is looked at, so not reported with it.
+    if (r.kind === 'content') return { identical: false, reason: 'content', offset: floorSector(r.offset), sizeMismatch: false };
+    meter.add(r.length);
   }
 
   // Without -s, a longer image still matches if its extra part reads as zeros.
-  for (let at = common; at < larger.size; ) {
+  const extra$ = readAhead(common, larger.size, CHUNK, READ_AHEAD, async (c, buf): Promise<Verdict> => {
+    const piece = buf.subarray(0, c.length);
+    await readGuest(larger, piece, c.offset);
+    const nz = firstNonZero(piece);
+    return nz >= 0 ? { kind: 'content', offset: c.offset + nz } : { kind: 'same', length: c.length };
+  });
+  for await (const r of extra$) {
     throwIfAborted(ctx.signal);
-    const st = await larger.blockStatus(at, Math.min(CHUNK, larger.size - at));
-    if (st.data) {
-      const d = bufA.subarray(0, st.length);
-      await larger.read(d, at);
-      const nz = firstNonZero(d);
-      if (nz >= 0) return { identical: false, reason: 'content', offset: floorSector(at + nz), sizeMismatch };
-    }
-    at += st.length;
-    meter.add(st.length);
+    if (r.kind !== 'same') return { identical: false, reason: 'content', offset: floorSector(r.offset), sizeMismatch: true };
+    meter.add(r.length);
   }
   meter.finish();
   return { identical: true, sizeMismatch };

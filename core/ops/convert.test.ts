@@ -2,8 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, statSync, writeSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { platter } from '../test/cli.js';
-import { tempDir } from '../test/tmp.js';
+import { PLATTER_BIN, platter } from '../test/cli.js';
+import { hasTool, shStatus, tempDir } from '../test/tmp.js';
 import { convert } from './convert.js';
 import { map } from './map.js';
 
@@ -124,5 +124,33 @@ describe('convert', () => {
     expect((await platter(['convert', '-o', 'preallocation=full', src, t.path('full.raw')])).code).toBe(0);
     expect(statSync(t.path('full.raw')).blocks * 512).toBeGreaterThanOrEqual(8 * MiB);
     expect(readFileSync(t.path('full.raw')).equals(readFileSync(src))).toBe(true);
+  });
+});
+
+describe('convert -t', () => {
+  const HAS_STRACE = hasTool('strace', 'apt-get install strace');
+
+  /**
+   * The successful fsync-family calls a command makes, counted by strace
+   * (Node itself tries fsync on its stdio pipes at exit, which fails).
+   */
+  function syncCalls(args: string[]): number {
+    const r = shStatus('strace', ['-f', '-c', '-e', 'trace=fsync,fdatasync', process.execPath, PLATTER_BIN, ...args]);
+    expect(r.status).toBe(0);
+    const rows = [...r.stderr.matchAll(/^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+\s+)?(fsync|fdatasync)$/gm)];
+    expect(rows.length).toBeGreaterThan(0);
+    return rows.reduce((n, m) => n + Number(m[1]) - Number(m[2] ?? 0), 0);
+  }
+
+  it.skipIf(!HAS_STRACE)('writeback (the default) fsyncs the target; unsafe does not', () => {
+    const src = source();
+    expect(syncCalls(['convert', src, t.path('durable.raw')])).toBeGreaterThan(0);
+    expect(syncCalls(['convert', '-t', 'unsafe', src, t.path('fast.raw')])).toBe(0);
+    expect(readFileSync(t.path('fast.raw')).equals(readFileSync(src))).toBe(true);
+  });
+
+  it('refuses other cache modes, naming the allowed ones', async () => {
+    const r = await platter(['convert', '-t', 'none', source(), t.path('x.raw')]);
+    expect(r.stderr).toBe("platter: invalid cache mode 'none' (allowed values: writeback, unsafe)\n");
   });
 });

@@ -23,7 +23,13 @@ export interface ConvertOptions extends Partial<CopyOptions> {
   options?: Record<string, string>;
   /** Write into an existing target instead of creating one (`-n`). */
   noCreate?: boolean;
+  /** 'unsafe' skips the final fsync, as qemu-img's default does (`-t`). */
+  cache?: CacheMode;
 }
+
+/** qemu-img's -t modes that apply here: flush at the end, or never. */
+export const CACHE_MODES = ['writeback', 'unsafe'] as const;
+export type CacheMode = (typeof CACHE_MODES)[number];
 
 export interface ConvertResult {
   size: number;
@@ -56,10 +62,11 @@ export async function convert(opts: ConvertOptions, ctx: JobContext = {}): Promi
 export async function copyIntoTarget(
   spans: CopySpan[],
   size: number,
-  opts: Pick<ConvertOptions, 'target' | 'targetFormat' | 'options' | 'noCreate'>,
+  opts: Pick<ConvertOptions, 'target' | 'targetFormat' | 'options' | 'noCreate' | 'cache'>,
   copy: CopyOptions,
   ctx: JobContext,
 ): Promise<void> {
+  const durable = (opts.cache ?? 'writeback') === 'writeback';
   if (opts.noCreate) {
     const target = await openImage(opts.target, { format: opts.targetFormat, readOnly: false });
     try {
@@ -69,7 +76,7 @@ export async function copyIntoTarget(
         });
       }
       await copySpans(spans, target, copy, ctx);
-      await target.flush();
+      if (durable) await target.flush();
     } finally {
       await target.close();
     }
@@ -82,7 +89,7 @@ export async function copyIntoTarget(
   try {
     created = await createImage(opts.target, driver, size, values);
     await copySpans(spans, created.image, { ...copy, targetIsZero: true }, ctx);
-    await created.commit();
+    await created.commit({ durable });
   } catch (err) {
     await created?.abort();
     throw err;

@@ -7,6 +7,7 @@ import { throwIfAborted } from '../image/errors.js';
 import { openImage } from '../image/open.js';
 import type { Image } from '../image/image.js';
 import { ProgressMeter, type JobContext } from './job.js';
+import { readAhead, readGuest } from './read-ahead.js';
 
 export const HASH_ALGORITHMS = ['sha256', 'sha512', 'sha1', 'md5'] as const;
 export type HashAlgorithm = (typeof HASH_ALGORITHMS)[number];
@@ -27,45 +28,18 @@ export async function hash(
   }
 }
 
-/** Fills `buf` with the guest bytes at `offset`, reading only what holds data. */
-async function readChunk(image: Image, buf: Uint8Array, offset: number): Promise<void> {
-  for (let at = 0; at < buf.length; ) {
-    const st = await image.blockStatus(offset + at, buf.length - at);
-    const piece = buf.subarray(at, at + st.length);
-    if (st.data) await image.read(piece, offset + at);
-    else piece.fill(0);
-    at += st.length;
-  }
-}
-
 export async function hashImage(image: Image, algorithm: HashAlgorithm, ctx: JobContext = {}): Promise<string> {
   const h = createHash(algorithm);
   const meter = new ProgressMeter(image.size, ctx);
-  const pending: Promise<Uint8Array>[] = [];
-  const spare: Uint8Array[] = [];
-  let next = 0;
-  const schedule = () => {
-    while (pending.length < READ_AHEAD && next < image.size) {
-      const offset = next;
-      const len = Math.min(CHUNK, image.size - offset);
-      next += len;
-      const buf = (spare.pop() ?? new Uint8Array(CHUNK)).subarray(0, len);
-      pending.push(readChunk(image, buf, offset).then(() => buf));
-    }
-  };
-  try {
-    schedule();
-    while (pending.length > 0) {
-      throwIfAborted(ctx.signal);
-      const buf = await pending.shift()!;
-      h.update(buf);
-      meter.add(buf.length);
-      spare.push(new Uint8Array(buf.buffer));
-      schedule();
-    }
-  } finally {
-    // Let reads still in flight settle before the image is closed under them.
-    await Promise.allSettled(pending);
+  const chunks = readAhead(0, image.size, CHUNK, READ_AHEAD, async (c, buf) => {
+    const piece = buf.subarray(0, c.length);
+    await readGuest(image, piece, c.offset);
+    return piece;
+  });
+  for await (const piece of chunks) {
+    throwIfAborted(ctx.signal);
+    h.update(piece);
+    meter.add(piece.length);
   }
   meter.finish();
   return h.digest('hex');

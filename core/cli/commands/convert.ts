@@ -1,5 +1,5 @@
 import { BlockError } from '../../image/errors.js';
-import { convert } from '../../ops/convert.js';
+import { CACHE_MODES, convert, type CacheMode } from '../../ops/convert.js';
 import { flag, intArg, optionList, sizeArg, str } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
@@ -8,7 +8,7 @@ export const convertCommand: Command = {
   name: 'convert',
   summary: 'copy one or more images (concatenated) into a new image of any format',
   usage:
-    '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] FILE [FILE2 ...] OUTPUT',
+    '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
   options: {
     ...FORMAT_OPTION,
     ...QUIET_OPTION,
@@ -21,12 +21,17 @@ export const convertCommand: Command = {
     'out-of-order': { type: 'boolean', short: 'W' },
     'target-is-zero': { type: 'boolean' },
     'rate-limit': { type: 'string', short: 'r' },
+    cache: { type: 'string', short: 't' },
   },
   async run(args, io) {
     if (args.positionals.length < 2) throw new BlockError('InvalidArgument', 'expected one or more source images and an output file');
     const sources = args.positionals.slice(0, -1);
     const target = args.positionals[args.positionals.length - 1];
     const noCreate = flag(args, 'no-create');
+    const cache = str(args, 'cache') ?? 'writeback';
+    if (!(CACHE_MODES as readonly string[]).includes(cache)) {
+      throw new BlockError('InvalidArgument', `invalid cache mode '${cache}' (allowed values: ${CACHE_MODES.join(', ')})`);
+    }
     if (flag(args, 'target-is-zero') && !noCreate) {
       throw new BlockError('InvalidArgument', '--target-is-zero only applies to an existing target (-n)');
     }
@@ -38,6 +43,7 @@ export const convertCommand: Command = {
         targetFormat: str(args, 'output-format') ?? 'raw',
         options: optionList(args),
         noCreate,
+        cache: cache as CacheMode,
         targetIsZero: flag(args, 'target-is-zero') || undefined,
         sparseSize: sizeArg(args, 'sparse', 'sparse size'),
         parallel: intArg(args, 'parallel', 'number of parallel requests'),
