@@ -113,8 +113,8 @@ export interface FormatDriver {
   readonly createOptions?: readonly OptionDecl[];
   create?(proto: Protocol, req: CreateRequest): Promise<void>;
   /**
-   * How much room an image of this format needs for `size` guest bytes of
-   * which `allocated` hold data.
+   * How much room an image of this format needs for `size` guest bytes whose
+   * stored data is `dataExtents` (sorted; empty for a new image).
    */
-  measure?(size: number, allocated: number, options: OptionValues): Measurement;
+  measure?(size: number, dataExtents: readonly { offset: number; length: number }[], options: OptionValues): Measurement;
 }

@@ -1,4 +1,6 @@
 /** Opening and creating images by name. */
+import { realpath } from 'node:fs/promises';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { openProtocol } from '../io/open.js';
 import { PendingFile } from '../io/pending-file.js';
 import type { Protocol } from '../io/protocol.js';
@@ -15,10 +17,48 @@ export interface OpenOptions {
   readOnly?: boolean;
   /** The name messages use, when `filename` is a temporary file. */
   displayName?: string;
+  /**
+   * Let backing files outside the image's folder be opened. Off by default:
+   * an image must not make Platter read a file the user did not choose.
+   */
+  allowExternalFiles?: boolean;
+  /** Open only this layer, ignoring its backing file (qemu-img's -u). */
+  noBacking?: boolean;
 }
 
-/** Opens an image (and, once formats have them, its backing chain). */
+/** Backing chains deeper than this are refused (they are loops or mistakes). */
+export const MAX_BACKING_DEPTH = 64;
+
+/** Where a backing file named in `image`'s header is, as qemu-img resolves it. */
+export function resolveBackingPath(imagePath: string, backing: string): string {
+  return isAbsolute(backing) ? backing : join(dirname(imagePath), backing);
+}
+
+/** Refuses backing names that would lead outside the image's folder, unless allowed. */
+async function checkBackingAllowed(imagePath: string, backing: string, resolved: string, allow: boolean): Promise<void> {
+  const ctx = { path: imagePath, op: 'open' };
+  if (backing.startsWith('json:')) {
+    throw new BlockError('Unsupported', `the backing file is a json: specification (${backing.slice(0, 60)}), which Platter does not follow`, ctx);
+  }
+  if (allow) return;
+  const folder = await realpath(dirname(imagePath));
+  const target = await realpath(resolved).catch(() => resolve(resolved));
+  const rel = relative(folder, target);
+  if (rel.startsWith('..') || isAbsolute(rel)) {
+    throw new BlockError(
+      'InvalidArgument',
+      `the backing file ${backing} is outside the image's folder; pass --allow-external-files if you trust this image`,
+      ctx,
+    );
+  }
+}
+
+/** Opens an image and its backing chain. */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<Image> {
+  return openChain(filename, opts, []);
+}
+
+async function openChain(filename: string, opts: OpenOptions, above: string[]): Promise<Image> {
   const readOnly = opts.readOnly ?? true;
   const explicit = opts.format ? findDriver(opts.format) : undefined;
   const name = opts.displayName ?? filename;
@@ -26,11 +66,30 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
   try {
     const driver = explicit ?? probeDriver(await readProbeInput(proto));
     const layer = await driver.open(proto, { readOnly });
-    if (layer.backingRef || hasBacking(layer)) {
+    let backing: Image | undefined;
+    try {
+      const ref = layer.backingRef;
+      if (ref && !opts.noBacking && hasBacking(layer)) {
+        const path = resolveBackingPath(filename, ref.filename);
+        await checkBackingAllowed(name, ref.filename, path, opts.allowExternalFiles ?? false);
+        const real = await realpath(path).catch(() => path);
+        const chain = [...above, await realpath(filename).catch(() => filename)];
+        if (chain.includes(real)) throw new BlockError('Corrupt', `the backing chain loops back to ${ref.filename}`, { path: name });
+        if (above.length >= MAX_BACKING_DEPTH) {
+          throw new BlockError('Unsupported', `the backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { path: name });
+        }
+        backing = await openChain(
+          path,
+          { format: ref.format, readOnly: true, allowExternalFiles: opts.allowExternalFiles, displayName: resolveBackingPath(name, ref.filename) },
+          chain,
+        );
+        layer.setBacking(backing);
+      }
+    } catch (err) {
       await layer.close();
-      throw new BlockError('Unsupported', 'backing files are not supported yet', { path: name, op: 'open' });
+      throw err;
     }
-    return new Image(name, driver, layer, proto);
+    return new Image(name, driver, layer, proto, backing);
   } catch (err) {
     await proto.close();
     throw toBlockError(err, { path: name, op: 'open' });

@@ -29,7 +29,7 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
   if (!driver.measure) throw new BlockError('Unsupported', `${driver.name} images cannot be measured yet`);
   const values = resolveOptions(driver.createOptions ?? [], { ...opts.options }, driver.name);
   let size = opts.size ?? 0;
-  let allocated = 0;
+  const extents: { offset: number; length: number }[] = [];
   if (opts.filename !== undefined) {
     const image = await openImage(opts.filename, { format: opts.format });
     try {
@@ -37,13 +37,15 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
       for (let at = 0; at < size; ) {
         throwIfAborted(ctx.signal);
         const st = await image.blockStatus(at, size - at);
-        if (st.data) allocated += st.length;
+        const last = extents[extents.length - 1];
+        if (st.data && last && last.offset + last.length === at) last.length += st.length;
+        else if (st.data) extents.push({ offset: at, length: st.length });
         at += st.length;
       }
     } finally {
       await image.close();
     }
   }
-  const m = driver.measure(size, allocated, values);
+  const m = driver.measure(size, extents, values);
   return { required: m.required, 'fully-allocated': m.fullyAllocated };
 }

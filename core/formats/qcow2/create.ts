@@ -1,0 +1,124 @@
+/** Creating a qcow2 image: header, refcount structures and an empty L1 table. */
+import { BlockError } from '../../image/errors.js';
+import type { CreateRequest } from '../../image/driver.js';
+import type { Protocol } from '../../io/protocol.js';
+import type { OptionDecl } from '../../options/schema.js';
+import { SIZE_OPTION } from '../../options/common.js';
+import { STANDARD_FEATURE_NAMES, type Qcow2Header } from './header.js';
+import { Qcow2Image } from './image.js';
+import * as L from './limits.js';
+import { Refcounts } from './refcounts.js';
+
+export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
+  SIZE_OPTION,
+  { name: 'compat', type: 'enum', values: ['0.10', '1.1'], default: '1.1', help: 'Compatibility level (0.10 = version 2, 1.1 = version 3)' },
+  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
+  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
+  {
+    name: 'cluster_size',
+    type: 'size',
+    default: 65536,
+    min: 2 ** L.MIN_CLUSTER_BITS,
+    max: 2 ** L.MAX_CLUSTER_BITS,
+    powerOfTwo: true,
+    help: 'qcow2 cluster size',
+  },
+  {
+    name: 'preallocation',
+    type: 'enum',
+    values: ['off', 'metadata', 'falloc', 'full'],
+    default: 'off',
+    help: 'Preallocation mode',
+  },
+  {
+    name: 'lazy_refcounts',
+    type: 'bool',
+    default: false,
+    requires: [{ option: 'compat', value: '1.1' }],
+    help: 'Postpone refcount updates',
+  },
+  {
+    name: 'refcount_bits',
+    type: 'number',
+    default: 16,
+    min: 1,
+    max: 64,
+    powerOfTwo: true,
+    help: 'Width of a reference count entry in bits',
+  },
+  { name: 'compression_type', type: 'enum', values: ['zlib'], default: 'zlib', help: 'Compression method used for image cluster compression' },
+];
+
+export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<Qcow2Image> {
+  const o = req.options;
+  const version = o.compat === '0.10' ? 2 : 3;
+  const clusterSize = o.cluster_size as number;
+  const clusterBits = Math.log2(clusterSize);
+  const refcountBits = o.refcount_bits as number;
+  if (version === 2 && refcountBits !== 16) {
+    throw new BlockError('InvalidArgument', 'refcount_bits other than 16 needs compat=1.1');
+  }
+  if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
+  const l1Size = Math.ceil(req.size / clusterSize / (clusterSize / 8));
+  if (l1Size * 8 > L.MAX_L1_BYTES) {
+    throw new BlockError('InvalidArgument', 'the image size is too large for this cluster size (try a larger cluster_size)');
+  }
+  const header: Qcow2Header = {
+    version,
+    clusterBits,
+    size: req.size,
+    cryptMethod: 0,
+    l1Size,
+    l1TableOffset: 0,
+    refcountTableOffset: clusterSize,
+    refcountTableClusters: 1,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatible: 0n,
+    compatible: o.lazy_refcounts ? L.COMPAT_LAZY_REFCOUNTS : 0n,
+    autoclear: 0n,
+    refcountOrder: Math.log2(refcountBits),
+    headerLength: version === 3 ? L.V3_HEADER_LENGTH : L.V2_HEADER_LENGTH,
+    compressionType: 0,
+    otherExtensions: [],
+    featureNames: version === 3 ? STANDARD_FEATURE_NAMES : [],
+  };
+  if (typeof o.backing_file === 'string') {
+    header.backingFile = o.backing_file;
+    if (typeof o.backing_fmt === 'string') header.backingFormat = o.backing_fmt;
+  } else if (o.backing_fmt !== undefined) {
+    throw new BlockError('InvalidArgument', 'backing_fmt needs backing_file');
+  }
+
+  // Cluster 0: header; 1: refcount table; 2: the first refcount block, which
+  // counts clusters 0-2. The L1 table is then allocated like any cluster.
+  const { serializeHeader } = await import('./header.js');
+  await proto.write(serializeHeader(header), 0);
+  const table = new Uint8Array(clusterSize);
+  new DataView(table.buffer).setBigUint64(0, BigInt(2 * clusterSize));
+  await proto.write(table, clusterSize);
+  await proto.write(new Uint8Array(clusterSize), 2 * clusterSize);
+  const refcounts = new Refcounts(
+    proto,
+    clusterBits,
+    header.refcountOrder,
+    { offset: clusterSize, clusters: 1 },
+    [2 * clusterSize],
+    3 * clusterSize,
+    async (loc) => {
+      header.refcountTableOffset = loc.offset;
+      header.refcountTableClusters = loc.clusters;
+      await proto.write(serializeHeader(header), 0);
+    },
+  );
+  await refcounts.update(0, 3, 1);
+  const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / clusterSize));
+  header.l1TableOffset = await refcounts.allocate(l1Clusters);
+  const end = header.l1TableOffset + l1Clusters * clusterSize;
+  if ((await proto.size()) < end) await proto.truncate(end);
+  await proto.write(serializeHeader(header), 0);
+  const image = new Qcow2Image(proto, header, new BigUint64Array(l1Size), refcounts, false);
+  const prealloc = o.preallocation as string;
+  if (prealloc === 'metadata' || prealloc === 'falloc' || prealloc === 'full') await image.preallocate(prealloc);
+  return image;
+}

@@ -1,0 +1,536 @@
+/**
+ * An open qcow2 image: guest reads and writes through the L1/L2 tables,
+ * copy-on-write for partial and shared clusters, zero clusters, compressed
+ * clusters, and reference counting for every host cluster used.
+ *
+ * Write order keeps a crash harmless: a cluster is counted before data is
+ * written to it, data is written before a table points at it, and a cluster
+ * is released only after nothing points at it. A crash can leak clusters
+ * (`check -r leaks` reclaims them), never corrupt.
+ */
+import { inflateRawSync } from 'node:zlib';
+import type { BackingRef, FormatImage, FormatInfo, HasBacking, LayerExtent, Resizable } from '../../image/driver.js';
+import { BlockError } from '../../image/errors.js';
+import type { Preallocation, Protocol } from '../../io/protocol.js';
+import { serializeHeader, type Qcow2Header } from './header.js';
+import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
+import * as L from './limits.js';
+import { Refcounts } from './refcounts.js';
+
+/** L2 tables kept in memory. */
+const L2_CACHE_BYTES = 32 << 20;
+
+interface Backing {
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  size: number;
+}
+
+/** A simple async mutex: metadata changes happen one at a time. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.tail;
+    let release!: () => void;
+    this.tail = new Promise((r) => (release = r));
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+export class Qcow2Image implements FormatImage, Resizable, HasBacking {
+  readonly clusterSize: number;
+  readonly clusterBits: number;
+  /** Entries per L2 table. */
+  readonly l2Entries: number;
+  private l1: BigUint64Array;
+  private readonly l2Cache = new Map<number, BigUint64Array>();
+  private backing?: Backing;
+  private readonly lock = new Mutex();
+  private lastCompressed?: { host: number; data: Uint8Array };
+
+  constructor(
+    private readonly proto: Protocol,
+    readonly header: Qcow2Header,
+    l1: BigUint64Array,
+    private readonly refcounts: Refcounts,
+    readonly readOnly: boolean,
+  ) {
+    this.clusterBits = header.clusterBits;
+    this.clusterSize = 2 ** header.clusterBits;
+    this.l2Entries = this.clusterSize / 8;
+    this.l1 = l1;
+  }
+
+  get size(): number {
+    return this.header.size;
+  }
+
+  get backingRef(): BackingRef | undefined {
+    return this.header.backingFile === undefined
+      ? undefined
+      : { filename: this.header.backingFile, format: this.header.backingFormat };
+  }
+
+  setBacking(backing: Backing | undefined): void {
+    this.backing = backing;
+  }
+
+  // ---- mapping --------------------------------------------------------
+
+  private async l2Table(offset: number): Promise<BigUint64Array> {
+    let t = this.l2Cache.get(offset);
+    if (t) {
+      this.l2Cache.delete(offset);
+      this.l2Cache.set(offset, t);
+      return t;
+    }
+    const overlap = this.metadataOverlap(offset, this.clusterSize, false);
+    if (overlap) throw new BlockError('Corrupt', `an L2 table at offset ${offset} overlaps the ${overlap}`);
+    const raw = new Uint8Array(this.clusterSize);
+    await this.proto.read(raw, offset);
+    const dv = new DataView(raw.buffer);
+    t = new BigUint64Array(this.l2Entries);
+    for (let i = 0; i < this.l2Entries; i++) t[i] = dv.getBigUint64(i * 8);
+    this.l2Cache.set(offset, t);
+    while (this.l2Cache.size * this.clusterSize > L2_CACHE_BYTES) this.l2Cache.delete(this.l2Cache.keys().next().value!);
+    return t;
+  }
+
+  /** What guest cluster `index` is. */
+  async lookup(index: number): Promise<Mapping> {
+    const l1i = Math.floor(index / this.l2Entries);
+    if (l1i >= this.l1.length) return UNALLOCATED;
+    const { offset } = decodeL1(this.l1[l1i], this.clusterSize, l1i);
+    if (!offset) return UNALLOCATED;
+    const t = await this.l2Table(offset);
+    const i = index % this.l2Entries;
+    return decodeL2(t[i], this.clusterBits, this.header.version, () => `L2 entry for guest cluster ${index}`);
+  }
+
+  /**
+   * Which metadata structure [offset, offset+length) would overlap, if any
+   * (QEMU's overlap check): data must never land on tables.
+   */
+  private metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
+    const cs = this.clusterSize;
+    const hits = (start: number, len: number) => offset < start + len && start < offset + length;
+    if (hits(0, cs)) return 'image header';
+    if (this.l1.length && hits(this.header.l1TableOffset, Math.ceil((this.l1.length * 8) / cs) * cs)) return 'L1 table';
+    const rt = this.refcounts.tableLocation;
+    if (hits(rt.offset, rt.clusters * cs)) return 'refcount table';
+    for (const b of this.refcounts.blocks) if (b && hits(b, cs)) return 'refcount block';
+    if (this.header.nbSnapshots && hits(this.header.snapshotsOffset, cs)) return 'snapshot table';
+    if (checkL2) for (const t of this.l2Cache.keys()) if (hits(t, cs)) return 'an L2 table';
+    return undefined;
+  }
+
+  // ---- reading ----------------------------------------------------------
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
+    // Contiguous host data is read with one request.
+    let run: { dst: number; host: number; len: number } | undefined;
+    const flushRun = async () => {
+      if (run) await this.proto.read(buf.subarray(run.dst, run.dst + run.len), run.host);
+      run = undefined;
+    };
+    for (let done = 0; done < buf.length; ) {
+      const guest = offset + done;
+      const index = Math.floor(guest / cs);
+      const inCluster = guest % cs;
+      const len = Math.min(cs - inCluster, buf.length - done);
+      const m = await this.lookup(index);
+      if (m.kind === 'data') {
+        const host = m.host + inCluster;
+        if (run && run.host + run.len === host) run.len += len;
+        else {
+          await flushRun();
+          run = { dst: done, host, len };
+        }
+      } else {
+        await flushRun();
+        await this.readOther(m, buf.subarray(done, done + len), guest, inCluster);
+      }
+      done += len;
+    }
+    await flushRun();
+  }
+
+  /** Reads a piece of one guest cluster that is not plain data. */
+  private async readOther(m: Mapping, dst: Uint8Array, guest: number, inCluster: number): Promise<void> {
+    if (m.kind === 'compressed') {
+      const data = await this.decompress(m.host, m.length);
+      dst.set(data.subarray(inCluster, inCluster + dst.length));
+    } else if (m.kind === 'unallocated' && this.backing) {
+      await this.readBacking(dst, guest);
+    } else {
+      dst.fill(0);
+    }
+  }
+
+  /** Reads from the backing image; past its end the guest sees zeros. */
+  private async readBacking(dst: Uint8Array, guest: number): Promise<void> {
+    const b = this.backing!;
+    const n = Math.max(0, Math.min(dst.length, b.size - guest));
+    if (n > 0) await b.read(dst.subarray(0, n), guest);
+    dst.fill(0, n);
+  }
+
+  private async decompress(host: number, length: number): Promise<Uint8Array> {
+    if (this.lastCompressed?.host === host) return this.lastCompressed.data;
+    // Compressed data never spans more than a cluster plus a sector.
+    if (length > this.clusterSize + 512) throw new BlockError('Corrupt', `compressed cluster at ${host} claims ${length} bytes`);
+    const raw = new Uint8Array(length);
+    await this.proto.read(raw, host);
+    let data: Uint8Array;
+    try {
+      data = inflateRawSync(raw, { maxOutputLength: this.clusterSize, finishFlush: 2 /* Z_SYNC_FLUSH */ });
+    } catch (err) {
+      throw new BlockError('Corrupt', `compressed cluster at ${host} does not decompress`, {}, err);
+    }
+    if (data.length < this.clusterSize) {
+      const full = new Uint8Array(this.clusterSize);
+      full.set(data);
+      data = full;
+    }
+    this.lastCompressed = { host, data };
+    return data;
+  }
+
+  async blockStatus(offset: number, length: number): Promise<LayerExtent> {
+    const cs = this.clusterSize;
+    const first = await this.lookup(Math.floor(offset / cs));
+    const inCluster = offset % cs;
+    const state = first.kind === 'data' || first.kind === 'compressed' ? 'data' : first.kind === 'zero' ? 'zero' : 'unallocated';
+    const host = first.kind === 'data' || (first.kind === 'zero' && first.host) ? first.host : undefined;
+    let len = Math.min(cs - inCluster, length);
+    // Extend over following clusters of the same kind (and contiguous host offsets).
+    while (len < length) {
+      const index = Math.floor((offset + len) / cs);
+      const m = await this.lookup(index);
+      if (m.kind !== first.kind) break;
+      if (m.kind === 'compressed') break;
+      if (host !== undefined) {
+        const h = m.kind === 'data' || m.kind === 'zero' ? m.host : undefined;
+        if (h !== host + (index * cs - (offset - inCluster))) break;
+      } else if (m.kind === 'zero' && m.host) break;
+      len += Math.min(cs, length - len);
+    }
+    return {
+      offset,
+      length: len,
+      state,
+      hostOffset: host === undefined ? undefined : host + inCluster,
+      compressed: first.kind === 'compressed',
+    };
+  }
+
+  // ---- writing ----------------------------------------------------------
+
+  private checkWritable(): void {
+    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only');
+    if (this.header.incompatible & L.INCOMPAT_CORRUPT) {
+      throw new BlockError('Corrupt', 'the image is marked corrupt; repair it with check -r all before writing');
+    }
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkWritable();
+    await this.lock.run(() => this.writeLocked(buf, offset));
+  }
+
+  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
+    let done = 0;
+    while (done < buf.length) {
+      const guest = offset + done;
+      const index = Math.floor(guest / cs);
+      const m = await this.lookup(index);
+      if (m.kind === 'data' && m.copied) {
+        // In place: as many following clusters as are in place and contiguous.
+        const inCluster = guest % cs;
+        let len = Math.min(cs - inCluster, buf.length - done);
+        while (done + len < buf.length) {
+          const next = await this.lookup(index + (inCluster + len) / cs);
+          if (next.kind !== 'data' || !next.copied || next.host !== m.host + inCluster + len) break;
+          len += Math.min(cs, buf.length - done - len);
+        }
+        const host = m.host + (guest % cs);
+        const overlap = this.metadataOverlap(host, len, true);
+        if (overlap) throw new BlockError('Corrupt', `a data cluster at ${m.host} overlaps the ${overlap}; refusing to write`);
+        await this.proto.write(buf.subarray(done, done + len), host);
+        done += len;
+        continue;
+      }
+      // Allocate: every following cluster in this L2 table that also needs it.
+      const l2End = (Math.floor(index / this.l2Entries) + 1) * this.l2Entries;
+      const lastIndex = Math.min(Math.floor((offset + buf.length - 1) / cs), l2End - 1);
+      const olds: Mapping[] = [m];
+      for (let i = index + 1; i <= lastIndex; i++) {
+        const n = await this.lookup(i);
+        if (n.kind === 'data' && n.copied) break;
+        olds.push(n);
+      }
+      const count = olds.length;
+      const start = index * cs;
+      const end = Math.min(start + count * cs, offset + buf.length);
+      const data = new Uint8Array(count * cs);
+      // Copy-on-write: the parts of the first and last cluster this write leaves alone.
+      if (guest > start) await this.readCluster(olds[0], data.subarray(0, cs), start);
+      if (end < start + count * cs) {
+        const lastStart = start + (count - 1) * cs;
+        if (count > 1 || guest === start) await this.readCluster(olds[count - 1], data.subarray((count - 1) * cs), lastStart);
+      }
+      data.set(buf.subarray(done, done + (end - guest)), guest - start);
+      const host = await this.refcounts.allocate(count);
+      await this.proto.write(data, host);
+      await this.setMappings(
+        index,
+        olds.map((_, k) => ({ kind: 'data', host: host + k * cs, copied: true })),
+      );
+      for (const old of olds) await this.release(old);
+      done += end - guest;
+    }
+  }
+
+  /** The whole content of a guest cluster as `m` maps it (for copy-on-write). */
+  private async readCluster(m: Mapping, dst: Uint8Array, guest: number): Promise<void> {
+    if (m.kind === 'data') await this.proto.read(dst, m.host);
+    else await this.readOther(m, dst, guest, 0);
+  }
+
+  /** Drops the references an old mapping held. */
+  private async release(m: Mapping): Promise<void> {
+    const cs = this.clusterSize;
+    if (m.kind === 'data' || (m.kind === 'zero' && m.host)) {
+      await this.refcounts.free(m.host, 1);
+    } else if (m.kind === 'compressed') {
+      const first = Math.floor(m.host / cs);
+      const last = Math.floor((m.host + m.length - 1) / cs);
+      for (let c = first; c <= last; c++) await this.refcounts.free(c * cs, 1);
+      if (this.lastCompressed?.host === m.host) this.lastCompressed = undefined;
+    }
+  }
+
+  /**
+   * Points guest clusters [index, index + mappings.length) (all in one L2
+   * table) at `mappings`, creating or copying the L2 table as needed.
+   */
+  private async setMappings(index: number, mappings: Mapping[]): Promise<void> {
+    const l1i = Math.floor(index / this.l2Entries);
+    if (l1i >= this.l1.length) throw new BlockError('OutOfBounds', `guest cluster ${index} is past the L1 table`);
+    const table = await this.writableL2(l1i);
+    const first = index % this.l2Entries;
+    mappings.forEach((m, k) => (table.entries[first + k] = encodeL2(m, this.clusterBits)));
+    const raw = new Uint8Array(mappings.length * 8);
+    const dv = new DataView(raw.buffer);
+    mappings.forEach((_, k) => dv.setBigUint64(k * 8, table.entries[first + k]));
+    await this.proto.write(raw, table.offset + first * 8);
+  }
+
+  /** The L2 table for L1 index `l1i`, allocated or un-shared so it can be modified. */
+  private async writableL2(l1i: number): Promise<{ offset: number; entries: BigUint64Array }> {
+    const cur = decodeL1(this.l1[l1i], this.clusterSize, l1i);
+    if (cur.offset && cur.copied) return { offset: cur.offset, entries: await this.l2Table(cur.offset) };
+    const entries = new BigUint64Array(this.l2Entries);
+    if (cur.offset) {
+      // Shared with a snapshot: copy it; entries whose clusters are shared lose COPIED.
+      const old = await this.l2Table(cur.offset);
+      for (let i = 0; i < old.length; i++) {
+        let e = old[i];
+        const m = decodeL2(e, this.clusterBits, this.header.version, () => `L2 entry ${i}`);
+        if ((m.kind === 'data' || m.kind === 'zero') && m.host && (await this.refcounts.get(m.host / this.clusterSize)) !== 1) {
+          e &= ~L.OFLAG_COPIED;
+        }
+        entries[i] = e;
+      }
+    }
+    const offset = await this.refcounts.allocate(1);
+    const raw = new Uint8Array(this.clusterSize);
+    const dv = new DataView(raw.buffer);
+    entries.forEach((e, i) => dv.setBigUint64(i * 8, e));
+    await this.proto.write(raw, offset);
+    this.l2Cache.set(offset, entries);
+    await this.setL1(l1i, BigInt(offset) | L.OFLAG_COPIED);
+    if (cur.offset) {
+      await this.refcounts.free(cur.offset, 1);
+      this.l2Cache.delete(cur.offset);
+    }
+    return { offset, entries };
+  }
+
+  private async setL1(i: number, e: bigint): Promise<void> {
+    this.l1[i] = e;
+    const raw = new Uint8Array(8);
+    new DataView(raw.buffer).setBigUint64(0, e);
+    await this.proto.write(raw, this.header.l1TableOffset + i * 8);
+  }
+
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    this.checkWritable();
+    await this.lock.run(async () => {
+      const cs = this.clusterSize;
+      const head = Math.min(length, (cs - (offset % cs)) % cs);
+      const tail = (offset + length) % cs;
+      const fullStart = offset + head;
+      const fullEnd = offset + length - (length - head > 0 ? tail : 0);
+      const canFlag = this.header.version >= 3 || !this.backing;
+      if (!canFlag) return this.writeZeroBytes(offset, length);
+      if (head) await this.writeZeroBytes(offset, head);
+      if (fullEnd > fullStart) {
+        await this.remap(fullStart / cs, (fullEnd - fullStart) / cs, (old) => {
+          // Version 2 without a backing file: unallocated reads as zeros.
+          if (this.header.version < 3) return UNALLOCATED;
+          if (!mayUnmap && (old.kind === 'data' || old.kind === 'zero') && old.host && old.copied) {
+            return { kind: 'zero', host: old.host, copied: true };
+          }
+          return { kind: 'zero', host: 0, copied: false };
+        });
+      }
+      if (tail && fullEnd >= fullStart && offset + length > fullEnd) await this.writeZeroBytes(fullEnd, offset + length - fullEnd);
+    });
+  }
+
+  private async writeZeroBytes(offset: number, length: number): Promise<void> {
+    const z = new Uint8Array(Math.min(length, 1 << 20));
+    for (let at = offset; at < offset + length; at += z.length) {
+      await this.writeLocked(z.subarray(0, Math.min(z.length, offset + length - at)), at);
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable();
+    const cs = this.clusterSize;
+    const first = Math.ceil(offset / cs);
+    const last = Math.floor((offset + length) / cs);
+    if (last <= first) return;
+    await this.lock.run(() =>
+      // With a backing file, a discarded cluster must not show the backing data.
+      this.remap(first, last - first, () =>
+        this.backing && this.header.version >= 3 ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED,
+      ),
+    );
+  }
+
+  /** Sets each cluster in the range to `next(old)` and releases what the old mapping held. */
+  private async remap(index: number, count: number, next: (old: Mapping) => Mapping): Promise<void> {
+    for (let at = index; at < index + count; ) {
+      const l2End = (Math.floor(at / this.l2Entries) + 1) * this.l2Entries;
+      const n = Math.min(l2End, index + count) - at;
+      const olds: Mapping[] = [];
+      for (let i = 0; i < n; i++) olds.push(await this.lookup(at + i));
+      const news = olds.map(next);
+      const changed = olds.some((o, i) => encodeL2(o, this.clusterBits) !== encodeL2(news[i], this.clusterBits));
+      if (changed) {
+        await this.setMappings(at, news);
+        for (let i = 0; i < n; i++) {
+          const kept = (news[i].kind === 'zero' || news[i].kind === 'data') && (news[i] as { host: number }).host;
+          if (!kept) await this.release(olds[i]);
+        }
+      }
+      at += n;
+    }
+  }
+
+  /**
+   * Allocates every guest cluster up front (create's preallocation):
+   * 'metadata' maps them to clusters that read as zeros from a sparse file,
+   * 'falloc' also reserves the space, 'full' also writes the zeros.
+   */
+  async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
+    const cs = this.clusterSize;
+    const total = Math.ceil(this.size / cs);
+    await this.lock.run(async () => {
+      for (let index = 0; index < total; ) {
+        const n = Math.min(total - index, (Math.floor(index / this.l2Entries) + 1) * this.l2Entries - index);
+        await this.writableL2(Math.floor(index / this.l2Entries));
+        const host = await this.refcounts.allocate(n);
+        await this.setMappings(
+          index,
+          Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
+        );
+        if (mode !== 'metadata') {
+          const end = host + n * cs;
+          if ((await this.proto.size()) < end) await this.proto.truncate(end, mode);
+        }
+        index += n;
+      }
+    });
+  }
+
+  // ---- size -------------------------------------------------------------
+
+  async resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void> {
+    this.checkWritable();
+    if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
+    if (opts.prealloc !== 'off') throw new BlockError('Unsupported', 'preallocation when resizing a qcow2 image is not supported yet');
+    if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
+    await this.lock.run(async () => {
+      const cs = this.clusterSize;
+      if (size < this.size) {
+        const first = Math.ceil(size / cs);
+        const last = Math.ceil(this.size / cs);
+        if (last > first) await this.remap(first, last - first, () => UNALLOCATED);
+      }
+      const needL1 = Math.ceil(size / cs / this.l2Entries);
+      if (needL1 > this.l1.length) await this.growL1(needL1);
+      this.header.size = size;
+      await this.writeHeader();
+    });
+  }
+
+  /** Moves the L1 table to a bigger place (written before the header points at it). */
+  private async growL1(entries: number): Promise<void> {
+    if (entries * 8 > L.MAX_L1_BYTES) throw new BlockError('Unsupported', 'the image would need an L1 table larger than 32 MiB');
+    const cs = this.clusterSize;
+    const clusters = Math.ceil((entries * 8) / cs);
+    const offset = await this.refcounts.allocate(clusters);
+    const l1 = new BigUint64Array(entries);
+    l1.set(this.l1);
+    const raw = new Uint8Array(clusters * cs);
+    const dv = new DataView(raw.buffer);
+    l1.forEach((e, i) => dv.setBigUint64(i * 8, e));
+    await this.proto.write(raw, offset);
+    await this.proto.flush();
+    const old = { offset: this.header.l1TableOffset, clusters: Math.ceil((this.l1.length * 8) / cs) };
+    this.l1 = l1;
+    this.header.l1TableOffset = offset;
+    this.header.l1Size = entries;
+    await this.writeHeader();
+    if (old.offset && old.clusters) await this.refcounts.free(old.offset, old.clusters);
+  }
+
+  async writeHeader(): Promise<void> {
+    await this.proto.write(serializeHeader(this.header), 0);
+  }
+
+  // ---- the rest -----------------------------------------------------------
+
+  async flush(): Promise<void> {
+    if (!this.readOnly) await this.proto.flush();
+  }
+
+  async close(): Promise<void> {
+    await this.lock.run(async () => undefined);
+  }
+
+  async info(): Promise<FormatInfo> {
+    const h = this.header;
+    const data: Record<string, unknown> = { compat: h.version === 3 ? '1.1' : '0.10', 'compression-type': 'zlib' };
+    if (h.version === 3) data['lazy-refcounts'] = (h.compatible & L.COMPAT_LAZY_REFCOUNTS) !== 0n;
+    data['refcount-bits'] = 2 ** h.refcountOrder;
+    if (h.version === 3) {
+      data.corrupt = (h.incompatible & L.INCOMPAT_CORRUPT) !== 0n;
+      data['extended-l2'] = false;
+    }
+    return {
+      clusterSize: this.clusterSize,
+      dirty: (h.incompatible & L.INCOMPAT_DIRTY) !== 0n,
+      specific: { type: 'qcow2', data },
+    };
+  }
+}

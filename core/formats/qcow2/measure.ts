@@ -1,0 +1,58 @@
+/** How big a qcow2 image gets: QEMU's arithmetic, so `measure` answers alike. */
+import type { Measurement } from '../../image/driver.js';
+import type { OptionValues } from '../../options/schema.js';
+
+const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
+
+/** Refcount table and blocks for `clusters`, counting themselves (a fixed point). */
+function refcountMetadataSize(clusters: number, clusterSize: number, refcountBits: number): number {
+  const blocksPerTableCluster = clusterSize / 8;
+  const perBlock = (clusterSize * 8) / refcountBits;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last: number;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / perBlock);
+    table = Math.ceil(blocks / blocksPerTableCluster);
+    n = clusters + blocks + table;
+  } while (n !== last);
+  return (blocks + table) * clusterSize;
+}
+
+/** Header, L1, L2 and refcount metadata plus every data cluster. */
+function fullSize(size: number, clusterSize: number, refcountBits: number): number {
+  const aligned = roundUp(size, clusterSize);
+  let meta = clusterSize;
+  const l2Entries = roundUp(aligned / clusterSize, clusterSize / 8);
+  meta += l2Entries * 8;
+  const l1Entries = roundUp((l2Entries * 8) / clusterSize, clusterSize / 8);
+  meta += l1Entries * 8;
+  meta += refcountMetadataSize((meta + aligned) / clusterSize, clusterSize, refcountBits);
+  return meta + aligned;
+}
+
+export function measureQcow2(
+  size: number,
+  dataExtents: readonly { offset: number; length: number }[],
+  options: OptionValues,
+): Measurement {
+  const cs = options.cluster_size as number;
+  const virtual = roundUp(size, cs);
+  // Data clusters the copy needs, each counted once.
+  let required = 0;
+  let counted = 0;
+  for (const e of dataExtents) {
+    const start = Math.max(e.offset, counted);
+    const end = e.offset + e.length;
+    if (start >= end) continue;
+    const first = Math.floor(start / cs) * cs;
+    counted = roundUp(end, cs);
+    required += counted - first;
+  }
+  const prealloc = options.preallocation;
+  if (prealloc === 'falloc' || prealloc === 'full') required = virtual;
+  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number);
+  return { required: fullyAllocated - virtual + required, fullyAllocated };
+}

@@ -1,0 +1,338 @@
+/**
+ * qcow2's reference counts: a table of refcount blocks, each an array of
+ * 1- to 64-bit counters, one per host cluster. Every allocation increments a
+ * counter before the cluster is used, so a crash can leak clusters but never
+ * hand out one that is in use.
+ */
+import { BlockError } from '../../image/errors.js';
+import type { Protocol } from '../../io/protocol.js';
+import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, OFFSET_MASK, REFT_RESERVED_MASK } from './limits.js';
+
+/** Refcount blocks kept in memory; each is one cluster. */
+const BLOCK_CACHE_BYTES = 16 << 20;
+
+export interface RefcountTableLocation {
+  offset: number;
+  clusters: number;
+}
+
+export class Refcounts {
+  readonly clusterSize: number;
+  readonly bits: number;
+  /** Counters per refcount block. */
+  readonly perBlock: number;
+  readonly max: number;
+  private table: number[];
+  private readonly cache = new Map<number, Uint8Array>();
+  /** No free cluster below this index (a search hint). */
+  private freeHint = 0;
+  /** Clusters at or past this index are free and past the end of the file. */
+  private end: number;
+
+  constructor(
+    private readonly proto: Protocol,
+    clusterBits: number,
+    refcountOrder: number,
+    private location: RefcountTableLocation,
+    table: number[],
+    fileSize: number,
+    /** Persists a moved refcount table in the image header. */
+    private readonly saveLocation: (loc: RefcountTableLocation) => Promise<void>,
+  ) {
+    this.clusterSize = 2 ** clusterBits;
+    this.bits = 2 ** refcountOrder;
+    this.perBlock = (this.clusterSize * 8) / this.bits;
+    this.max = 2 ** Math.min(this.bits, 53) - 1;
+    this.table = table;
+    this.end = Math.ceil(fileSize / this.clusterSize);
+  }
+
+  /** Reads and checks the refcount table. */
+  static async load(
+    proto: Protocol,
+    clusterBits: number,
+    refcountOrder: number,
+    loc: RefcountTableLocation,
+    saveLocation: (loc: RefcountTableLocation) => Promise<void>,
+  ): Promise<Refcounts> {
+    const clusterSize = 2 ** clusterBits;
+    const raw = new Uint8Array(loc.clusters * clusterSize);
+    await proto.read(raw, loc.offset);
+    const dv = new DataView(raw.buffer);
+    const table: number[] = [];
+    for (let i = 0; i < raw.length / 8; i++) {
+      const e = dv.getBigUint64(i * 8);
+      if (e & REFT_RESERVED_MASK) throw new BlockError('Corrupt', `refcount table entry ${i} has reserved bits set`);
+      const off = Number(e & OFFSET_MASK);
+      if (off >= MAX_HOST_OFFSET) throw new BlockError('Corrupt', `refcount block ${i} is at an impossible offset`);
+      table.push(off);
+    }
+    return new Refcounts(proto, clusterBits, refcountOrder, loc, table, await proto.size(), saveLocation);
+  }
+
+  get tableLocation(): RefcountTableLocation {
+    return this.location;
+  }
+
+  /** The refcount table's entries (block offsets, 0 for none). */
+  get blocks(): readonly number[] {
+    return this.table;
+  }
+
+  /** The first cluster index past everything allocated. */
+  get endCluster(): number {
+    return this.end;
+  }
+
+  private async block(index: number): Promise<Uint8Array | undefined> {
+    const off = this.table[index];
+    if (!off) return undefined;
+    let b = this.cache.get(off);
+    if (b) {
+      this.cache.delete(off);
+      this.cache.set(off, b);
+      return b;
+    }
+    b = new Uint8Array(this.clusterSize);
+    await this.proto.read(b, off);
+    this.cache.set(off, b);
+    while (this.cache.size * this.clusterSize > BLOCK_CACHE_BYTES) {
+      this.cache.delete(this.cache.keys().next().value!);
+    }
+    return b;
+  }
+
+  private getEntry(b: Uint8Array, i: number): number {
+    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    switch (this.bits) {
+      case 64: {
+        const v = dv.getBigUint64(i * 8);
+        return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
+      }
+      case 32:
+        return dv.getUint32(i * 4);
+      case 16:
+        return dv.getUint16(i * 2);
+      case 8:
+        return b[i];
+      default: {
+        const bit = i * this.bits;
+        return (b[bit >> 3] >> (bit & 7)) & ((1 << this.bits) - 1);
+      }
+    }
+  }
+
+  private setEntry(b: Uint8Array, i: number, v: number): void {
+    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    switch (this.bits) {
+      case 64:
+        dv.setBigUint64(i * 8, BigInt(v));
+        return;
+      case 32:
+        dv.setUint32(i * 4, v);
+        return;
+      case 16:
+        dv.setUint16(i * 2, v);
+        return;
+      case 8:
+        b[i] = v;
+        return;
+      default: {
+        const bit = i * this.bits;
+        const mask = ((1 << this.bits) - 1) << (bit & 7);
+        b[bit >> 3] = (b[bit >> 3] & ~mask) | ((v << (bit & 7)) & mask);
+      }
+    }
+  }
+
+  /** The refcount of the cluster at `index`. */
+  async get(index: number): Promise<number> {
+    const b = await this.block(Math.floor(index / this.perBlock));
+    return b ? this.getEntry(b, index % this.perBlock) : 0;
+  }
+
+  /**
+   * Adds `delta` to the refcounts of `count` clusters from `index`, creating
+   * refcount blocks (and growing the table) as needed.
+   */
+  async update(index: number, count: number, delta: number): Promise<void> {
+    for (let at = index; at < index + count; ) {
+      const bi = Math.floor(at / this.perBlock);
+      const first = at % this.perBlock;
+      const n = Math.min(this.perBlock - first, index + count - at);
+      const b = (await this.block(bi)) ?? (await this.createBlock(bi));
+      for (let i = first; i < first + n; i++) {
+        const v = this.getEntry(b, i) + delta;
+        if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${bi * this.perBlock + i} would drop below zero`);
+        if (v > this.max) throw new BlockError('Unsupported', `refcount of cluster ${bi * this.perBlock + i} would exceed ${this.max}`);
+        this.setEntry(b, i, v);
+      }
+      await this.writeEntries(bi, b, first, n);
+      if (delta < 0) this.freeHint = Math.min(this.freeHint, at);
+      at += n;
+    }
+    this.end = Math.max(this.end, index + count);
+  }
+
+  /** Writes back the bytes holding entries [first, first+n) of block `bi`. */
+  private async writeEntries(bi: number, b: Uint8Array, first: number, n: number): Promise<void> {
+    const startByte = Math.floor((first * this.bits) / 8);
+    const endByte = Math.ceil(((first + n) * this.bits) / 8);
+    await this.proto.write(b.subarray(startByte, endByte), this.table[bi] + startByte);
+  }
+
+  /** Finds `n` contiguous free clusters, marks them used and returns the first's offset. */
+  async allocate(n: number): Promise<number> {
+    let start = await this.findFree(n);
+    // New refcount blocks may take clusters of the range just found: look again.
+    while (await this.ensureBlocks(start, n)) start = await this.findFree(n);
+    await this.update(start, n, 1);
+    const offset = start * this.clusterSize;
+    if (offset + n * this.clusterSize > MAX_HOST_OFFSET) {
+      throw new BlockError('Unsupported', 'the image file would grow beyond 8 PiB');
+    }
+    return offset;
+  }
+
+  /** Creates the refcount blocks that would count [index, index+count); true if any was. */
+  private async ensureBlocks(index: number, count: number): Promise<boolean> {
+    let created = false;
+    for (let bi = Math.floor(index / this.perBlock); bi <= Math.floor((index + count - 1) / this.perBlock); bi++) {
+      if (!(await this.block(bi))) {
+        await this.createBlock(bi);
+        created = true;
+      }
+    }
+    return created;
+  }
+
+  /** Drops one reference from `n` clusters at `offset`. */
+  async free(offset: number, n: number): Promise<void> {
+    await this.update(offset / this.clusterSize, n, -1);
+  }
+
+  private async findFree(n: number): Promise<number> {
+    let start = this.freeHint;
+    let run = 0;
+    for (let i = this.freeHint; ; i++) {
+      if (i >= this.end) return run > 0 ? start : i;
+      // Whole blocks that do not exist are free: skip through them quickly.
+      if (!this.table[Math.floor(i / this.perBlock)]) {
+        if (run === 0) start = i;
+        const blockEnd = (Math.floor(i / this.perBlock) + 1) * this.perBlock;
+        run += blockEnd - i;
+        if (run >= n) return start;
+        i = blockEnd - 1;
+        continue;
+      }
+      if ((await this.get(i)) === 0) {
+        if (run === 0) start = i;
+        if (++run >= n) {
+          if (start === this.freeHint) this.freeHint = start + n;
+          return start;
+        }
+      } else {
+        run = 0;
+        if (i === this.freeHint) this.freeHint = i + 1;
+      }
+    }
+  }
+
+  /**
+   * A new, zeroed refcount block for table index `bi`. It lives inside its
+   * own range when it can (then it counts itself); elsewhere it is counted
+   * by the block that covers it.
+   */
+  private async createBlock(bi: number): Promise<Uint8Array> {
+    if (bi >= this.table.length) {
+      await this.growTable(bi + 1);
+      const b = await this.block(bi);
+      if (b) return b;
+    }
+    const at = await this.findFree(1);
+    const b = new Uint8Array(this.clusterSize);
+    const offset = at * this.clusterSize;
+    if (Math.floor(at / this.perBlock) === bi) {
+      this.setEntry(b, at % this.perBlock, 1);
+      await this.proto.write(b, offset);
+    } else {
+      // Count it before it is used, so a crash only leaks it.
+      await this.update(at, 1, 1);
+      await this.proto.write(b, offset);
+    }
+    this.end = Math.max(this.end, at + 1);
+    this.table[bi] = offset;
+    this.cache.set(offset, b);
+    const entry = new Uint8Array(8);
+    new DataView(entry.buffer).setBigUint64(0, BigInt(offset));
+    await this.proto.write(entry, this.location.offset + bi * 8);
+    return b;
+  }
+
+  /**
+   * Moves the refcount table to the end of the file with room for at least
+   * `minEntries` blocks, together with the blocks that count the new area
+   * (QEMU does the same): the new structures are written, then the header
+   * switches to them, then the old table is freed.
+   */
+  private async growTable(minEntries: number): Promise<void> {
+    const cs = this.clusterSize;
+    const start = this.end;
+    let entries = Math.max(minEntries, Math.ceil((this.table.length * 3) / 2));
+    let tableClusters = 0;
+    let newBlocks: number[] = [];
+    for (;;) {
+      tableClusters = Math.ceil((entries * 8) / cs);
+      // Blocks needed so that every cluster of the new area is counted.
+      let areaEnd = start + tableClusters;
+      for (;;) {
+        newBlocks = [];
+        for (let bi = Math.floor(start / this.perBlock); bi <= Math.floor((areaEnd - 1) / this.perBlock); bi++) {
+          if (!this.table[bi]) newBlocks.push(bi);
+        }
+        const end = start + tableClusters + newBlocks.length;
+        if (end === areaEnd) break;
+        areaEnd = end;
+      }
+      const needed = Math.ceil(areaEnd / this.perBlock);
+      if (entries >= needed) break;
+      entries = needed;
+    }
+    if (tableClusters * cs > MAX_REFTABLE_BYTES) {
+      throw new BlockError('Unsupported', 'the image would need a refcount table larger than 8 MiB');
+    }
+    const areaEnd = start + newBlocks.length + tableClusters;
+    const table = [...this.table];
+    while (table.length < entries) table.push(0);
+    const blocks = new Map<number, Uint8Array>();
+    newBlocks.forEach((bi, k) => {
+      table[bi] = (start + k) * cs;
+      blocks.set(bi, new Uint8Array(cs));
+    });
+    // Count the area: in the new blocks directly, in existing ones through update().
+    const oldBlocksToUpdate: number[] = [];
+    for (let c = start; c < areaEnd; c++) {
+      const bi = Math.floor(c / this.perBlock);
+      const nb = blocks.get(bi);
+      if (nb) this.setEntry(nb, c % this.perBlock, 1);
+      else oldBlocksToUpdate.push(c);
+    }
+    for (const c of oldBlocksToUpdate) await this.update(c, 1, 1);
+    for (const [bi, b] of blocks) {
+      await this.proto.write(b, table[bi]);
+      this.cache.set(table[bi], b);
+    }
+    const tableOffset = (start + newBlocks.length) * cs;
+    const raw = new Uint8Array(tableClusters * cs);
+    const dv = new DataView(raw.buffer);
+    table.forEach((off, i) => dv.setBigUint64(i * 8, BigInt(off)));
+    await this.proto.write(raw, tableOffset);
+    await this.proto.flush();
+    const old = this.location;
+    this.location = { offset: tableOffset, clusters: tableClusters };
+    this.table = table;
+    this.end = Math.max(this.end, areaEnd);
+    await this.saveLocation(this.location);
+    await this.free(old.offset, old.clusters);
+  }
+}
