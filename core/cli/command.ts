@@ -25,3 +25,6 @@ export interface Command {
 /** Options most commands share. */
 export const FORMAT_OPTION: OptionSpec = { format: { type: 'string', short: 'f' } };
 export const QUIET_OPTION: OptionSpec = { quiet: { type: 'boolean', short: 'q' } };
+
+/** Lets backing files outside the image's folder be opened. */
+export const OPEN_OPTIONS: OptionSpec = { 'allow-external-files': { type: 'boolean' } };

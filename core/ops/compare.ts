@@ -14,6 +14,7 @@ export interface CompareOptions {
   b: string;
   formatA?: string;
   formatB?: string;
+  allowExternalFiles?: boolean;
   /** Sizes and allocation must match too (qemu-img compare -s). */
   strict?: boolean;
 }
@@ -29,9 +30,9 @@ const SECTOR = 512;
 const CHUNK = 2 << 20;
 
 export async function compare(opts: CompareOptions, ctx: JobContext = {}): Promise<CompareResult> {
-  const a = await openImage(opts.a, { format: opts.formatA });
+  const a = await openImage(opts.a, { format: opts.formatA, allowExternalFiles: opts.allowExternalFiles });
   try {
-    const b = await openImage(opts.b, { format: opts.formatB });
+    const b = await openImage(opts.b, { format: opts.formatB, allowExternalFiles: opts.allowExternalFiles });
     try {
       return await compareImages(a, b, opts.strict ?? false, ctx);
     } finally {

@@ -14,6 +14,8 @@ import type { JobContext } from './job.js';
 export const MAX_PARALLEL = 16;
 
 export interface ConvertOptions extends Partial<CopyOptions> {
+  /** Open backing files outside the images' folders. */
+  allowExternalFiles?: boolean;
   sources: string[];
   /** Format of every source; probed when omitted. */
   sourceFormat?: string;
@@ -40,7 +42,7 @@ export async function convert(opts: ConvertOptions, ctx: JobContext = {}): Promi
   const copy = copyOptionsFrom(opts);
   const sources: Image[] = [];
   try {
-    for (const name of opts.sources) sources.push(await openImage(name, { format: opts.sourceFormat }));
+    for (const name of opts.sources) sources.push(await openImage(name, { format: opts.sourceFormat, allowExternalFiles: opts.allowExternalFiles }));
     const spans: CopySpan[] = [];
     let size = 0;
     for (const source of sources) {

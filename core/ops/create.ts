@@ -1,6 +1,6 @@
 /** create: a new, empty image. */
 import { BlockError, toBlockError } from '../image/errors.js';
-import { createImage } from '../image/open.js';
+import { createImage, openImage, resolveBackingPath } from '../image/open.js';
 import { findDriver } from '../image/registry.js';
 import { parseSize } from '../options/size.js';
 import { resolveOptions, type OptionValues } from '../options/schema.js';
@@ -9,9 +9,12 @@ import type { JobContext } from './job.js';
 export interface CreateOptions {
   filename: string;
   format?: string;
-  /** The virtual size in bytes; may also come as the `size` option. */
+  /** The virtual size in bytes; may also come as the `size` option, or from the backing file. */
   size?: number;
   options?: Record<string, string>;
+  /** Don't open the backing file (qemu-img's -u): it may not exist yet. */
+  unsafe?: boolean;
+  allowExternalFiles?: boolean;
 }
 
 export async function create(opts: CreateOptions, _ctx: JobContext = {}): Promise<{ size: number; options: OptionValues }> {
@@ -27,7 +30,22 @@ async function createFile(opts: CreateOptions): Promise<{ size: number; options:
   if (!driver.create) throw new BlockError('Unsupported', `${driver.name} images cannot be created (read-only format)`);
   const given = { ...opts.options };
   const values = resolveOptions(driver.createOptions ?? [], given, driver.name);
-  const size = opts.size ?? (given.size !== undefined ? parseSize(given.size) : undefined);
+  let size = opts.size ?? (given.size !== undefined ? parseSize(given.size) : undefined);
+  const backing = typeof values.backing_file === 'string' ? values.backing_file : undefined;
+  if (backing !== undefined) {
+    if (values.backing_fmt === undefined) {
+      throw new BlockError('InvalidArgument', 'a backing file needs its format too (-F FMT)');
+    }
+    if (!opts.unsafe) {
+      // The backing file must open, and gives the size when none was given.
+      const base = await openImage(resolveBackingPath(opts.filename, backing), {
+        format: String(values.backing_fmt),
+        allowExternalFiles: opts.allowExternalFiles,
+      });
+      size ??= base.size;
+      await base.close();
+    }
+  }
   if (size === undefined) throw new BlockError('InvalidArgument', 'the image size must be given', { path: opts.filename });
   const created = await createImage(opts.filename, driver, size, values);
   try {

@@ -13,6 +13,7 @@ export interface DdOptions {
   blockSize?: number;
   /** Blocks to copy; all that remain when omitted. */
   count?: number;
+  allowExternalFiles?: boolean;
   /** Input blocks to skip first. */
   skip?: number;
 }
@@ -20,7 +21,7 @@ export interface DdOptions {
 export async function dd(opts: DdOptions, ctx: JobContext = {}): Promise<{ size: number }> {
   const bs = opts.blockSize ?? 512;
   if (!Number.isSafeInteger(bs) || bs <= 0) throw new BlockError('InvalidArgument', 'bs must be a positive size');
-  const source = await openImage(opts.input, { format: opts.format });
+  const source = await openImage(opts.input, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
   try {
     const start = (opts.skip ?? 0) * bs;
     if (!Number.isSafeInteger(start) || start > source.size) {

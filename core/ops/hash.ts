@@ -17,10 +17,10 @@ const CHUNK = 4 << 20;
 const READ_AHEAD = 3;
 
 export async function hash(
-  opts: { filename: string; format?: string; algorithm?: HashAlgorithm },
+  opts: { filename: string; format?: string; algorithm?: HashAlgorithm; allowExternalFiles?: boolean },
   ctx: JobContext = {},
 ): Promise<string> {
-  const image = await openImage(opts.filename, { format: opts.format });
+  const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
   try {
     return await hashImage(image, opts.algorithm ?? 'sha256', ctx);
   } finally {

@@ -1,34 +1,62 @@
-/** info: what an image is, in qemu-img's key names. */
-import { openImage } from '../image/open.js';
+/** info: what an image is, in qemu-img's key names and order. */
+import { openImage, resolveBackingPath, type OpenOptions } from '../image/open.js';
+import type { Image } from '../image/image.js';
 import type { JobContext } from './job.js';
 
 /** `qemu-img info --output=json`'s object, key for key. */
 export interface ImageInfo {
+  'backing-filename-format'?: string;
   'virtual-size': number;
   filename: string;
+  'cluster-size'?: number;
   format: string;
   'actual-size'?: number;
-  'dirty-flag': boolean;
-  'cluster-size'?: number;
   'format-specific'?: { type: string; data: Record<string, unknown> };
+  'full-backing-filename'?: string;
+  'backing-filename'?: string;
+  'dirty-flag': boolean;
 }
 
-export async function info(opts: { filename: string; format?: string }, _ctx: JobContext = {}): Promise<ImageInfo> {
-  const image = await openImage(opts.filename, { format: opts.format });
+export interface InfoOptions extends Pick<OpenOptions, 'allowExternalFiles'> {
+  filename: string;
+  format?: string;
+  /** Describe every image of the backing chain, top first. */
+  backingChain?: boolean;
+}
+
+export async function info(opts: InfoOptions, _ctx: JobContext = {}): Promise<ImageInfo[]> {
+  const image = await openImage(opts.filename, {
+    format: opts.format,
+    allowExternalFiles: opts.allowExternalFiles,
+  });
   try {
-    const details = await image.info();
-    const actual = await image.protocol.allocatedSize();
-    const out: ImageInfo = {
-      'virtual-size': image.size,
-      filename: opts.filename,
-      format: image.format,
-    } as ImageInfo;
-    if (actual !== undefined) out['actual-size'] = actual;
-    out['dirty-flag'] = details.dirty ?? false;
-    if (details.clusterSize !== undefined) out['cluster-size'] = details.clusterSize;
-    if (details.specific) out['format-specific'] = details.specific;
+    const out: ImageInfo[] = [];
+    for (let layer: Image | undefined = image; layer; layer = opts.backingChain ? layer.backing : undefined) {
+      out.push(await describe(layer));
+    }
     return out;
   } finally {
     await image.close();
   }
+}
+
+async function describe(image: Image): Promise<ImageInfo> {
+  const details = await image.info();
+  const actual = await image.protocol.allocatedSize();
+  const ref = image.layer.backingRef;
+  // Built key by key so JSON.stringify prints qemu-img's order.
+  const out = {} as ImageInfo;
+  if (ref?.format !== undefined) out['backing-filename-format'] = ref.format;
+  out['virtual-size'] = image.size;
+  out.filename = image.filename;
+  if (details.clusterSize !== undefined) out['cluster-size'] = details.clusterSize;
+  out.format = image.format;
+  if (actual !== undefined) out['actual-size'] = actual;
+  if (details.specific) out['format-specific'] = details.specific;
+  if (ref) {
+    out['full-backing-filename'] = resolveBackingPath(image.filename, ref.filename);
+    out['backing-filename'] = ref.filename;
+  }
+  out['dirty-flag'] = details.dirty ?? false;
+  return out;
 }

@@ -20,6 +20,7 @@ export interface MapEntry {
 export interface MapOptions {
   filename: string;
   format?: string;
+  allowExternalFiles?: boolean;
   startOffset?: number;
   maxLength?: number;
 }
@@ -40,7 +41,7 @@ function mergeable(a: MapEntry, b: BlockStatus): boolean {
 }
 
 export async function map(opts: MapOptions, ctx: JobContext = {}): Promise<MapEntry[]> {
-  const image = await openImage(opts.filename, { format: opts.format });
+  const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
   try {
     const start = opts.startOffset ?? 0;
     const end = Math.min(image.size, start + (opts.maxLength ?? image.size));

@@ -13,6 +13,7 @@ export interface MeasureOptions {
   /** ... or for a copy of this image. */
   filename?: string;
   format?: string;
+  allowExternalFiles?: boolean;
 }
 
 /** `qemu-img measure --output=json`'s object. */
@@ -31,7 +32,7 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
   let size = opts.size ?? 0;
   const extents: { offset: number; length: number }[] = [];
   if (opts.filename !== undefined) {
-    const image = await openImage(opts.filename, { format: opts.format });
+    const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
     try {
       size = image.size;
       for (let at = 0; at < size; ) {

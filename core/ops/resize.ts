@@ -14,10 +14,11 @@ export interface ResizeOptions {
   /** Shrinking loses data; it must be asked for (qemu-img's --shrink). */
   shrink?: boolean;
   preallocation?: Preallocation;
+  allowExternalFiles?: boolean;
 }
 
 export async function resize(opts: ResizeOptions, _ctx: JobContext = {}): Promise<{ size: number }> {
-  const image = await openImage(opts.filename, { format: opts.format, readOnly: false });
+  const image = await openImage(opts.filename, { format: opts.format, readOnly: false, allowExternalFiles: opts.allowExternalFiles });
   try {
     const size = opts.relative ? image.size + opts.size : opts.size;
     const ctx = { path: opts.filename, op: 'resize' };

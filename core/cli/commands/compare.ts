@@ -1,6 +1,6 @@
 import { compare } from '../../ops/compare.js';
 import { expectPositionals, flag, str } from '../args.js';
-import { QUIET_OPTION, type Command } from '../command.js';
+import { QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
 /** Exit codes as qemu-img compare: 0 identical, 1 different, 2 error. */
@@ -10,6 +10,7 @@ export const compareCommand: Command = {
   usage: '[-q] [-p] [-s] [-f FMT] [-F FMT] FILE1 FILE2',
   errorExitCode: 2,
   options: {
+    ...OPEN_OPTIONS,
     ...QUIET_OPTION,
     ...PROGRESS_FLAGS,
     format: { type: 'string', short: 'f' },
@@ -19,7 +20,7 @@ export const compareCommand: Command = {
   async run(args, io) {
     const [a, b] = expectPositionals(args, 2, 2, 'two image files');
     const r = await compare(
-      { a, b, formatA: str(args, 'format'), formatB: str(args, 'format-b'), strict: flag(args, 'strict') },
+      { a, b, formatA: str(args, 'format'), formatB: str(args, 'format-b'), strict: flag(args, 'strict') , allowExternalFiles: flag(args, 'allow-external-files') },
       { signal: io.signal, onProgress: progressFromArgs(args, io) },
     );
     const say = (line: string) => {

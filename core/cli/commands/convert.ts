@@ -1,7 +1,7 @@
 import { BlockError } from '../../image/errors.js';
 import { CACHE_MODES, convert, type CacheMode } from '../../ops/convert.js';
 import { flag, intArg, optionList, sizeArg, str } from '../args.js';
-import { FORMAT_OPTION, QUIET_OPTION, type Command } from '../command.js';
+import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
 export const convertCommand: Command = {
@@ -10,6 +10,7 @@ export const convertCommand: Command = {
   usage:
     '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
   options: {
+    ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
     ...QUIET_OPTION,
     ...PROGRESS_FLAGS,
@@ -48,6 +49,7 @@ export const convertCommand: Command = {
         sparseSize: sizeArg(args, 'sparse', 'sparse size'),
         parallel: intArg(args, 'parallel', 'number of parallel requests'),
         outOfOrder: flag(args, 'out-of-order'),
+        allowExternalFiles: flag(args, 'allow-external-files'),
         rateLimit: sizeArg(args, 'rate-limit', 'rate limit'),
       },
       { signal: io.signal, onProgress: progressFromArgs(args, io) },

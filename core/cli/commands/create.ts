@@ -1,5 +1,5 @@
 import { expectPositionals, flag, optionList, str } from '../args.js';
-import { FORMAT_OPTION, QUIET_OPTION, type Command } from '../command.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
 import { create } from '../../ops/create.js';
 import { findDriver } from '../../image/registry.js';
 import { formatOptionsHelp } from '../../options/schema.js';
@@ -8,18 +8,37 @@ import { parseSize } from '../../options/size.js';
 export const createCommand: Command = {
   name: 'create',
   summary: 'create a new, empty image (-o help lists the options of a format)',
-  usage: '[-q] [-f FMT] [-o OPTIONS] FILE [SIZE]',
-  options: { ...FORMAT_OPTION, ...QUIET_OPTION, options: { type: 'string', short: 'o', multiple: true } },
+  usage: '[-q] [-f FMT] [-b BACKING_FILE -F BACKING_FMT] [-u] [-o OPTIONS] FILE [SIZE]',
+  options: {
+    ...FORMAT_OPTION,
+    ...QUIET_OPTION,
+    ...OPEN_OPTIONS,
+    options: { type: 'string', short: 'o', multiple: true },
+    backing: { type: 'string', short: 'b' },
+    'backing-format': { type: 'string', short: 'F' },
+    unsafe: { type: 'boolean', short: 'u' },
+  },
   async run(args, io) {
     const format = str(args, 'format') ?? 'raw';
     const options = optionList(args);
+    const backing = str(args, 'backing');
+    const backingFormat = str(args, 'backing-format');
+    if (backing !== undefined) options.backing_file = backing;
+    if (backingFormat !== undefined) options.backing_fmt = backingFormat;
     if ('help' in options || '?' in options) {
       io.stdout.write(formatOptionsHelp(findDriver(format).createOptions ?? []));
       return 0;
     }
     const [filename, sizeText] = expectPositionals(args, 1, 2, 'a file name and a size');
     const size = sizeText === undefined ? undefined : parseSize(sizeText);
-    const result = await create({ filename, format, size, options });
+    const result = await create({
+      filename,
+      format,
+      size,
+      options,
+      unsafe: flag(args, 'unsafe'),
+      allowExternalFiles: flag(args, 'allow-external-files'),
+    });
     if (!flag(args, 'quiet')) {
       const given = Object.entries(options)
         .filter(([k]) => k !== 'size')

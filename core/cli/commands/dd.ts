@@ -1,8 +1,8 @@
 import { BlockError } from '../../image/errors.js';
 import { dd } from '../../ops/dd.js';
 import { parseSize } from '../../options/size.js';
-import { str } from '../args.js';
-import { FORMAT_OPTION, type Command } from '../command.js';
+import { flag, str } from '../args.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
 const OPERANDS = ['if', 'of', 'bs', 'count', 'skip'] as const;
@@ -11,7 +11,7 @@ export const ddCommand: Command = {
   name: 'dd',
   summary: 'copy a range of blocks of an image into a new image',
   usage: '[-f FMT] [-O OUTPUT_FMT] [-p] [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT',
-  options: { ...FORMAT_OPTION, ...PROGRESS_FLAGS, 'output-format': { type: 'string', short: 'O' } },
+  options: { ...FORMAT_OPTION, ...OPEN_OPTIONS, ...PROGRESS_FLAGS, 'output-format': { type: 'string', short: 'O' } },
   async run(args, io) {
     const ops: Partial<Record<(typeof OPERANDS)[number], string>> = {};
     for (const p of args.positionals) {
@@ -33,6 +33,7 @@ export const ddCommand: Command = {
         input: ops.if,
         output: ops.of,
         format: str(args, 'format'),
+        allowExternalFiles: flag(args, 'allow-external-files'),
         targetFormat: str(args, 'output-format'),
         blockSize: ops.bs === undefined ? undefined : parseSize(ops.bs, 'block size'),
         count: blocks(ops.count, 'count'),

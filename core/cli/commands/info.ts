@@ -1,22 +1,33 @@
-import { expectPositionals, outputFormat, str } from '../args.js';
-import { FORMAT_OPTION, type Command } from '../command.js';
+import { expectPositionals, flag, outputFormat, str } from '../args.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { info, type ImageInfo } from '../../ops/info.js';
 import { formatSize } from '../../options/size.js';
 
 export const infoCommand: Command = {
   name: 'info',
   summary: 'show what an image is: format, sizes, details',
-  usage: '[-f FMT] [--output=human|json] FILE',
-  options: { ...FORMAT_OPTION, output: { type: 'string' } },
+  usage: '[-f FMT] [--output=human|json] [--backing-chain] [--allow-external-files] FILE',
+  options: { ...FORMAT_OPTION, ...OPEN_OPTIONS, output: { type: 'string' }, 'backing-chain': { type: 'boolean' } },
   async run(args, io) {
     const out = outputFormat(args);
     const [filename] = expectPositionals(args, 1, 1, 'one image file');
-    const result = await info({ filename, format: str(args, 'format') });
-    io.stdout.write(out === 'json' ? JSON.stringify(result, null, 4) + '\n' : humanInfo(result));
+    const chain = flag(args, 'backing-chain');
+    const result = await info({
+      filename,
+      format: str(args, 'format'),
+      backingChain: chain,
+      allowExternalFiles: flag(args, 'allow-external-files'),
+    });
+    if (out === 'json') {
+      io.stdout.write(JSON.stringify(chain ? result : result[0], null, 4) + '\n');
+    } else {
+      io.stdout.write(result.map(humanInfo).join('\n'));
+    }
     return 0;
   },
 };
 
+/** qemu-img's human layout; format-specific keys lose their dashes. */
 function humanInfo(i: ImageInfo): string {
   const lines = [
     `image: ${i.filename}`,
@@ -25,5 +36,15 @@ function humanInfo(i: ImageInfo): string {
     `disk size: ${i['actual-size'] === undefined ? 'unavailable' : formatSize(i['actual-size'])}`,
   ];
   if (i['cluster-size'] !== undefined) lines.push(`cluster_size: ${i['cluster-size']}`);
+  if (i['backing-filename'] !== undefined) {
+    const full = i['full-backing-filename'];
+    lines.push(`backing file: ${i['backing-filename']}${full && full !== i['backing-filename'] ? ` (actual path: ${full})` : ''}`);
+  }
+  if (i['backing-filename-format'] !== undefined) lines.push(`backing file format: ${i['backing-filename-format']}`);
+  const specific = i['format-specific'];
+  if (specific && Object.keys(specific.data).length > 0) {
+    lines.push('Format specific information:');
+    for (const [k, v] of Object.entries(specific.data)) lines.push(`    ${k.replace(/-/g, ' ')}: ${v}`);
+  }
   return lines.join('\n') + '\n';
 }

@@ -1,6 +1,6 @@
 import { map, type MapEntry } from '../../ops/map.js';
-import { expectPositionals, outputFormat, sizeArg, str } from '../args.js';
-import { FORMAT_OPTION, type Command } from '../command.js';
+import { expectPositionals, flag, outputFormat, sizeArg, str } from '../args.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { BlockError } from '../../image/errors.js';
 
 export const mapCommand: Command = {
@@ -8,6 +8,7 @@ export const mapCommand: Command = {
   summary: 'show which ranges hold data, zeros or nothing, and where they are stored',
   usage: '[-f FMT] [--start-offset=OFFSET] [--max-length=LEN] [--output=human|json] FILE',
   options: {
+    ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
     output: { type: 'string' },
     'start-offset': { type: 'string' },
@@ -20,6 +21,7 @@ export const mapCommand: Command = {
       {
         filename,
         format: str(args, 'format'),
+        allowExternalFiles: flag(args, 'allow-external-files'),
         startOffset: sizeArg(args, 'start-offset', 'start offset'),
         maxLength: sizeArg(args, 'max-length', 'maximum length'),
       },

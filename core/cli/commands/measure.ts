@@ -1,13 +1,14 @@
 import { BlockError } from '../../image/errors.js';
 import { measure } from '../../ops/measure.js';
-import { optionList, outputFormat, sizeArg, str } from '../args.js';
-import { FORMAT_OPTION, type Command } from '../command.js';
+import { flag, optionList, outputFormat, sizeArg, str } from '../args.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 
 export const measureCommand: Command = {
   name: 'measure',
   summary: 'say how much room a new image of some format needs',
   usage: '[--output=human|json] -O OUTPUT_FMT [-o OPTIONS] (--size N | [-f FMT] FILE)',
   options: {
+    ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
     output: { type: 'string' },
     'output-format': { type: 'string', short: 'O' },
@@ -23,6 +24,7 @@ export const measureCommand: Command = {
       size: sizeArg(args, 'size', 'size'),
       filename: args.positionals[0],
       format: str(args, 'format'),
+      allowExternalFiles: flag(args, 'allow-external-files'),
     });
     io.stdout.write(
       out === 'json'

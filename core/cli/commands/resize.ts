@@ -3,13 +3,13 @@ import { PREALLOCATION_MODES, type Preallocation } from '../../io/protocol.js';
 import { resize } from '../../ops/resize.js';
 import { parseSize } from '../../options/size.js';
 import { expectPositionals, flag, str } from '../args.js';
-import { FORMAT_OPTION, QUIET_OPTION, type Command } from '../command.js';
+import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 
 export const resizeCommand: Command = {
   name: 'resize',
   summary: 'change the virtual size of an image (shrinking needs --shrink)',
   usage: '[-q] [-f FMT] [--preallocation=off|falloc|full] [--shrink] FILE [+|-]SIZE',
-  options: { ...FORMAT_OPTION, ...QUIET_OPTION, preallocation: { type: 'string' }, shrink: { type: 'boolean' } },
+  options: { ...FORMAT_OPTION, ...OPEN_OPTIONS, ...QUIET_OPTION, preallocation: { type: 'string' }, shrink: { type: 'boolean' } },
   // "-5M" is a size, not a flag (as in qemu-img).
   preprocess: (argv) => (/^-\d/.test(argv[argv.length - 1] ?? '') ? [...argv.slice(0, -1), '--', argv[argv.length - 1]] : argv),
   async run(args, io) {
@@ -22,6 +22,7 @@ export const resizeCommand: Command = {
     await resize({
       filename,
       format: str(args, 'format'),
+      allowExternalFiles: flag(args, 'allow-external-files'),
       size: (sign || 1) * parseSize(sign ? sizeText.slice(1) : sizeText),
       relative: sign !== 0,
       shrink: flag(args, 'shrink'),
