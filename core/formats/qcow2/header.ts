@@ -59,9 +59,9 @@ const text = new TextDecoder('utf-8', { fatal: false });
 
 /** Reads the cluster size from the first bytes, so the caller knows how much to read. */
 export function peekClusterBits(head: Uint8Array): number {
-  if (head.length < L.V2_HEADER_LENGTH) throw corrupt('the file is too short for a qcow2 header');
   const dv = new DataView(head.buffer, head.byteOffset, head.byteLength);
-  if (dv.getUint32(0) !== L.QCOW2_MAGIC) throw corrupt('not a qcow2 image (bad magic)');
+  if (head.length < 4 || dv.getUint32(0) !== L.QCOW2_MAGIC) throw corrupt('not a qcow2 image');
+  if (head.length < L.V2_HEADER_LENGTH) throw corrupt('the file is too short for a qcow2 header');
   const bits = dv.getUint32(20);
   if (bits < L.MIN_CLUSTER_BITS || bits > L.MAX_CLUSTER_BITS) {
     throw corrupt(`cluster_bits ${bits} is outside ${L.MIN_CLUSTER_BITS}..${L.MAX_CLUSTER_BITS}`);
