@@ -30,11 +30,14 @@ function garbage(): Uint8Array {
 }
 
 describe('stub drivers', () => {
-  it('are every driver except raw', () => {
-    expect(isStubDriver(findDriver('raw'))).toBe(false);
+  /** Formats with a real driver; every other one must still be recognised by a stub. */
+  const IMPLEMENTED = ['raw', 'qcow2'];
+
+  it('are every driver not yet implemented', () => {
+    for (const name of IMPLEMENTED) expect(isStubDriver(findDriver(name))).toBe(false);
     expect(stubs.map((d) => d.name).sort()).toEqual(
       DRIVERS.map((d) => d.name)
-        .filter((n) => n !== 'raw')
+        .filter((n) => !IMPLEMENTED.includes(n))
         .sort(),
     );
   });
