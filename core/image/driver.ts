@@ -79,6 +79,22 @@ export function isResizable(img: FormatImage): img is FormatImage & Resizable {
   return typeof (img as Partial<Resizable>).resize === 'function';
 }
 
+/** Images that can store clusters compressed (qemu-img convert -c). */
+export interface CompressedWrites {
+  /** Compression works on whole clusters of this size. */
+  readonly compressionCluster: number;
+  /**
+   * Compresses whole clusters at a cluster-aligned `offset` (the last may be
+   * cut by the end of the image) and returns the write that stores them.
+   * Compressing is slow and runs in parallel; the returned writes are meant
+   * to be run one at a time.
+   */
+  compressClusters(buf: Uint8Array, offset: number): Promise<() => Promise<void>>;
+}
+export function hasCompressedWrites(img: FormatImage): img is FormatImage & CompressedWrites {
+  return typeof (img as Partial<CompressedWrites>).compressClusters === 'function';
+}
+
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
   setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;

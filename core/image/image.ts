@@ -3,7 +3,7 @@
  * Ops talk to this, never to drivers or protocols directly.
  */
 import type { Protocol } from '../io/protocol.js';
-import type { FormatDriver, FormatImage, FormatInfo } from './driver.js';
+import { hasCompressedWrites, type FormatDriver, type FormatImage, type FormatInfo } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 
 /** The state of a run of guest bytes across the whole chain (qemu's block status). */
@@ -81,6 +81,23 @@ export class Image {
     this.checkWritable('discard');
     this.checkRange('discard', offset, length);
     await this.wrap('discard', offset, () => this.layer.discard(offset, length));
+  }
+
+  /** Cluster size for compressed writes, if this image can store them. */
+  get compressionCluster(): number | undefined {
+    return hasCompressedWrites(this.layer) ? this.layer.compressionCluster : undefined;
+  }
+
+  /** See CompressedWrites.compressClusters. */
+  async compressClusters(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    this.checkWritable('write-compressed');
+    this.checkRange('write-compressed', offset, buf.length);
+    const layer = this.layer;
+    if (!hasCompressedWrites(layer)) {
+      throw new BlockError('Unsupported', `${this.format} images cannot store compressed data`, { path: this.filename });
+    }
+    const write = await this.wrap('write-compressed', offset, () => layer.compressClusters(buf, offset));
+    return () => this.wrap('write-compressed', offset, write);
   }
 
   async flush(): Promise<void> {

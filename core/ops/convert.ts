@@ -108,6 +108,7 @@ export function copyOptionsFrom(opts: Partial<CopyOptions>): CopyOptions {
     targetIsZero: opts.targetIsZero ?? d.targetIsZero,
     chunkSize: opts.chunkSize ?? d.chunkSize,
     rateLimit: opts.rateLimit ?? d.rateLimit,
+    compress: opts.compress ?? d.compress,
   };
   if (!Number.isSafeInteger(copy.rateLimit) || copy.rateLimit < 0) {
     throw new BlockError('InvalidArgument', 'the rate limit (-r) must be a positive number of bytes per second');

@@ -5,7 +5,9 @@
  * already reads as zeros.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { BlockError } from '../image/errors.js';
 import type { Image } from '../image/image.js';
+import { readGuest } from './read-ahead.js';
 import { ProgressMeter, runWorkers, type JobContext } from './job.js';
 import { zeroRuns } from './zero-runs.js';
 
@@ -30,6 +32,8 @@ export interface CopyOptions {
   chunkSize: number;
   /** Bytes per second at most (qemu-img's -r); 0 for no limit. */
   rateLimit: number;
+  /** Store data compressed (qemu-img convert -c); the target must support it. */
+  compress: boolean;
 }
 
 export const DEFAULT_COPY_OPTIONS: CopyOptions = {
@@ -39,6 +43,7 @@ export const DEFAULT_COPY_OPTIONS: CopyOptions = {
   targetIsZero: false,
   chunkSize: 2 << 20,
   rateLimit: 0,
+  compress: false,
 };
 
 /**
@@ -75,7 +80,13 @@ function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopySpan> {
 export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOptions, ctx: JobContext): Promise<void> {
   const total = spans.reduce((n, s) => n + s.length, 0);
   const meter = new ProgressMeter(total, ctx);
-  const chunks = chunksOf(spans, opts.chunkSize);
+  const cluster = opts.compress ? target.compressionCluster : undefined;
+  if (opts.compress && !cluster) {
+    throw new BlockError('Unsupported', `${target.format} images cannot store compressed data`, { path: target.filename });
+  }
+  // Compressed chunks are whole clusters of the target.
+  const chunkSize = cluster ? Math.ceil(opts.chunkSize / cluster) * cluster : opts.chunkSize;
+  const chunks = chunksOf(spans, chunkSize);
   const buffers: Uint8Array[] = [];
   const throttle = new Throttle(opts.rateLimit);
   // Writes wait for the previous chunk's writes unless out-of-order is allowed.
@@ -95,11 +106,21 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
       const prev = lastWrite;
       let release!: () => void;
       lastWrite = new Promise<void>((resolve) => (release = resolve));
-      const buf = buffers.pop() ?? new Uint8Array(opts.chunkSize);
+      const buf = buffers.pop() ?? new Uint8Array(chunkSize);
       try {
         await throttle.admit(chunk.length, ctx.signal);
         const writes: (() => Promise<void>)[] = [];
-        for (let at = 0; at < chunk.length; ) {
+        if (cluster) {
+          // Compression happens here, in parallel; only the stores wait their turn.
+          const data = buf.subarray(0, chunk.length);
+          await readGuest(chunk.source, data, chunk.sourceOffset);
+          for (const run of zeroRuns(data, chunk.targetOffset, cluster)) {
+            const dst = chunk.targetOffset + run.start;
+            if (run.zero) writes.push(() => zeroTarget(dst, run.length));
+            else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
+          }
+        }
+        for (let at = cluster ? chunk.length : 0; at < chunk.length; ) {
           const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
           const len = st.length;
           const dst = chunk.targetOffset + at;

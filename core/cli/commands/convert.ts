@@ -8,7 +8,7 @@ export const convertCommand: Command = {
   name: 'convert',
   summary: 'copy one or more images (concatenated) into a new image of any format',
   usage:
-    '[-p] [--progress=json] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
+    '[-p] [--progress=json] [-q] [-n] [-c] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
   options: {
     ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
@@ -23,6 +23,7 @@ export const convertCommand: Command = {
     'target-is-zero': { type: 'boolean' },
     'rate-limit': { type: 'string', short: 'r' },
     cache: { type: 'string', short: 't' },
+    compress: { type: 'boolean', short: 'c' },
   },
   async run(args, io) {
     if (args.positionals.length < 2) throw new BlockError('InvalidArgument', 'expected one or more source images and an output file');
@@ -51,6 +52,7 @@ export const convertCommand: Command = {
         outOfOrder: flag(args, 'out-of-order'),
         allowExternalFiles: flag(args, 'allow-external-files'),
         rateLimit: sizeArg(args, 'rate-limit', 'rate limit'),
+        compress: flag(args, 'compress'),
       },
       { signal: io.signal, onProgress: progressFromArgs(args, io) },
     );

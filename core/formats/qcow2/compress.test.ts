@@ -1,0 +1,57 @@
+/** convert -c: compressed qcow2 clusters that qemu-img checks clean and reads back. */
+import { randomBytes } from 'node:crypto';
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { platter } from '../../test/cli.js';
+import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+
+const MiB = 1 << 20;
+const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
+let t: ReturnType<typeof tempDir>;
+let src: string;
+
+beforeAll(() => {
+  t = tempDir();
+  src = t.path('src.raw');
+  const fd = openSync(src, 'w');
+  // 9 MiB + 512: text (compresses), random (does not), holes, and an odd tail.
+  ftruncateSync(fd, 9 * MiB + 512);
+  writeSync(fd, Buffer.from('compressible disk sector text\n'.repeat(70000)), 0, 2 * MiB, 0);
+  writeSync(fd, randomBytes(MiB), 0, MiB, 3 * MiB);
+  writeSync(fd, Buffer.alloc(MiB, 0x41), 0, MiB, 6 * MiB);
+  writeSync(fd, Buffer.from('tail'), 0, 4, 9 * MiB + 100);
+  closeSync(fd);
+});
+afterAll(() => t.cleanup());
+
+describe.skipIf(!HAS_QEMU)('convert -c', () => {
+  it.each([[512], [4096], [65536], [2 * MiB]])('with %d-byte clusters: check clean, contents identical, smaller', async (cs) => {
+    const out = t.path(`c-${cs}.qcow2`);
+    const r = await platter(['convert', '-c', '-O', 'qcow2', '-o', `cluster_size=${cs}`, src, out]);
+    expect(r.stderr).toBe('');
+    const check = JSON.parse(shStatus('qemu-img', ['check', '--output=json', out]).stdout);
+    expect(check).toMatchObject({ 'check-errors': 0 });
+    expect(check.corruptions ?? 0).toBe(0);
+    expect(check.leaks ?? 0).toBe(0);
+    expect(check['compressed-clusters']).toBeGreaterThan(0);
+    expect(shStatus('qemu-img', ['compare', src, out]).status).toBe(0);
+    // And Platter reads its own compressed clusters back.
+    expect((await platter(['compare', src, out])).code).toBe(0);
+    const plain = t.path(`p-${cs}.qcow2`);
+    sh('qemu-img', ['convert', '-O', 'qcow2', '-o', `cluster_size=${cs}`, src, plain]);
+    expect(JSON.parse(sh('qemu-img', ['info', '--output=json', out]))['actual-size']).toBeLessThan(
+      JSON.parse(sh('qemu-img', ['info', '--output=json', plain]))['actual-size'],
+    );
+  });
+
+  it('map shows compressed data without host offsets, like qemu-img', async () => {
+    const out = t.path('c-65536.qcow2');
+    expect((await platter(['map', '--output=json', out])).stdout).toBe(sh('qemu-img', ['map', '--output=json', out]));
+  });
+
+  it('refuses a target format that cannot compress', async () => {
+    const r = await platter(['convert', '-c', '-O', 'raw', src, t.path('x.raw')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`platter: ${t.path('x.raw')}: raw images cannot store compressed data\n`);
+  });
+});
