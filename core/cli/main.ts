@@ -6,6 +6,7 @@
 import { BlockError, toBlockError } from '../image/errors.js';
 import { parse } from './args.js';
 import type { CliIO, Command } from './command.js';
+import { checkCommand } from './commands/check.js';
 import { compareCommand } from './commands/compare.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -22,6 +23,7 @@ export const COMMANDS: readonly Command[] = [
   createCommand,
   convertCommand,
   compareCommand,
+  checkCommand,
   mapCommand,
   measureCommand,
   ddCommand,

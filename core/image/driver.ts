@@ -95,6 +95,33 @@ export function hasCompressedWrites(img: FormatImage): img is FormatImage & Comp
   return typeof (img as Partial<CompressedWrites>).compressClusters === 'function';
 }
 
+/** What `check` found, in qemu-img's terms. */
+export interface CheckReport {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset: number;
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+/** qemu-img check -r: nothing, leaks only, or leaks and corruptions. */
+export const REPAIR_MODES = ['none', 'leaks', 'all'] as const;
+export type RepairMode = (typeof REPAIR_MODES)[number];
+
+/** Images whose metadata can be checked (and repaired). */
+export interface Checkable {
+  /** `log` receives one line per problem found or fixed. */
+  check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport>;
+}
+export function isCheckable(img: FormatImage): img is FormatImage & Checkable {
+  return typeof (img as Partial<Checkable>).check === 'function';
+}
+
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
   setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;

@@ -46,9 +46,20 @@ function formatG3(x: number): string {
   const exp = Math.floor(Math.log10(x));
   const scale = 10 ** (2 - exp);
   // x is a dyadic fraction and scale a small power of ten: y is exact.
-  const y = x * scale;
-  const floor = Math.floor(y);
-  const n = y - floor === 0.5 ? (floor % 2 === 0 ? floor : floor + 1) : Math.round(y);
-  const value = n / scale;
+  const value = roundHalfEven(x * scale) / scale;
   return value >= 1000 ? '1e+03' : String(value);
+}
+
+/** Rounds to an integer, exact halves to even, as printf does. */
+function roundHalfEven(y: number): number {
+  const floor = Math.floor(y);
+  if (y - floor !== 0.5) return Math.round(y);
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
+/** printf's "%.Nf": like toFixed, but an exact half rounds to even (0.625 -> "0.62"). */
+export function printfFixed(x: number, digits: number): string {
+  const scale = 10 ** digits;
+  const y = x * scale;
+  return y - Math.floor(y) === 0.5 ? (roundHalfEven(y) / scale).toFixed(digits) : x.toFixed(digits);
 }

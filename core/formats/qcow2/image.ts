@@ -12,19 +12,24 @@ import { promisify } from 'node:util';
 import { deflateRaw, inflateRawSync } from 'node:zlib';
 import type {
   BackingRef,
+  Checkable,
+  CheckReport,
   CompressedWrites,
   FormatImage,
   FormatInfo,
   HasBacking,
   LayerExtent,
+  RepairMode,
   Resizable,
 } from '../../image/driver.js';
+import { checkQcow2 } from './check.js';
 import { BlockError } from '../../image/errors.js';
 import type { Preallocation, Protocol } from '../../io/protocol.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
+import type { SnapshotEntry } from './snapshot-table.js';
 
 /** L2 tables kept in memory. */
 const L2_CACHE_BYTES = 32 << 20;
@@ -52,7 +57,7 @@ class Mutex {
 
 const deflate = promisify(deflateRaw);
 
-export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites {
+export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable {
   readonly clusterSize: number;
   readonly clusterBits: number;
   /** Entries per L2 table. */
@@ -66,11 +71,13 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   private compressedTail = 0;
 
   constructor(
-    private readonly proto: Protocol,
+    readonly proto: Protocol,
     readonly header: Qcow2Header,
     l1: BigUint64Array,
-    private readonly refcounts: Refcounts,
+    readonly refcounts: Refcounts,
     readonly readOnly: boolean,
+    /** Internal snapshots, as the snapshot table lists them. */
+    public snapshots: SnapshotEntry[] = [],
   ) {
     this.clusterBits = header.clusterBits;
     this.clusterSize = 2 ** header.clusterBits;
@@ -80,6 +87,26 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   get size(): number {
     return this.header.size;
+  }
+
+  /** The active L1 table's raw entries. */
+  get l1Table(): BigUint64Array {
+    return this.l1;
+  }
+
+  /** Runs `fn` with no write in progress (check and snapshots need a still image). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(fn);
+  }
+
+  /** Forgets cached L2 tables (after tables were rewritten behind the cache). */
+  dropL2Cache(): void {
+    this.l2Cache.clear();
+  }
+
+  /** Reads an L2 table (validated against metadata overlaps), through the cache. */
+  readL2(offset: number): Promise<BigUint64Array> {
+    return this.l2Table(offset);
   }
 
   get backingRef(): BackingRef | undefined {
@@ -376,6 +403,24 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     return { offset, entries };
   }
 
+  /** Rewrites one L1 entry (check's flag repair). */
+  rewriteL1Entry(i: number, e: bigint): Promise<void> {
+    return this.setL1(i, e);
+  }
+
+  /** Rewrites one entry of the L2 table at `offset` (check's flag repair). */
+  async rewriteL2Entry(offset: number, i: number, e: bigint): Promise<void> {
+    const table = await this.l2Table(offset);
+    table[i] = e;
+    const raw = new Uint8Array(8);
+    new DataView(raw.buffer).setBigUint64(0, e);
+    await this.proto.write(raw, offset + i * 8);
+  }
+
+  check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
+    return checkQcow2(this, repair, log);
+  }
+
   private async setL1(i: number, e: bigint): Promise<void> {
     this.l1[i] = e;
     const raw = new Uint8Array(8);
@@ -555,13 +600,30 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
     await this.lock.run(async () => {
       const cs = this.clusterSize;
-      if (size < this.size) {
+      const old = this.size;
+      // Growing over a longer backing file: the new area must read as zeros,
+      // not as the backing file's data (qemu zeroes it too, and refuses v2).
+      const overBacking = size > old && this.backing !== undefined && this.backing.size > old;
+      if (overBacking && this.header.version < 3) {
+        throw new BlockError(
+          'Unsupported',
+          'a compat=0.10 image cannot grow over a longer backing file (the new area would show the backing file)',
+        );
+      }
+      if (size < old) {
         const first = Math.ceil(size / cs);
-        const last = Math.ceil(this.size / cs);
+        const last = Math.ceil(old / cs);
         if (last > first) await this.remap(first, last - first, () => UNALLOCATED);
       }
       const needL1 = Math.ceil(size / cs / this.l2Entries);
       if (needL1 > this.l1.length) await this.growL1(needL1);
+      if (overBacking) {
+        const zeroStart = Math.min(size, Math.ceil(old / cs) * cs);
+        if (zeroStart > old) await this.writeZeroBytes(old, zeroStart - old);
+        const first = zeroStart / cs;
+        const last = Math.ceil(size / cs);
+        if (last > first) await this.remap(first, last - first, () => ({ kind: 'zero', host: 0, copied: false }));
+      }
       this.header.size = size;
       await this.writeHeader();
     });

@@ -69,3 +69,8 @@ export const L1_RESERVED_MASK = 0x7f000000000001ffn;
 export const L2_STANDARD_RESERVED_MASK = 0x3f000000000001fen;
 /** Bits that must be zero in a refcount table entry (0-8). */
 export const REFT_RESERVED_MASK = 0x1ffn;
+
+/** Same as QEMU: a snapshot entry's extra data is at most 1 KiB. */
+export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
+/** Version 3 snapshot entries carry at least this much extra data (VM state size, disk size). */
+export const SNAPSHOT_EXTRA_DATA_V3 = 16;

@@ -5,6 +5,7 @@ import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
+import { readSnapshotTable } from './snapshot-table.js';
 
 export async function openQcow2(proto: Protocol, readOnly: boolean): Promise<Qcow2Image> {
   const head = new Uint8Array(Math.min(await proto.size(), 4096));
@@ -38,5 +39,8 @@ export async function openQcow2(proto: Protocol, readOnly: boolean): Promise<Qco
       await proto.write(serializeHeader(header), 0);
     },
   );
-  return new Qcow2Image(proto, header, l1, refcounts, readOnly);
+  const snapshots = header.nbSnapshots
+    ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize)).entries
+    : [];
+  return new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots);
 }

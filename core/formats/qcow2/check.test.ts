@@ -1,0 +1,129 @@
+/**
+ * platter check against qemu-img check on the same damaged images: the same
+ * findings, messages, JSON and exit codes; repairs that qemu-img accepts.
+ */
+import { copyFileSync, openSync, closeSync, writeSync, readFileSync, truncateSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { platter } from '../../test/cli.js';
+import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+
+const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
+let t: ReturnType<typeof tempDir>;
+beforeAll(() => (t = tempDir()));
+afterAll(() => t?.cleanup());
+
+/** Writes a big-endian u16 at `offset` (a 16-bit refcount entry). */
+function poke16(path: string, offset: number, value: number): void {
+  const fd = openSync(path, 'r+');
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(value);
+  writeSync(fd, b, 0, 2, offset);
+  closeSync(fd);
+}
+
+/**
+ * A 10 MiB qcow2 from qemu-img with 64 KiB clusters: header (cluster 0),
+ * refcount table (1), refcount block at 0x20000 (2), L1 (3), then qemu-io's
+ * writes: L2 at cluster 4, data at 5 and 6, compressed data in 7.
+ */
+function base(name: string): string {
+  const p = t.path(name);
+  sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '10M']);
+  sh('qemu-io', ['-c', 'write 0 64k', '-c', 'write 1M 64k', '-c', 'write -c 2M 64k', p]);
+  return p;
+}
+
+const REFBLOCK = 0x20000;
+
+const CASES: Record<string, (p: string) => void> = {
+  clean: () => undefined,
+  // One more cluster at the end, counted but used by nothing.
+  'a leaked cluster': (p) => {
+    truncateSync(p, 9 * 65536);
+    poke16(p, REFBLOCK + 8 * 2, 1);
+  },
+  // The L2 table's refcount is 2: a leak, and its COPIED flag is now wrong.
+  'a refcount too high on an L2 table': (p) => poke16(p, REFBLOCK + 4 * 2, 2),
+  // A data cluster's refcount is 2 while L2 says COPIED.
+  'a refcount too high on a data cluster': (p) => poke16(p, REFBLOCK + 5 * 2, 2),
+  // The L2 table's refcount is 0 while it is in use: corruption.
+  'an L2 table with refcount 0': (p) => poke16(p, REFBLOCK + 4 * 2, 0),
+};
+
+describe.skipIf(!HAS_QEMU)('check', () => {
+  describe.each(Object.keys(CASES))('%s', (name) => {
+    const file = () => t.path(name.replace(/\W+/g, '-') + '.qcow2');
+    beforeAll(() => {
+      base(file().split('/').pop()!);
+      CASES[name](file());
+    });
+
+    it('reports what qemu-img reports, with its exit code', async () => {
+      const ours = await platter(['check', file()]);
+      const theirs = shStatus('qemu-img', ['check', file()]);
+      expect(ours.stdout).toBe(theirs.stdout);
+      expect(ours.stderr).toBe(theirs.stderr);
+      expect(ours.code).toBe(theirs.status);
+    });
+
+    it('--output=json equals qemu-img check --output=json', async () => {
+      const ours = await platter(['check', '--output=json', file()]);
+      expect(ours.stdout).toBe(shStatus('qemu-img', ['check', '--output=json', file()]).stdout);
+    });
+
+    it('-r all leaves an image qemu-img finds clean, data unchanged', async () => {
+      const copy = file() + '.fix';
+      copyFileSync(file(), copy);
+      sh('qemu-img', ['convert', '-O', 'raw', file(), copy + '.raw']);
+      const r = await platter(['check', '-r', 'all', copy]);
+      expect(r.code).toBe(0);
+      expect(shStatus('qemu-img', ['check', copy]).status).toBe(0);
+      expect(shStatus('qemu-img', ['compare', copy, copy + '.raw']).status).toBe(0);
+    });
+  });
+
+  it('-r leaks repairs exactly as qemu-img does (byte-identical files, same report)', async () => {
+    const a = base('leak-a.qcow2');
+    CASES['a leaked cluster'](a);
+    const b = t.path('leak-b.qcow2');
+    copyFileSync(a, b);
+    const ours = await platter(['check', '-r', 'leaks', a]);
+    const theirs = shStatus('qemu-img', ['check', '-r', 'leaks', b]);
+    expect(ours.stdout).toBe(theirs.stdout);
+    expect(ours.stderr).toBe(theirs.stderr);
+    expect(ours.code).toBe(theirs.status);
+    expect(readFileSync(a).equals(readFileSync(b))).toBe(true);
+  });
+
+  it('-r leaks leaves corruptions alone and says so (exit 2)', async () => {
+    const p = base('corrupt-only-leaks.qcow2');
+    CASES['an L2 table with refcount 0'](p);
+    const r = await platter(['check', '-r', 'leaks', p]);
+    expect(r.code).toBe(2);
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(2);
+  });
+
+  it('images Platter writes check clean in both tools', async () => {
+    const raw = t.path('src.raw');
+    sh('qemu-img', ['create', '-q', '-f', 'raw', raw, '8M']);
+    sh('qemu-io', ['-f', 'raw', '-c', 'write -P 7 100k 3M', '-c', 'write -P 9 6M 5k', raw]);
+    const out = t.path('platter.qcow2');
+    expect((await platter(['convert', '-O', 'qcow2', '-o', 'cluster_size=4k', raw, out])).code).toBe(0);
+    expect((await platter(['check', out])).code).toBe(0);
+    expect(shStatus('qemu-img', ['check', out]).status).toBe(0);
+  });
+
+  it('formats without metadata answer exit 63, as qemu-img does', async () => {
+    const raw = t.path('plain.raw');
+    sh('qemu-img', ['create', '-q', '-f', 'raw', raw, '1M']);
+    const r = await platter(['check', raw]);
+    expect(r.code).toBe(63);
+    expect(r.code).toBe(shStatus('qemu-img', ['check', '-f', 'raw', raw]).status);
+    expect(r.stderr).toBe(`platter: ${raw}: raw images have no metadata to check\n`);
+  });
+
+  it('rejects a bad -r value', async () => {
+    const r = await platter(['check', '-r', 'some', t.path('x')]);
+    expect(r.stderr).toBe("platter: -r must be leaks or all, not 'some'\n");
+  });
+});
