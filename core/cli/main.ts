@@ -16,6 +16,7 @@ import { infoCommand } from './commands/info.js';
 import { mapCommand } from './commands/map.js';
 import { measureCommand } from './commands/measure.js';
 import { resizeCommand } from './commands/resize.js';
+import { snapshotCommand } from './commands/snapshot.js';
 import { formatsHelp } from './formats-help.js';
 
 export const COMMANDS: readonly Command[] = [
@@ -28,6 +29,7 @@ export const COMMANDS: readonly Command[] = [
   measureCommand,
   ddCommand,
   resizeCommand,
+  snapshotCommand,
   hashCommand,
 ];
 

@@ -122,6 +122,30 @@ export function isCheckable(img: FormatImage): img is FormatImage & Checkable {
   return typeof (img as Partial<Checkable>).check === 'function';
 }
 
+/** One internal snapshot, as `snapshot -l` and `info` list it. */
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: bigint;
+  /** Instructions executed by the guest, when recorded. */
+  icount?: bigint;
+  diskSize?: number;
+}
+
+/** Images with internal snapshots (qcow2). */
+export interface Snapshots {
+  listSnapshots(): SnapshotInfo[];
+  createSnapshot(name: string): Promise<void>;
+  applySnapshot(idOrName: string): Promise<void>;
+  deleteSnapshot(idOrName: string): Promise<void>;
+}
+export function hasSnapshots(img: FormatImage): img is FormatImage & Snapshots {
+  return typeof (img as Partial<Snapshots>).listSnapshots === 'function';
+}
+
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
   setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;
@@ -132,6 +156,8 @@ export function hasBacking(img: FormatImage): img is FormatImage & HasBacking {
 
 export interface DriverOpenOptions {
   readOnly: boolean;
+  /** Open this internal snapshot's content (by ID or name), read-only. */
+  snapshot?: string;
 }
 
 export interface CreateRequest {

@@ -5,7 +5,7 @@ import { openProtocol } from '../io/open.js';
 import { PendingFile } from '../io/pending-file.js';
 import type { Protocol } from '../io/protocol.js';
 import { type OptionValues } from '../options/schema.js';
-import { hasBacking, type FormatDriver } from './driver.js';
+import { hasBacking, hasSnapshots, type FormatDriver } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { Image } from './image.js';
 import { readProbeInput } from './probe.js';
@@ -24,6 +24,8 @@ export interface OpenOptions {
   allowExternalFiles?: boolean;
   /** Open only this layer, ignoring its backing file (qemu-img's -u). */
   noBacking?: boolean;
+  /** Read an internal snapshot instead of the current content (read-only). */
+  snapshot?: string;
 }
 
 /** Backing chains deeper than this are refused (they are loops or mistakes). */
@@ -65,7 +67,14 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
   const proto = await openProtocol(filename, { readOnly, displayName: name });
   try {
     const driver = explicit ?? probeDriver(await readProbeInput(proto));
-    const layer = await driver.open(proto, { readOnly });
+    if (opts.snapshot !== undefined && !readOnly) {
+      throw new BlockError('InvalidArgument', 'a snapshot can only be opened read-only', { path: name });
+    }
+    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot });
+    if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
+      await layer.close();
+      throw new BlockError('Unsupported', `${driver.name} images have no internal snapshots`, { path: name });
+    }
     let backing: Image | undefined;
     try {
       const ref = layer.backingRef;

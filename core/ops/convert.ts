@@ -16,6 +16,8 @@ export const MAX_PARALLEL = 16;
 export interface ConvertOptions extends Partial<CopyOptions> {
   /** Open backing files outside the images' folders. */
   allowExternalFiles?: boolean;
+  /** Copy this internal snapshot of the (single) source (`-l`). */
+  snapshot?: string;
   sources: string[];
   /** Format of every source; probed when omitted. */
   sourceFormat?: string;
@@ -42,7 +44,14 @@ export async function convert(opts: ConvertOptions, ctx: JobContext = {}): Promi
   const copy = copyOptionsFrom(opts);
   const sources: Image[] = [];
   try {
-    for (const name of opts.sources) sources.push(await openImage(name, { format: opts.sourceFormat, allowExternalFiles: opts.allowExternalFiles }));
+    if (opts.snapshot !== undefined && opts.sources.length > 1) {
+      throw new BlockError('InvalidArgument', 'a snapshot can only be copied from a single source image');
+    }
+    for (const name of opts.sources) {
+      sources.push(
+        await openImage(name, { format: opts.sourceFormat, allowExternalFiles: opts.allowExternalFiles, snapshot: opts.snapshot }),
+      );
+    }
     const spans: CopySpan[] = [];
     let size = 0;
     for (const source of sources) {

@@ -1,10 +1,13 @@
 /** info: what an image is, in qemu-img's key names and order. */
 import { openImage, resolveBackingPath, type OpenOptions } from '../image/open.js';
 import type { Image } from '../image/image.js';
+import type { SnapshotInfo } from '../image/driver.js';
 import type { JobContext } from './job.js';
+import { listSnapshots } from './snapshot.js';
 
 /** `qemu-img info --output=json`'s object, key for key. */
 export interface ImageInfo {
+  snapshots?: SnapshotInfo[];
   'backing-filename-format'?: string;
   'virtual-size': number;
   filename: string;
@@ -46,6 +49,8 @@ async function describe(image: Image): Promise<ImageInfo> {
   const ref = image.layer.backingRef;
   // Built key by key so JSON.stringify prints qemu-img's order.
   const out = {} as ImageInfo;
+  const snapshots = listSnapshots(image);
+  if (snapshots.length) out.snapshots = snapshots;
   if (ref?.format !== undefined) out['backing-filename-format'] = ref.format;
   out['virtual-size'] = image.size;
   out.filename = image.filename;

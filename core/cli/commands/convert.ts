@@ -1,5 +1,6 @@
 import { BlockError } from '../../image/errors.js';
 import { CACHE_MODES, convert, type CacheMode } from '../../ops/convert.js';
+import { parseOptionList } from '../../options/schema.js';
 import { flag, intArg, optionList, sizeArg, str } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
@@ -8,7 +9,7 @@ export const convertCommand: Command = {
   name: 'convert',
   summary: 'copy one or more images (concatenated) into a new image of any format',
   usage:
-    '[-p] [--progress=json] [-q] [-n] [-c] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
+    '[-p] [--progress=json] [-q] [-n] [-c] [-l SNAPSHOT] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
   options: {
     ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
@@ -24,6 +25,7 @@ export const convertCommand: Command = {
     'rate-limit': { type: 'string', short: 'r' },
     cache: { type: 'string', short: 't' },
     compress: { type: 'boolean', short: 'c' },
+    snapshot: { type: 'string', short: 'l' },
   },
   async run(args, io) {
     if (args.positionals.length < 2) throw new BlockError('InvalidArgument', 'expected one or more source images and an output file');
@@ -53,9 +55,21 @@ export const convertCommand: Command = {
         allowExternalFiles: flag(args, 'allow-external-files'),
         rateLimit: sizeArg(args, 'rate-limit', 'rate limit'),
         compress: flag(args, 'compress'),
+        snapshot: snapshotParam(str(args, 'snapshot')),
       },
       { signal: io.signal, onProgress: progressFromArgs(args, io) },
     );
     return 0;
   },
 };
+
+/** -l takes a snapshot's ID or name, or qemu-img's "snapshot.id=ID" / "snapshot.name=NAME". */
+function snapshotParam(text: string | undefined): string | undefined {
+  if (text === undefined || !text.includes('=')) return text;
+  const opts = parseOptionList(text);
+  const key = opts['snapshot.id'] ?? opts['snapshot.name'];
+  if (key === undefined || Object.keys(opts).length !== 1) {
+    throw new BlockError('InvalidArgument', `invalid snapshot parameter '${text}' (use snapshot.id=ID or snapshot.name=NAME)`);
+  }
+  return key;
+}

@@ -2,6 +2,7 @@ import { expectPositionals, flag, outputFormat, str } from '../args.js';
 import { FORMAT_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { info, type ImageInfo } from '../../ops/info.js';
 import { formatSize } from '../../options/size.js';
+import { snapshotJson, snapshotTable } from '../snapshot-list.js';
 
 export const infoCommand: Command = {
   name: 'info',
@@ -19,7 +20,8 @@ export const infoCommand: Command = {
       allowExternalFiles: flag(args, 'allow-external-files'),
     });
     if (out === 'json') {
-      io.stdout.write(JSON.stringify(chain ? result : result[0], null, 4) + '\n');
+      const json = result.map((i) => (i.snapshots ? { ...i, snapshots: i.snapshots.map(snapshotJson) } : i));
+      io.stdout.write(JSON.stringify(chain ? json : json[0], null, 4) + '\n');
     } else {
       io.stdout.write(result.map(humanInfo).join('\n'));
     }
@@ -41,6 +43,7 @@ function humanInfo(i: ImageInfo): string {
     lines.push(`backing file: ${i['backing-filename']}${full && full !== i['backing-filename'] ? ` (actual path: ${full})` : ''}`);
   }
   if (i['backing-filename-format'] !== undefined) lines.push(`backing file format: ${i['backing-filename-format']}`);
+  if (i.snapshots) lines.push(snapshotTable(i.snapshots).trimEnd());
   const specific = i['format-specific'];
   if (specific && Object.keys(specific.data).length > 0) {
     lines.push('Format specific information:');

@@ -21,7 +21,10 @@ import type {
   LayerExtent,
   RepairMode,
   Resizable,
+  SnapshotInfo,
+  Snapshots,
 } from '../../image/driver.js';
+import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from './snapshots.js';
 import { checkQcow2 } from './check.js';
 import { BlockError } from '../../image/errors.js';
 import type { Preallocation, Protocol } from '../../io/protocol.js';
@@ -57,7 +60,7 @@ class Mutex {
 
 const deflate = promisify(deflateRaw);
 
-export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable {
+export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable, Snapshots {
   readonly clusterSize: number;
   readonly clusterBits: number;
   /** Entries per L2 table. */
@@ -421,6 +424,39 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     return checkQcow2(this, repair, log);
   }
 
+  listSnapshots(): SnapshotInfo[] {
+    return describeSnapshots(this);
+  }
+
+  async createSnapshot(name: string): Promise<void> {
+    this.checkWritable();
+    await createSnapshot(this, name);
+  }
+
+  async applySnapshot(idOrName: string): Promise<void> {
+    this.checkWritable();
+    await applySnapshot(this, idOrName);
+  }
+
+  async deleteSnapshot(idOrName: string): Promise<void> {
+    this.checkWritable();
+    await deleteSnapshot(this, idOrName);
+  }
+
+  /** Overwrites the active L1 table in place with `l1` (same size). */
+  async replaceL1(l1: BigUint64Array): Promise<void> {
+    const raw = new Uint8Array(l1.length * 8);
+    const dv = new DataView(raw.buffer);
+    l1.forEach((e, i) => dv.setBigUint64(i * 8, e));
+    await this.proto.write(raw, this.header.l1TableOffset);
+    this.l1 = l1;
+  }
+
+  /** growL1 for callers that already hold the lock. */
+  growL1Locked(entries: number): Promise<void> {
+    return this.growL1(entries);
+  }
+
   private async setL1(i: number, e: bigint): Promise<void> {
     this.l1[i] = e;
     const raw = new Uint8Array(8);
@@ -511,10 +547,10 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
           index,
           Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
         );
-        if (mode !== 'metadata') {
-          const end = host + n * cs;
-          if ((await this.proto.size()) < end) await this.proto.truncate(end, mode);
-        }
+        // The file must reach past every cluster it maps (qemu-img check calls
+        // clusters past the end corrupt); 'metadata' leaves the new space sparse.
+        const end = host + n * cs;
+        if ((await this.proto.size()) < end) await this.proto.truncate(end, mode === 'metadata' ? 'off' : mode);
         index += n;
       }
     });

@@ -1,0 +1,132 @@
+/** Internal snapshots both ways with qemu-img: listed, applied, deleted, exported; checks clean. */
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openImage } from '../../image/open.js';
+import { platter } from '../../test/cli.js';
+import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+
+const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
+let t: ReturnType<typeof tempDir>;
+beforeAll(() => (t = tempDir()));
+afterAll(() => t?.cleanup());
+
+const clean = (p: string) => {
+  const r = shStatus('qemu-img', ['check', '--output=json', p]);
+  expect(r.status, r.stdout + r.stderr).toBe(0);
+};
+/** The guest content of `p` (or of one of its snapshots) as qemu-img exports it. */
+const exported = (p: string, snap?: string) => {
+  const out = `${p}.${snap ?? 'now'}.${Math.random().toString(36).slice(2)}.raw`;
+  sh('qemu-img', ['convert', ...(snap ? ['-l', `snapshot.name=${snap}`] : []), '-O', 'raw', p, out]);
+  return readFileSync(out);
+};
+
+describe.skipIf(!HAS_QEMU)('qcow2 snapshots', () => {
+  /** qemu-img's image: data, snapshot "one", more data, snapshot "two", more data. */
+  function qemuImage(name: string, opts = 'cluster_size=65536'): string {
+    const p = t.path(name);
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', opts, p, '8M']);
+    sh('qemu-io', ['-c', 'write -P 1 0 192k', '-c', 'write -c -P 5 1M 64k', p]);
+    sh('qemu-img', ['snapshot', '-c', 'one', p]);
+    sh('qemu-io', ['-c', 'write -P 2 64k 64k', '-c', 'write -z 128k 64k', p]);
+    sh('qemu-img', ['snapshot', '-c', 'two', p]);
+    sh('qemu-io', ['-c', 'write -P 3 100k 3k', '-c', 'discard 1M 64k', p]);
+    return p;
+  }
+
+  it('lists qemu-img snapshots exactly as qemu-img does, in info too', async () => {
+    const p = qemuImage('list.qcow2');
+    expect((await platter(['snapshot', '-l', p])).stdout).toBe(sh('qemu-img', ['snapshot', '-l', p]));
+    expect((await platter(['info', p])).stdout).toBe(sh('qemu-img', ['info', p]));
+    expect((await platter(['info', '--output=json', p])).stdout).toBe(sh('qemu-img', ['info', '--output=json', p]));
+  });
+
+  it.each([['cluster_size=65536'], ['cluster_size=512'], ['compat=0.10'], ['cluster_size=4096,refcount_bits=64']])(
+    'applies and deletes qemu-img snapshots (%s), checks clean',
+    async (opts) => {
+      const p = qemuImage(`apply-${opts.replace(/\W/g, '')}.qcow2`, opts);
+      const one = exported(p, 'one');
+      const two = exported(p, 'two');
+      expect((await platter(['snapshot', '-a', 'one', p])).code).toBe(0);
+      clean(p);
+      expect(exported(p).equals(one)).toBe(true);
+      expect((await platter(['snapshot', '-d', 'one', p])).code).toBe(0);
+      clean(p);
+      expect(exported(p).equals(one)).toBe(true);
+      expect(exported(p, 'two').equals(two)).toBe(true);
+      expect(sh('qemu-img', ['snapshot', '-l', p])).not.toContain(' one ');
+      expect((await platter(['snapshot', '-d', 'two', p])).code).toBe(0);
+      clean(p);
+      expect(sh('qemu-img', ['snapshot', '-l', p])).toBe('');
+      expect(exported(p).equals(one)).toBe(true);
+    },
+  );
+
+  it('snapshots Platter makes are kept intact by writes and are usable by qemu-img', async () => {
+    const p = t.path('ours.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '4M']);
+    sh('qemu-io', ['-c', 'write -P 7 0 256k', p]);
+    const before = exported(p);
+    expect((await platter(['snapshot', '-c', 'base', p])).code).toBe(0);
+    clean(p);
+    // Write through Platter: the shared clusters must be copied, not overwritten.
+    const img = await openImage(p, { format: 'qcow2', readOnly: false });
+    await img.write(new Uint8Array(70000).fill(9), 1000);
+    await img.writeZeroes(131072, 65536, true);
+    await img.close();
+    clean(p);
+    expect(exported(p, 'base').equals(before)).toBe(true);
+    expect(exported(p).equals(before)).toBe(false);
+    // qemu-img sees and applies it.
+    expect(sh('qemu-img', ['snapshot', '-l', p])).toMatch(/\n1\s+base\s/);
+    sh('qemu-img', ['snapshot', '-a', 'base', p]);
+    clean(p);
+    expect(exported(p).equals(before)).toBe(true);
+    // And Platter deletes what qemu-img made.
+    sh('qemu-img', ['snapshot', '-c', 'q', p]);
+    expect((await platter(['snapshot', '-d', 'q', p])).code).toBe(0);
+    clean(p);
+  });
+
+  it('convert -l exports a snapshot like qemu-img convert -l', async () => {
+    const p = qemuImage('export.qcow2');
+    for (const l of ['snapshot.name=one', 'two', 'snapshot.id=1']) {
+      const out = t.path(`export-${l.replace(/\W/g, '')}.raw`);
+      expect((await platter(['convert', '-l', l, '-O', 'raw', p, out])).code).toBe(0);
+      const ref = t.path(`export-${l.replace(/\W/g, '')}.qemu.raw`);
+      sh('qemu-img', ['convert', '-l', l, '-O', 'raw', p, ref]);
+      expect(readFileSync(out).equals(readFileSync(ref))).toBe(true);
+    }
+  });
+
+  it('refuses snapshots where refcounts cannot count two, changing nothing', async () => {
+    const p = t.path('rc1.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=1', p, '1M']);
+    sh('qemu-io', ['-c', 'write -P 1 0 64k', p]);
+    const before = readFileSync(p);
+    const r = await platter(['snapshot', '-c', 'x', p]);
+    expect(r.stderr).toBe(`platter: ${p}: an image with refcount_bits=1 cannot hold snapshots\n`);
+    expect(readFileSync(p).equals(before)).toBe(true);
+    // With 2-bit refcounts a compressed host cluster shared by several guest
+    // clusters already counts more than one: a snapshot would overflow it.
+    const p2 = t.path('rc2.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,refcount_bits=2', p2, '1M']);
+    sh('qemu-io', ['-c', 'write -c -P 5 0 64k', p2]);
+    const before2 = readFileSync(p2);
+    const r2 = await platter(['snapshot', '-c', 'x', p2]);
+    expect(r2.code).toBe(1);
+    expect(r2.stderr).toMatch(/refcount above 3 \(refcount_bits too small\)\n$/);
+    clean(p2);
+    expect(readFileSync(p2).equals(before2)).toBe(true);
+  });
+
+  it('unknown snapshots and formats without snapshots give one line', async () => {
+    const p = qemuImage('errors.qcow2');
+    const r = await platter(['snapshot', '-a', 'nope', p]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`platter: ${p}: no snapshot named 'nope'\n`);
+    const raw = t.path('plain.raw');
+    sh('qemu-img', ['create', '-q', '-f', 'raw', raw, '1M']);
+    expect((await platter(['snapshot', '-c', 'x', raw])).stderr).toBe(`platter: ${raw}: raw images have no internal snapshots\n`);
+  });
+});
