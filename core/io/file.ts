@@ -86,7 +86,19 @@ export class FileProtocol implements Protocol {
     return this.length;
   }
 
+  /**
+   * Node reads and writes at a position that is not a non-negative safe
+   * integer (2^53 and above, negative, NaN, fractional) at the file's
+   * *current* position instead of failing: refuse it.
+   */
+  private checkOffset(op: string, offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(offset + length)) {
+      throw new BlockError('OutOfBounds', `${op} at offset ${offset} is beyond what a file can hold`, { path: this.name, op, offset });
+    }
+  }
+
   async read(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkOffset('read', offset, buf.length);
     let done = 0;
     try {
       while (done < buf.length) {
@@ -104,6 +116,7 @@ export class FileProtocol implements Protocol {
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable('write');
+    this.checkOffset('write', offset, buf.length);
     let done = 0;
     try {
       while (done < buf.length) {

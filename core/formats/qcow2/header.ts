@@ -69,14 +69,21 @@ export function peekClusterBits(head: Uint8Array): number {
   return bits;
 }
 
-/** Parses and validates the header from the image's first cluster. */
-export function parseHeader(cluster: Uint8Array): Qcow2Header {
+/**
+ * Parses and validates the header from the image's first cluster (read with
+ * zeros past the end of a shorter file, whose length is `fileSize`).
+ */
+export function parseHeader(cluster: Uint8Array, fileSize = cluster.length): Qcow2Header {
   const clusterBits = peekClusterBits(cluster);
   const clusterSize = 2 ** clusterBits;
   if (cluster.length < clusterSize) throw corrupt('the file ends inside its first cluster');
   const dv = new DataView(cluster.buffer, cluster.byteOffset, clusterSize);
   const version = dv.getUint32(4);
   if (version !== 2 && version !== 3) throw unsupported(`qcow2 version ${version} is not supported (only 2 and 3)`);
+  // Otherwise the zeros past the end would be read as fields (header_length 0).
+  if (fileSize < (version === 3 ? L.V3_MIN_HEADER_LENGTH : L.V2_HEADER_LENGTH)) {
+    throw corrupt(`the file is too short for a qcow2 header (${fileSize} bytes)`);
+  }
 
   const h: Qcow2Header = {
     version,

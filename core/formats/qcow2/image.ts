@@ -163,9 +163,11 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     const hits = (start: number, len: number) => offset < start + len && start < offset + length;
     if (hits(0, cs)) return 'image header';
     if (this.l1.length && hits(this.header.l1TableOffset, Math.ceil((this.l1.length * 8) / cs) * cs)) return 'L1 table';
-    const rt = this.refcounts.tableLocation;
-    if (hits(rt.offset, rt.clusters * cs)) return 'refcount table';
-    for (const b of this.refcounts.blocks) if (b && hits(b, cs)) return 'refcount block';
+    // The header, refcount table and blocks: a lookup per cluster, not a scan of the table.
+    for (let c = Math.floor(offset / cs); c * cs < offset + length; c++) {
+      const what = this.refcounts.metadataAt(c);
+      if (what) return what;
+    }
     if (this.header.nbSnapshots && hits(this.header.snapshotsOffset, cs)) return 'snapshot table';
     if (checkL2) for (const t of this.l2Cache.keys()) if (hits(t, cs)) return 'an L2 table';
     return undefined;
@@ -254,6 +256,12 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     // Extend over following clusters of the same kind (and contiguous host offsets).
     while (len < length) {
       const index = Math.floor((offset + len) / cs);
+      const l1i = Math.floor(index / this.l2Entries);
+      if (first.kind === 'unallocated' && (l1i >= this.l1.length || !decodeL1(this.l1[l1i], cs, l1i).offset)) {
+        // No L2 table: its whole range is unallocated, in one step (not one per cluster).
+        len += Math.min(((l1i + 1) * this.l2Entries - index) * cs, length - len);
+        continue;
+      }
       const m = await this.lookup(index);
       if (m.kind !== first.kind) break;
       if (m.kind === 'compressed') break;
@@ -318,6 +326,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
         if (n.kind === 'data' && n.copied) break;
         olds.push(n);
       }
+      // Copy-on-write releases the old clusters: they must not be metadata.
+      for (const old of olds) this.refuseMetadataMapping(old);
       const count = olds.length;
       const start = index * cs;
       const end = Math.min(start + count * cs, offset + buf.length);
@@ -338,6 +348,13 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       for (const old of olds) await this.release(old);
       done += end - guest;
     }
+  }
+
+  /** Refuses to copy or release a guest cluster whose host cluster holds metadata. */
+  private refuseMetadataMapping(m: Mapping): void {
+    if ((m.kind !== 'data' && m.kind !== 'zero') || !m.host) return;
+    const overlap = this.metadataOverlap(m.host, this.clusterSize, false);
+    if (overlap) throw new BlockError('Corrupt', `a data cluster at ${m.host} overlaps the ${overlap}; refusing to write`);
   }
 
   /** The whole content of a guest cluster as `m` maps it (for copy-on-write). */
@@ -517,6 +534,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       const n = Math.min(l2End, index + count) - at;
       const olds: Mapping[] = [];
       for (let i = 0; i < n; i++) olds.push(await this.lookup(at + i));
+      for (const old of olds) this.refuseMetadataMapping(old);
       const news = olds.map(next);
       const changed = olds.some((o, i) => encodeL2(o, this.clusterBits) !== encodeL2(news[i], this.clusterBits));
       if (changed) {

@@ -28,6 +28,7 @@ export function decodeL2(e: bigint, clusterBits: number, version: number, where:
   if (e & L.L2_STANDARD_RESERVED_MASK) throw new BlockError('Corrupt', `${where()}: reserved bits are set`);
   const host = Number(e & L.OFFSET_MASK);
   const copied = (e & L.OFLAG_COPIED) !== 0n;
+  if (host >= L.MAX_HOST_OFFSET) throw new BlockError('Corrupt', `${where()}: data at an impossible offset (${host})`);
   if (host % 2 ** clusterBits !== 0) throw new BlockError('Corrupt', `${where()}: host offset ${host} is not cluster aligned`);
   if (e & L.OFLAG_ZERO) {
     if (version < 3) throw new BlockError('Corrupt', `${where()}: zero flag in a version 2 image`);
@@ -60,6 +61,7 @@ export function encodeL2(m: Mapping, clusterBits: number): bigint {
 export function decodeL1(e: bigint, clusterSize: number, index: number): { offset: number; copied: boolean } {
   if (e & L.L1_RESERVED_MASK) throw new BlockError('Corrupt', `L1 entry ${index} has reserved bits set`);
   const offset = Number(e & L.OFFSET_MASK);
+  if (offset >= L.MAX_HOST_OFFSET) throw new BlockError('Corrupt', `L1 entry ${index} points at an impossible offset (${offset})`);
   if (offset % clusterSize !== 0) throw new BlockError('Corrupt', `L1 entry ${index} is not cluster aligned`);
   return { offset, copied: (e & L.OFLAG_COPIED) !== 0n };
 }

@@ -43,7 +43,7 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
     },
   );
   const snapshots = header.nbSnapshots
-    ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize)).entries
+    ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];
   const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots);
   return snapshot === undefined ? image : snapshotView(image, snapshot);

@@ -6,7 +6,7 @@
  */
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
-import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, OFFSET_MASK, REFT_RESERVED_MASK } from './limits.js';
+import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFT_RESERVED_MASK } from './limits.js';
 
 /** Refcount blocks kept in memory; each is one cluster. */
 const BLOCK_CACHE_BYTES = 16 << 20;
@@ -23,6 +23,8 @@ export class Refcounts {
   readonly perBlock: number;
   readonly max: number;
   private table: number[];
+  /** The refcount blocks' offsets: allocations and frees must keep off them. */
+  private readonly blockOffsets: Set<number>;
   private readonly cache = new Map<number, Uint8Array>();
   /** No free cluster below this index (a search hint). */
   private freeHint = 0;
@@ -44,6 +46,7 @@ export class Refcounts {
     this.perBlock = (this.clusterSize * 8) / this.bits;
     this.max = 2 ** Math.min(this.bits, 53) - 1;
     this.table = table;
+    this.blockOffsets = new Set(table.filter((off) => off !== 0));
     this.end = Math.ceil(fileSize / this.clusterSize);
   }
 
@@ -63,8 +66,11 @@ export class Refcounts {
     for (let i = 0; i < raw.length / 8; i++) {
       const e = dv.getBigUint64(i * 8);
       if (e & REFT_RESERVED_MASK) throw new BlockError('Corrupt', `refcount table entry ${i} has reserved bits set`);
-      const off = Number(e & OFFSET_MASK);
-      if (off >= MAX_HOST_OFFSET) throw new BlockError('Corrupt', `refcount block ${i} is at an impossible offset`);
+      // Bits 9-63 are the offset (QEMU's REFT_OFFSET_MASK): high bits must not be dropped silently.
+      const offset = e & ~REFT_RESERVED_MASK;
+      if (offset >= BigInt(MAX_HOST_OFFSET)) throw new BlockError('Corrupt', `refcount block ${i} is at an impossible offset`);
+      const off = Number(offset);
+      if (off % clusterSize !== 0) throw new BlockError('Corrupt', `refcount block ${i} is not cluster aligned (offset ${off})`);
       table.push(off);
     }
     return new Refcounts(proto, clusterBits, refcountOrder, loc, table, await proto.size(), saveLocation);
@@ -186,6 +192,7 @@ export class Refcounts {
     let start = await this.findFree(n);
     // New refcount blocks may take clusters of the range just found: look again.
     while (await this.ensureBlocks(start, n)) start = await this.findFree(n);
+    this.checkNotMetadata(start, n, 'allocate');
     await this.update(start, n, 1);
     const offset = start * this.clusterSize;
     if (offset + n * this.clusterSize > MAX_HOST_OFFSET) {
@@ -208,7 +215,35 @@ export class Refcounts {
 
   /** Drops one reference from `n` clusters at `offset`. */
   async free(offset: number, n: number): Promise<void> {
+    this.checkNotMetadata(offset / this.clusterSize, n, 'free');
     await this.update(offset / this.clusterSize, n, -1);
+  }
+
+  /** Which of the header, the refcount table or a refcount block host cluster `c` holds, if any. */
+  metadataAt(c: number): 'image header' | 'refcount table' | 'refcount block' | undefined {
+    if (c === 0) return 'image header';
+    const rt = this.location.offset / this.clusterSize;
+    if (c >= rt && c < rt + this.location.clusters) return 'refcount table';
+    if (this.blockOffsets.has(c * this.clusterSize)) return 'refcount block';
+    return undefined;
+  }
+
+  /**
+   * Refuses to hand out or free clusters [index, index+count) that hold the
+   * header, the refcount table or a refcount block: damaged refcounts can
+   * call them free, and reusing them would destroy the image.
+   */
+  private checkNotMetadata(index: number, count: number, op: 'allocate' | 'free'): void {
+    for (let c = index; c < index + count; c++) {
+      const what = this.metadataAt(c);
+      if (!what) continue;
+      throw new BlockError(
+        'Corrupt',
+        op === 'allocate'
+          ? `the refcounts call cluster ${c} free, but it holds the ${what}; repair the image with check -r all`
+          : `refusing to free cluster ${c}, which holds the ${what}; repair the image with check -r all`,
+      );
+    }
   }
 
   private async findFree(n: number): Promise<number> {
@@ -250,6 +285,7 @@ export class Refcounts {
       if (b) return b;
     }
     const at = await this.findFree(1);
+    this.checkNotMetadata(at, 1, 'allocate');
     const b = new Uint8Array(this.clusterSize);
     const offset = at * this.clusterSize;
     if (Math.floor(at / this.perBlock) === bi) {
@@ -262,6 +298,7 @@ export class Refcounts {
     }
     this.end = Math.max(this.end, at + 1);
     this.table[bi] = offset;
+    this.blockOffsets.add(offset);
     this.cache.set(offset, b);
     const entry = new Uint8Array(8);
     new DataView(entry.buffer).setBigUint64(0, BigInt(offset));
@@ -302,6 +339,7 @@ export class Refcounts {
       throw new BlockError('Unsupported', 'the image would need a refcount table larger than 8 MiB');
     }
     const areaEnd = start + newBlocks.length + tableClusters;
+    this.checkNotMetadata(start, areaEnd - start, 'allocate');
     const table = [...this.table];
     while (table.length < entries) table.push(0);
     const blocks = new Map<number, Uint8Array>();
@@ -331,6 +369,7 @@ export class Refcounts {
     const old = this.location;
     this.location = { offset: tableOffset, clusters: tableClusters };
     this.table = table;
+    for (const bi of newBlocks) this.blockOffsets.add(table[bi]);
     this.end = Math.max(this.end, areaEnd);
     await this.saveLocation(this.location);
     await this.free(old.offset, old.clusters);

@@ -22,17 +22,23 @@ const dec = new TextDecoder();
 const enc = new TextEncoder();
 const pad8 = (n: number) => Math.ceil(n / 8) * 8;
 
-/** Reads the table at `offset`, reading more as entries need it (at most 64 MiB). */
+/**
+ * Reads the table at `offset`, reading more as entries need it: at most
+ * 64 MiB, and never past the end of the file (`fileSize`), so a small file
+ * cannot make Platter allocate far more than it holds.
+ */
 export async function readSnapshotTable(
   read: (buf: Uint8Array, offset: number) => Promise<void>,
   offset: number,
   count: number,
   clusterSize: number,
+  fileSize = Infinity,
 ): Promise<{ entries: SnapshotEntry[]; size: number }> {
-  for (let size = 64 * 1024; ; size = Math.min(size * 4, L.MAX_SNAPSHOT_TABLE_BYTES)) {
+  const limit = Math.max(0, Math.min(L.MAX_SNAPSHOT_TABLE_BYTES, fileSize - offset));
+  for (let size = Math.min(64 * 1024, limit); ; size = Math.min(size * 4, limit)) {
     const raw = new Uint8Array(size);
     await read(raw, offset);
-    const parsed = parseSnapshotTable(raw, count, clusterSize, size < L.MAX_SNAPSHOT_TABLE_BYTES);
+    const parsed = parseSnapshotTable(raw, count, clusterSize, size < limit);
     if (parsed) return parsed;
   }
 }
