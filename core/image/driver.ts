@@ -52,6 +52,11 @@ export interface FormatInfo {
   dirty?: boolean;
   /** qemu-img's "format-specific" object: {type, data}. */
   specific?: { type: string; data: Record<string, unknown> };
+  /**
+   * Bytes of persistent dirty bitmaps, for formats that can hold them
+   * ('unknown' where they exist but are not read yet).
+   */
+  bitmapsSize?: number | 'unknown';
 }
 
 /** One open layer: the object a driver's `open` returns. */
@@ -169,6 +174,8 @@ export interface CreateRequest {
 export interface Measurement {
   required: number;
   fullyAllocated: number;
+  /** Room for the source's persistent bitmaps, where both formats have them. */
+  bitmaps?: number;
 }
 
 export interface FormatDriver {
@@ -185,5 +192,11 @@ export interface FormatDriver {
    * How much room an image of this format needs for `size` guest bytes whose
    * stored data is `dataExtents` (sorted; empty for a new image).
    */
-  measure?(size: number, dataExtents: readonly { offset: number; length: number }[], options: OptionValues): Measurement;
+  measure?(
+    size: number,
+    dataExtents: readonly { offset: number; length: number }[],
+    options: OptionValues,
+    /** The source's bitmaps, when it can hold them (then the result includes them). */
+    sourceBitmaps?: number,
+  ): Measurement;
 }

@@ -130,13 +130,21 @@ export class Image {
     if (ext.state === 'unallocated' && this.backing && offset < this.backing.size) {
       return this.backing.blockStatus(offset, ext.length, depth + 1);
     }
+    // Data stored in a hole of the file (preallocated metadata, say) reads as
+    // zeros: ask the file, as QEMU does, so copies need not read it.
+    let zero = ext.state !== 'data';
+    if (ext.state === 'data' && ext.hostOffset !== undefined && !ext.compressed) {
+      const file = await this.wrap('block-status', offset, () => this.protocol.blockStatus(ext.hostOffset!, ext.length));
+      ext.length = Math.min(ext.length, file.length);
+      zero = !file.data;
+    }
     return {
       offset,
       length: ext.length,
       present: ext.state !== 'unallocated',
       data: ext.state === 'data',
       // Unallocated with nothing below reads as zeros.
-      zero: ext.state !== 'data',
+      zero,
       depth,
       hostOffset: ext.hostOffset,
       compressed: ext.compressed ?? false,

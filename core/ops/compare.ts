@@ -68,7 +68,7 @@ async function compareImages(a: Image, b: Image, strict: boolean, ctx: JobContex
       const [sa, sb] = await Promise.all([a.blockStatus(at, len), b.blockStatus(at, len)]);
       const step = Math.min(sa.length, sb.length);
       if (strict && sa.present !== sb.present) return { kind: 'allocation', offset: at };
-      if (sa.data || sb.data) {
+      if (!sa.zero || !sb.zero) {
         const da = buf.subarray(0, step);
         const db = other.subarray(0, step);
         await Promise.all([a.read(da, at), b.read(db, at)]);

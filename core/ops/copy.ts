@@ -124,7 +124,7 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
           const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
           const len = st.length;
           const dst = chunk.targetOffset + at;
-          if (!st.data) {
+          if (st.zero) {
             writes.push(() => zeroTarget(dst, len));
           } else {
             const data = buf.subarray(at, at + len);

@@ -18,6 +18,7 @@ export interface MeasureOptions {
 
 /** `qemu-img measure --output=json`'s object. */
 export interface MeasureResult {
+  bitmaps?: number;
   required: number;
   'fully-allocated': number;
 }
@@ -30,23 +31,31 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
   if (!driver.measure) throw new BlockError('Unsupported', `${driver.name} images cannot be measured yet`);
   const values = resolveOptions(driver.createOptions ?? [], { ...opts.options }, driver.name);
   let size = opts.size ?? 0;
+  let bitmaps: number | undefined;
   const extents: { offset: number; length: number }[] = [];
   if (opts.filename !== undefined) {
     const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
     try {
       size = image.size;
+      const b = (await image.info()).bitmapsSize;
+      if (b === 'unknown') {
+        throw new BlockError('Unsupported', 'measuring an image with persistent bitmaps is not supported yet', { path: opts.filename });
+      }
+      bitmaps = b;
       for (let at = 0; at < size; ) {
         throwIfAborted(ctx.signal);
         const st = await image.blockStatus(at, size - at);
         const last = extents[extents.length - 1];
-        if (st.data && last && last.offset + last.length === at) last.length += st.length;
-        else if (st.data) extents.push({ offset: at, length: st.length });
+        const stored = st.data && !st.zero;
+        if (stored && last && last.offset + last.length === at) last.length += st.length;
+        else if (stored) extents.push({ offset: at, length: st.length });
         at += st.length;
       }
     } finally {
       await image.close();
     }
   }
-  const m = driver.measure(size, extents, values);
-  return { required: m.required, 'fully-allocated': m.fullyAllocated };
+  const m = driver.measure(size, extents, values, bitmaps);
+  // Key order as qemu-img prints it.
+  return { ...(m.bitmaps !== undefined && { bitmaps: m.bitmaps }), required: m.required, 'fully-allocated': m.fullyAllocated };
 }

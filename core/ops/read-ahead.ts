@@ -59,7 +59,7 @@ export async function readGuest(image: Image, buf: Uint8Array, offset: number): 
   for (let at = 0; at < buf.length; ) {
     const st = await image.blockStatus(offset + at, buf.length - at);
     const piece = buf.subarray(at, at + st.length);
-    if (st.data) await image.read(piece, offset + at);
+    if (!st.zero) await image.read(piece, offset + at);
     else piece.fill(0);
     at += st.length;
   }

@@ -29,7 +29,8 @@ export const measureCommand: Command = {
     io.stdout.write(
       out === 'json'
         ? JSON.stringify(r, null, 4) + '\n'
-        : `required size: ${r.required}\nfully allocated size: ${r['fully-allocated']}\n`,
+        : `required size: ${r.required}\nfully allocated size: ${r['fully-allocated']}\n` +
+            (r.bitmaps === undefined ? '' : `bitmaps size: ${r.bitmaps}\n`),
     );
     return 0;
   },

@@ -49,6 +49,15 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
   { name: 'compression_type', type: 'enum', values: ['zlib'], default: 'zlib', help: 'Compression method used for image cluster compression' },
 ];
 
+/** L1 entries a guest of `size` bytes needs; refused past QEMU's 32 MiB L1 limit. */
+export function l1EntriesFor(size: number, clusterSize: number): number {
+  const entries = Math.ceil(size / clusterSize / (clusterSize / 8));
+  if (entries * 8 > L.MAX_L1_BYTES) {
+    throw new BlockError('InvalidArgument', 'the image size is too large for this cluster size (try a larger cluster_size)');
+  }
+  return entries;
+}
+
 export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<Qcow2Image> {
   const o = req.options;
   const version = o.compat === '0.10' ? 2 : 3;
@@ -59,10 +68,7 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     throw new BlockError('InvalidArgument', 'refcount_bits other than 16 needs compat=1.1');
   }
   if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
-  const l1Size = Math.ceil(req.size / clusterSize / (clusterSize / 8));
-  if (l1Size * 8 > L.MAX_L1_BYTES) {
-    throw new BlockError('InvalidArgument', 'the image size is too large for this cluster size (try a larger cluster_size)');
-  }
+  const l1Size = l1EntriesFor(req.size, clusterSize);
   const header: Qcow2Header = {
     version,
     clusterBits,
@@ -81,7 +87,8 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     headerLength: version === 3 ? L.V3_HEADER_LENGTH : L.V2_HEADER_LENGTH,
     compressionType: 0,
     otherExtensions: [],
-    featureNames: version === 3 ? STANDARD_FEATURE_NAMES : [],
+    // Like QEMU, only where the 384-byte table leaves room in the first cluster.
+    featureNames: version === 3 && clusterSize > 4096 ? STANDARD_FEATURE_NAMES : [],
   };
   if (typeof o.backing_file === 'string') {
     header.backingFile = o.backing_file;
@@ -112,9 +119,10 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     },
   );
   await refcounts.update(0, 3, 1);
-  const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / clusterSize));
-  header.l1TableOffset = await refcounts.allocate(l1Clusters);
-  const end = header.l1TableOffset + l1Clusters * clusterSize;
+  // An empty guest has no L1 table at all (offset 0), as in QEMU.
+  const l1Clusters = Math.ceil((l1Size * 8) / clusterSize);
+  header.l1TableOffset = l1Clusters ? await refcounts.allocate(l1Clusters) : 0;
+  const end = l1Clusters ? header.l1TableOffset + l1Clusters * clusterSize : 3 * clusterSize;
   if ((await proto.size()) < end) await proto.truncate(end);
   await proto.write(serializeHeader(header), 0);
   const image = new Qcow2Image(proto, header, new BigUint64Array(l1Size), refcounts, false);

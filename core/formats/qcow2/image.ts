@@ -731,6 +731,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       clusterSize: this.clusterSize,
       dirty: (h.incompatible & L.INCOMPAT_DIRTY) !== 0n,
       specific: { type: 'qcow2', data },
+      bitmapsSize: h.otherExtensions.some((e) => e.type === L.EXT_BITMAPS) ? 'unknown' : 0,
     };
   }
 }

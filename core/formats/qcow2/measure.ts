@@ -1,6 +1,7 @@
 /** How big a qcow2 image gets: QEMU's arithmetic, so `measure` answers alike. */
 import type { Measurement } from '../../image/driver.js';
 import type { OptionValues } from '../../options/schema.js';
+import { l1EntriesFor } from './create.js';
 
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
 
@@ -37,8 +38,10 @@ export function measureQcow2(
   size: number,
   dataExtents: readonly { offset: number; length: number }[],
   options: OptionValues,
+  sourceBitmaps?: number,
 ): Measurement {
   const cs = options.cluster_size as number;
+  l1EntriesFor(size, cs);
   const virtual = roundUp(size, cs);
   // Data clusters the copy needs, each counted once.
   let required = 0;
@@ -54,5 +57,7 @@ export function measureQcow2(
   const prealloc = options.preallocation;
   if (prealloc === 'falloc' || prealloc === 'full') required = virtual;
   const fullyAllocated = fullSize(size, cs, options.refcount_bits as number);
-  return { required: fullyAllocated - virtual + required, fullyAllocated };
+  const m: Measurement = { required: fullyAllocated - virtual + required, fullyAllocated };
+  if (sourceBitmaps !== undefined) m.bitmaps = sourceBitmaps;
+  return m;
 }

@@ -284,7 +284,15 @@ export class Refcounts {
       const b = await this.block(bi);
       if (b) return b;
     }
-    const at = await this.findFree(1);
+    // The block's home must itself be counted by an existing block (or by
+    // this one): create the counting block first, then look again.
+    let at: number;
+    for (;;) {
+      at = await this.findFree(1);
+      const home = Math.floor(at / this.perBlock);
+      if (home === bi || (await this.block(home))) break;
+      await this.createBlock(home);
+    }
     this.checkNotMetadata(at, 1, 'allocate');
     const b = new Uint8Array(this.clusterSize);
     const offset = at * this.clusterSize;
