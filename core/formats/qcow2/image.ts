@@ -331,14 +331,20 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       const count = olds.length;
       const start = index * cs;
       const end = Math.min(start + count * cs, offset + buf.length);
-      const data = new Uint8Array(count * cs);
-      // Copy-on-write: the parts of the first and last cluster this write leaves alone.
-      if (guest > start) await this.readCluster(olds[0], data.subarray(0, cs), start);
-      if (end < start + count * cs) {
-        const lastStart = start + (count - 1) * cs;
-        if (count > 1 || guest === start) await this.readCluster(olds[count - 1], data.subarray((count - 1) * cs), lastStart);
+      let data: Uint8Array;
+      if (guest === start && end === start + count * cs) {
+        // Whole clusters: written straight from the caller's buffer.
+        data = buf.subarray(done, done + count * cs);
+      } else {
+        data = new Uint8Array(count * cs);
+        // Copy-on-write: the parts of the first and last cluster this write leaves alone.
+        if (guest > start) await this.readCluster(olds[0], data.subarray(0, cs), start);
+        if (end < start + count * cs) {
+          const lastStart = start + (count - 1) * cs;
+          if (count > 1 || guest === start) await this.readCluster(olds[count - 1], data.subarray((count - 1) * cs), lastStart);
+        }
+        data.set(buf.subarray(done, done + (end - guest)), guest - start);
       }
-      data.set(buf.subarray(done, done + (end - guest)), guest - start);
       const host = await this.refcounts.allocate(count);
       await this.proto.write(data, host);
       await this.setMappings(
