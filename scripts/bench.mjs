@@ -73,7 +73,7 @@ function parseOptions(argv) {
   return o;
 }
 
-const OPERATIONS = ['convert', 'convert-writeback', 'convert-unsafe', 'compare', 'map', 'hash'];
+const OPERATIONS = ['convert', 'convert-writeback', 'convert-unsafe', 'to-qcow2', 'from-qcow2', 'compress', 'compare', 'map', 'hash'];
 
 function opNames(v) {
   const names = v.split(',');
@@ -391,6 +391,8 @@ function operations(img, dir, qemuImg) {
   const platter = (...args) => [process.execPath, [PLATTER_BIN, ...args]];
   const dst = { platter: join(dir, 'convert-platter.raw'), reference: join(dir, 'convert-qemu.raw') };
   const mapOut = { platter: join(dir, 'map-platter.json'), reference: join(dir, 'map-qemu.json') };
+  const qdst = { platter: join(dir, 'convert-platter.qcow2'), reference: join(dir, 'convert-qemu.qcow2') };
+  const qsrc = join(dir, 'mixed-source.qcow2');
   const exitZero = (r) => (r.code === 0 ? null : `exit ${r.code}`);
   const hashDigest = (r) => /\b([0-9a-f]{64})\b/.exec(r.stdout)?.[1] ?? null;
   return [
@@ -431,6 +433,40 @@ function operations(img, dir, qemuImg) {
       prepare: (side) => fs.rmSync(dst[side], { force: true }),
       check: exitZero,
       dst,
+    },
+    {
+      name: 'to-qcow2',
+      title: 'raw->qcow2 convert',
+      refTool: 'qemu-img',
+      platter: platter('convert', '-f', 'raw', '-O', 'qcow2', img.src, qdst.platter),
+      reference: [qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', img.src, qdst.reference]],
+      prepare: (side) => fs.rmSync(qdst[side], { force: true }),
+      check: exitZero,
+      dst: qdst,
+    },
+    {
+      // The source is qemu-img's own qcow2 copy of the mixed image, made once.
+      name: 'from-qcow2',
+      title: 'qcow2->raw convert',
+      refTool: 'qemu-img',
+      platter: platter('convert', '-f', 'qcow2', '-O', 'raw', qsrc, dst.platter),
+      reference: [qemuImg, ['convert', '-f', 'qcow2', '-O', 'raw', qsrc, dst.reference]],
+      prepare: (side) => {
+        if (!fs.existsSync(qsrc)) spawnSync(qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', img.src, qsrc]);
+        fs.rmSync(dst[side], { force: true });
+      },
+      check: exitZero,
+      dst,
+    },
+    {
+      name: 'compress',
+      title: 'raw->qcow2 convert -c',
+      refTool: 'qemu-img',
+      platter: platter('convert', '-c', '-f', 'raw', '-O', 'qcow2', img.src, qdst.platter),
+      reference: [qemuImg, ['convert', '-c', '-f', 'raw', '-O', 'qcow2', img.src, qdst.reference]],
+      prepare: (side) => fs.rmSync(qdst[side], { force: true }),
+      check: exitZero,
+      dst: qdst,
     },
     {
       name: 'compare',

@@ -59,6 +59,8 @@ class Mutex {
 }
 
 const deflate = promisify(deflateRaw);
+/** Clusters one compressClusters call deflates at once. */
+const COMPRESS_CONCURRENCY = 4;
 
 export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable, Snapshots {
   readonly clusterSize: number;
@@ -593,19 +595,25 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       throw new BlockError('InvalidArgument', 'compressed writes must cover whole clusters');
     }
     // QEMU's parameters: raw deflate with a 4 KiB window.
-    const packed = await Promise.all(
-      Array.from({ length: Math.ceil(buf.length / cs) }, async (_, i) => {
-        let cluster = buf.subarray(i * cs, (i + 1) * cs);
-        if (cluster.length < cs) {
-          const padded = new Uint8Array(cs);
-          padded.set(cluster);
-          cluster = padded;
-        }
-        const z = new Uint8Array(await deflate(cluster, { windowBits: 12, memLevel: 9 }));
-        // Stored plainly when compressing does not save anything.
-        return { cluster, z: z.length < cs ? z : undefined };
-      }),
-    );
+    const squeeze = async (i: number) => {
+      let cluster = buf.subarray(i * cs, (i + 1) * cs);
+      if (cluster.length < cs) {
+        const padded = new Uint8Array(cs);
+        padded.set(cluster);
+        cluster = padded;
+      }
+      const z = new Uint8Array(await deflate(cluster, { windowBits: 12, memLevel: 9 }));
+      // Stored plainly when compressing does not save anything.
+      return { cluster, z: z.length < cs ? z : undefined };
+    };
+    // A few at a time per call: each deflate stream holds ~270 KiB, and the
+    // copy pipeline already runs several calls at once.
+    const packed: Awaited<ReturnType<typeof squeeze>>[] = [];
+    const count = Math.ceil(buf.length / cs);
+    for (let i = 0; i < count; i += COMPRESS_CONCURRENCY) {
+      const batch = Array.from({ length: Math.min(COMPRESS_CONCURRENCY, count - i) }, (_, k) => squeeze(i + k));
+      packed.push(...(await Promise.all(batch)));
+    }
     return () =>
       this.lock.run(async () => {
         for (let i = 0; i < packed.length; i++) {
