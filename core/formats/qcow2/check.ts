@@ -9,6 +9,7 @@ import { decodeL1, decodeL2 } from './l2.js';
 import { EXT_BITMAPS, OFLAG_COPIED } from './limits.js';
 import type { Qcow2Image } from './image.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
+import { readTable } from './tables.js';
 
 const hex = (e: bigint) => e.toString(16);
 
@@ -114,11 +115,8 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
     }
   };
   for (const sn of img.snapshots) {
-    const raw = new Uint8Array(sn.l1Size * 8);
-    await img.proto.read(raw, sn.l1TableOffset);
-    inc(sn.l1TableOffset, Math.max(1, raw.length));
-    const dv = new DataView(raw.buffer);
-    await walk(BigUint64Array.from({ length: sn.l1Size }, (_, k) => dv.getBigUint64(k * 8)), false);
+    inc(sn.l1TableOffset, Math.max(1, sn.l1Size * 8));
+    await walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), false);
   }
   await walk(img.l1Table, true);
 

@@ -32,6 +32,7 @@ import { serializeHeader, type Qcow2Header } from './header.js';
 import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
+import { encodeTable, readTable } from './tables.js';
 import type { SnapshotEntry } from './snapshot-table.js';
 
 /** L2 tables kept in memory. */
@@ -135,11 +136,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     }
     const overlap = this.metadataOverlap(offset, this.clusterSize, false);
     if (overlap) throw new BlockError('Corrupt', `an L2 table at offset ${offset} overlaps the ${overlap}`);
-    const raw = new Uint8Array(this.clusterSize);
-    await this.proto.read(raw, offset);
-    const dv = new DataView(raw.buffer);
-    t = new BigUint64Array(this.l2Entries);
-    for (let i = 0; i < this.l2Entries; i++) t[i] = dv.getBigUint64(i * 8);
+    t = await readTable(this.proto, offset, this.l2Entries);
     this.l2Cache.set(offset, t);
     while (this.l2Cache.size * this.clusterSize > L2_CACHE_BYTES) this.l2Cache.delete(this.l2Cache.keys().next().value!);
     return t;
@@ -418,10 +415,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       }
     }
     const offset = await this.refcounts.allocate(1);
-    const raw = new Uint8Array(this.clusterSize);
-    const dv = new DataView(raw.buffer);
-    entries.forEach((e, i) => dv.setBigUint64(i * 8, e));
-    await this.proto.write(raw, offset);
+    await this.proto.write(encodeTable(entries, this.clusterSize), offset);
     this.l2Cache.set(offset, entries);
     await this.setL1(l1i, BigInt(offset) | L.OFLAG_COPIED);
     if (cur.offset) {
@@ -470,10 +464,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   /** Overwrites the active L1 table in place with `l1` (same size). */
   async replaceL1(l1: BigUint64Array): Promise<void> {
-    const raw = new Uint8Array(l1.length * 8);
-    const dv = new DataView(raw.buffer);
-    l1.forEach((e, i) => dv.setBigUint64(i * 8, e));
-    await this.proto.write(raw, this.header.l1TableOffset);
+    if (l1.length) await this.proto.write(encodeTable(l1, 8), this.header.l1TableOffset);
     this.l1 = l1;
   }
 
@@ -705,10 +696,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     const offset = await this.refcounts.allocate(clusters);
     const l1 = new BigUint64Array(entries);
     l1.set(this.l1);
-    const raw = new Uint8Array(clusters * cs);
-    const dv = new DataView(raw.buffer);
-    l1.forEach((e, i) => dv.setBigUint64(i * 8, e));
-    await this.proto.write(raw, offset);
+    await this.proto.write(encodeTable(l1, cs), offset);
     await this.proto.flush();
     const old = { offset: this.header.l1TableOffset, clusters: Math.ceil((this.l1.length * 8) / cs) };
     this.l1 = l1;

@@ -11,6 +11,7 @@ import type { Qcow2Image } from './image.js';
 import { OFLAG_COPIED } from './limits.js';
 import { MAX_SNAPSHOTS } from './limits.js';
 import { serializeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
+import { encodeTable, readTable } from './tables.js';
 
 /** qemu-img finds a snapshot by ID first, then by name. */
 export function findSnapshot(img: Qcow2Image, key: string): SnapshotEntry {
@@ -30,20 +31,6 @@ export function describeSnapshots(img: Qcow2Image): SnapshotInfo[] {
     icount: s.extraRest.length >= 8 ? new DataView(s.extraRest.buffer, s.extraRest.byteOffset).getBigUint64(0) : undefined,
     diskSize: s.diskSize,
   }));
-}
-
-async function readL1(img: Qcow2Image, offset: number, size: number): Promise<BigUint64Array> {
-  const raw = new Uint8Array(size * 8);
-  await img.proto.read(raw, offset);
-  const dv = new DataView(raw.buffer);
-  return BigUint64Array.from({ length: size }, (_, i) => dv.getBigUint64(i * 8));
-}
-
-function encodeL1(l1: BigUint64Array, clusterSize: number): Uint8Array {
-  const raw = new Uint8Array(Math.max(1, Math.ceil((l1.length * 8) / clusterSize)) * clusterSize);
-  const dv = new DataView(raw.buffer);
-  l1.forEach((e, i) => dv.setBigUint64(i * 8, e));
-  return raw;
 }
 
 /** How many references `l1` holds on each host cluster (L2 tables and data). */
@@ -136,7 +123,7 @@ export async function createSnapshot(img: Qcow2Image, name: string, now = Date.n
     const refs = await reachable(img, l1);
     await checkRoom(img, refs);
     // 1. The snapshot's own copy of the L1 table.
-    const raw = encodeL1(l1, cs);
+    const raw = encodeTable(l1, cs);
     const l1Offset = await img.refcounts.allocate(raw.length / cs);
     await img.proto.write(raw, l1Offset);
     // 2. One more reference on everything it reaches; shared clusters lose COPIED.
@@ -166,7 +153,7 @@ export async function createSnapshot(img: Qcow2Image, name: string, now = Date.n
 export async function applySnapshot(img: Qcow2Image, key: string): Promise<void> {
   const sn = findSnapshot(img, key);
   await img.exclusive(async () => {
-    const snapL1 = await readL1(img, sn.l1TableOffset, sn.l1Size);
+    const snapL1 = await readTable(img.proto, sn.l1TableOffset, sn.l1Size);
     if (sn.l1Size > img.l1Table.length) await img.growL1Locked(sn.l1Size);
     const old = BigUint64Array.from(img.l1Table);
     // Count the snapshot's clusters for the active view before it points at them...
@@ -190,7 +177,7 @@ export async function applySnapshot(img: Qcow2Image, key: string): Promise<void>
 export async function deleteSnapshot(img: Qcow2Image, key: string): Promise<void> {
   const sn = findSnapshot(img, key);
   await img.exclusive(async () => {
-    const snapL1 = await readL1(img, sn.l1TableOffset, sn.l1Size);
+    const snapL1 = await readTable(img.proto, sn.l1TableOffset, sn.l1Size);
     // Unlist it first: a crash after this leaks its clusters, never frees a listed one.
     await saveSnapshotTable(
       img,
