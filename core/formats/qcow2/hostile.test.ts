@@ -474,13 +474,14 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
       expect(JSON.parse(r.stdout)['format-specific'].data.corrupt).toBe(true);
     });
 
-    it('the dirty bit: read-write open is refused with a clear message (no repair on open yet)', async () => {
+    it('the dirty bit: a read-write open repairs the refcounts and clears it', async () => {
       const path = hostile('dirty bit', 'qemu-64k', (f) => f.writeBigUInt64BE(1n << 0n, H.incompatible_features)); // bit 0: dirty
       expect((await readBytes(path, 0, 4096)).every((x) => x === 0xa5)).toBe(true);
-      await expectOpenRefused(path, 'Unsupported', /dirty/, false);
-      // resize opens read-write: the same refusal on the command line.
+      // resize opens read-write: the image is repaired, resized and left clean.
       const r = cli(['resize', '-f', 'qcow2', path, '32M']);
-      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: expect.stringMatching(new RegExp(`^platter: ${escapeRe(path)}: [^\\n]*dirty[^\\n]*\\n$`)) });
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(JSON.parse(sh('qemu-img', ['info', '--output=json', path]))['dirty-flag']).toBe(false);
+      expect(qemuCheck(path)).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
     });
 
     it('the unknown incompatible bit is named by the feature-name table when it has a name', async () => {

@@ -102,7 +102,38 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   /** Runs `fn` with no write in progress (check and snapshots need a still image). */
   exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    return this.lock.run(fn);
+    return this.readOnly ? this.lock.run(fn) : this.modify(fn);
+  }
+
+  /** Set once this session has marked the image dirty (lazy refcounts). */
+  private markedDirty = false;
+
+  /**
+   * Runs a change under the lock. With lazy refcounts the image is marked
+   * dirty first (QEMU's contract: refcounts may lag until a clean close, and
+   * a dirty image has them rebuilt on its next read-write open). Platter's
+   * own refcount updates are never lazy, so the mark only tells others.
+   */
+  private modify<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(async () => {
+      if (!this.markedDirty && this.header.compatible & L.COMPAT_LAZY_REFCOUNTS) {
+        this.header.incompatible |= L.INCOMPAT_DIRTY;
+        await this.writeHeader();
+        await this.proto.flush();
+        this.markedDirty = true;
+      }
+      return fn();
+    });
+  }
+
+  /** Clears the dirty mark once everything is on disk (a clean close, or after a repair). */
+  async markClean(): Promise<void> {
+    if (!(this.header.incompatible & L.INCOMPAT_DIRTY)) return;
+    await this.proto.flush();
+    this.header.incompatible &= ~L.INCOMPAT_DIRTY;
+    await this.writeHeader();
+    await this.proto.flush();
+    this.markedDirty = false;
   }
 
   /** Forgets cached L2 tables (after tables were rewritten behind the cache). */
@@ -290,7 +321,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
-    await this.lock.run(() => this.writeLocked(buf, offset));
+    await this.modify(() => this.writeLocked(buf, offset));
   }
 
   private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
@@ -482,7 +513,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.checkWritable();
-    await this.lock.run(async () => {
+    await this.modify(async () => {
       const cs = this.clusterSize;
       const head = Math.min(length, (cs - (offset % cs)) % cs);
       const tail = (offset + length) % cs;
@@ -518,7 +549,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     const first = Math.ceil(offset / cs);
     const last = Math.floor((offset + length) / cs);
     if (last <= first) return;
-    await this.lock.run(() =>
+    await this.modify(() =>
       // With a backing file, a discarded cluster must not show the backing data.
       this.remap(first, last - first, () =>
         this.backing && this.header.version >= 3 ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED,
@@ -555,7 +586,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
     const cs = this.clusterSize;
     const total = Math.ceil(this.size / cs);
-    await this.lock.run(async () => {
+    await this.modify(async () => {
       for (let index = 0; index < total; ) {
         const n = Math.min(total - index, (Math.floor(index / this.l2Entries) + 1) * this.l2Entries - index);
         await this.writableL2(Math.floor(index / this.l2Entries));
@@ -606,7 +637,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       packed.push(...(await Promise.all(batch)));
     }
     return () =>
-      this.lock.run(async () => {
+      this.modify(async () => {
         for (let i = 0; i < packed.length; i++) {
           const index = offset / cs + i;
           const m = await this.lookup(index);
@@ -657,7 +688,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
     if (opts.prealloc !== 'off') throw new BlockError('Unsupported', 'preallocation when resizing a qcow2 image is not supported yet');
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
-    await this.lock.run(async () => {
+    await this.modify(async () => {
       const cs = this.clusterSize;
       const old = this.size;
       // Growing over a longer backing file: the new area must read as zeros,
@@ -717,7 +748,9 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   }
 
   async close(): Promise<void> {
-    await this.lock.run(async () => undefined);
+    await this.lock.run(async () => {
+      if (!this.readOnly && this.markedDirty) await this.markClean();
+    });
   }
 
   async info(): Promise<FormatInfo> {

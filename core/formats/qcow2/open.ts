@@ -2,6 +2,7 @@
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
 import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
+import { checkQcow2 } from './check.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
@@ -20,9 +21,6 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
   if (header.incompatible & L.INCOMPAT_CORRUPT && !readOnly) {
     throw new BlockError('Corrupt', 'the image is marked corrupt; it can only be opened read-only until repaired');
   }
-  if (header.incompatible & L.INCOMPAT_DIRTY && !readOnly) {
-    throw new BlockError('Unsupported', 'the image is dirty (lazy refcounts); repairing it on open is not supported yet');
-  }
   const l1 = await readTable(proto, header.l1TableOffset, header.l1Size);
   const refcounts = await Refcounts.load(
     proto,
@@ -39,6 +37,15 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
     ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];
   const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots);
+  if (header.incompatible & L.INCOMPAT_DIRTY && !readOnly) {
+    // Left dirty (lazy refcounts, then a crash): rebuild the refcounts before
+    // anything is allocated from them, as QEMU does on open.
+    const report = await checkQcow2(image, 'all', () => undefined);
+    if (report.corruptions || report.checkErrors) {
+      throw new BlockError('Corrupt', 'the image was left dirty and its refcounts could not be repaired; see check');
+    }
+    await image.markClean();
+  }
   return snapshot === undefined ? image : snapshotView(image, snapshot);
 }
 
