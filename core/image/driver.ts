@@ -163,6 +163,8 @@ export interface DriverOpenOptions {
   readOnly: boolean;
   /** Open this internal snapshot's content (by ID or name), read-only. */
   snapshot?: string;
+  /** Opened by check to repair it: allowed even when marked corrupt. */
+  repair?: boolean;
 }
 
 export interface CreateRequest {

@@ -26,6 +26,8 @@ export interface OpenOptions {
   noBacking?: boolean;
   /** Read an internal snapshot instead of the current content (read-only). */
   snapshot?: string;
+  /** Open to repair (check -r): formats allow this even on images marked corrupt. */
+  repair?: boolean;
 }
 
 /** Backing chains deeper than this are refused (they are loops or mistakes). */
@@ -70,7 +72,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
     if (opts.snapshot !== undefined && !readOnly) {
       throw new BlockError('InvalidArgument', 'a snapshot can only be opened read-only', { path: name });
     }
-    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot });
+    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair });
     if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
       await layer.close();
       throw new BlockError('Unsupported', `${driver.name} images have no internal snapshots`, { path: name });

@@ -24,6 +24,7 @@ export async function check(opts: CheckOptions, _ctx: JobContext = {}): Promise<
   const image = await openImage(opts.filename, {
     format: opts.format,
     readOnly: repair === 'none',
+    repair: repair !== 'none',
     noBacking: true,
     allowExternalFiles: opts.allowExternalFiles,
   });

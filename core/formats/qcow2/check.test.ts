@@ -113,6 +113,20 @@ describe.skipIf(!HAS_QEMU)('check', () => {
     expect(shStatus('qemu-img', ['check', out]).status).toBe(0);
   });
 
+  it('-r all lifts the corrupt mark once the image is consistent (and only then writes)', async () => {
+    const p = base('marked.qcow2');
+    const fd = openSync(p, 'r+');
+    writeSync(fd, Buffer.from([2]), 0, 1, 79); // incompatible_features, bit 1: corrupt
+    closeSync(fd);
+    const corrupt = () => JSON.parse(sh('qemu-img', ['info', '--output=json', p]))['format-specific'].data.corrupt;
+    expect(corrupt()).toBe(true);
+    expect((await platter(['check', p])).code).toBe(0);
+    expect(corrupt()).toBe(true);
+    expect((await platter(['check', '-r', 'all', p])).code).toBe(0);
+    expect(corrupt()).toBe(false);
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(0);
+  });
+
   it('formats without metadata answer exit 63, as qemu-img does', async () => {
     const raw = t.path('plain.raw');
     sh('qemu-img', ['create', '-q', '-f', 'raw', raw, '1M']);

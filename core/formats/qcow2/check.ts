@@ -15,10 +15,15 @@ const hex = (e: bigint) => e.toString(16);
 
 export async function checkQcow2(img: Qcow2Image, repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
   const first = await img.exclusive(() => checkOnce(img, repair, log));
-  if (first.leaksFixed === 0 && first.corruptionsFixed === 0) return first;
-  // Like qemu-img: after repairing, check again and report that result.
-  const second = await img.exclusive(() => checkOnce(img, 'none', () => undefined));
-  return { ...second, leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed };
+  let result = first;
+  if (first.leaksFixed || first.corruptionsFixed) {
+    // Like qemu-img: after repairing, check again and report that result.
+    const second = await img.exclusive(() => checkOnce(img, 'none', () => undefined));
+    result = { ...second, leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed };
+  }
+  // A full repair that leaves no corruption lifts the corrupt mark.
+  if (repair === 'all' && !result.corruptions && !result.checkErrors) await img.clearCorrupt();
+  return result;
 }
 
 async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {

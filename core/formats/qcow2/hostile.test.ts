@@ -632,7 +632,7 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
     it.each([
       ['with COPIED (written in place)', COPIED],
       ['without COPIED (copy-on-write)', 0n],
-    ])('%s: reads return its bytes; a write is refused and changes nothing', async (_label, copied) => {
+    ])('%s: reads return its bytes; a write is refused and only marks the image corrupt', async (_label, copied) => {
       const path = hostile(`data at refblock ${copied ? 'copied' : 'shared'}`, base, (f, l) =>
         f.writeBigUInt64BE(BigInt(l.refblock) | copied, l.l2Offset), // L2 entry 0 -> the refcount block
       );
@@ -652,7 +652,12 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
       }
       const after = readFileSync(path);
       expect(after.subarray(l.refblock, l.refblock + cs).equals(before.subarray(l.refblock, l.refblock + cs)), 'refcount block changed').toBe(true);
-      expect(after.equals(before), 'the image changed').toBe(true);
+      // As QEMU does for version 3 images: the corrupt bit is set, nothing else changes.
+      const feat = H.incompatible_features;
+      expect(after.readBigUInt64BE(feat)).toBe(before.readBigUInt64BE(feat) | (1n << 1n));
+      expect(after.subarray(0, feat).equals(before.subarray(0, feat)), 'the header changed').toBe(true);
+      expect(after.subarray(feat + 8).equals(before.subarray(feat + 8)), 'the image changed').toBe(true);
+      await expect(openQcow2(path, false)).rejects.toMatchObject({ kind: 'Corrupt' });
       const checkAfter = qemuCheck(path);
       expect(checkAfter.corruptions).toBeLessThanOrEqual(checkBefore.corruptions);
       expect(checkAfter.leaks).toBeLessThanOrEqual(checkBefore.leaks);

@@ -105,6 +105,9 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     return this.readOnly ? this.lock.run(fn) : this.modify(fn);
   }
 
+  /** Opened to be repaired: a corrupt image may then be written by check. */
+  repairing = false;
+
   /** Set once this session has marked the image dirty (lazy refcounts). */
   private markedDirty = false;
 
@@ -314,7 +317,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   private checkWritable(): void {
     if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only');
-    if (this.header.incompatible & L.INCOMPAT_CORRUPT) {
+    if (this.header.incompatible & L.INCOMPAT_CORRUPT && !this.repairing) {
       throw new BlockError('Corrupt', 'the image is marked corrupt; repair it with check -r all before writing');
     }
   }
@@ -342,7 +345,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
         }
         const host = m.host + (guest % cs);
         const overlap = this.metadataOverlap(host, len, true);
-        if (overlap) throw new BlockError('Corrupt', `a data cluster at ${m.host} overlaps the ${overlap}; refusing to write`);
+        if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
         await this.proto.write(buf.subarray(done, done + len), host);
         done += len;
         continue;
@@ -357,7 +360,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
         olds.push(n);
       }
       // Copy-on-write releases the old clusters: they must not be metadata.
-      for (const old of olds) this.refuseMetadataMapping(old);
+      for (const old of olds) await this.refuseMetadataMapping(old);
       const count = olds.length;
       const start = index * cs;
       const end = Math.min(start + count * cs, offset + buf.length);
@@ -387,10 +390,33 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   }
 
   /** Refuses to copy or release a guest cluster whose host cluster holds metadata. */
-  private refuseMetadataMapping(m: Mapping): void {
+  private async refuseMetadataMapping(m: Mapping): Promise<void> {
     if ((m.kind !== 'data' && m.kind !== 'zero') || !m.host) return;
     const overlap = this.metadataOverlap(m.host, this.clusterSize, false);
-    if (overlap) throw new BlockError('Corrupt', `a data cluster at ${m.host} overlaps the ${overlap}; refusing to write`);
+    if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
+  }
+
+  /**
+   * Stops a write that would damage metadata and, as QEMU does for version 3
+   * images, marks the image corrupt so nothing writes to it before a repair.
+   */
+  private async signalCorruption(problem: string): Promise<never> {
+    let marked = '';
+    if (this.header.version >= 3 && !(this.header.incompatible & L.INCOMPAT_CORRUPT)) {
+      this.header.incompatible |= L.INCOMPAT_CORRUPT;
+      await this.writeHeader();
+      await this.proto.flush();
+      marked = '; the image is now marked corrupt (repair it with check -r all)';
+    }
+    throw new BlockError('Corrupt', `${problem}; refusing to write${marked}`);
+  }
+
+  /** Clears the corrupt mark (after a repair found the image consistent). */
+  async clearCorrupt(): Promise<void> {
+    if (!(this.header.incompatible & L.INCOMPAT_CORRUPT)) return;
+    this.header.incompatible &= ~L.INCOMPAT_CORRUPT;
+    await this.writeHeader();
+    await this.proto.flush();
   }
 
   /** The whole content of a guest cluster as `m` maps it (for copy-on-write). */
@@ -564,7 +590,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       const n = Math.min(l2End, index + count) - at;
       const olds: Mapping[] = [];
       for (let i = 0; i < n; i++) olds.push(await this.lookup(at + i));
-      for (const old of olds) this.refuseMetadataMapping(old);
+      for (const old of olds) await this.refuseMetadataMapping(old);
       const news = olds.map(next);
       const changed = olds.some((o, i) => encodeL2(o, this.clusterBits) !== encodeL2(news[i], this.clusterBits));
       if (changed) {

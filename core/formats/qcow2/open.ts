@@ -10,7 +10,7 @@ import { readSnapshotTable } from './snapshot-table.js';
 import { findSnapshot } from './snapshots.js';
 import { readTable } from './tables.js';
 
-export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: string): Promise<Qcow2Image> {
+export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: string, repair = false): Promise<Qcow2Image> {
   const head = new Uint8Array(Math.min(await proto.size(), 4096));
   await proto.read(head, 0);
   const clusterSize = 2 ** peekClusterBits(head);
@@ -18,7 +18,7 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
   await proto.read(first, 0);
   const header = parseHeader(first, await proto.size());
 
-  if (header.incompatible & L.INCOMPAT_CORRUPT && !readOnly) {
+  if (header.incompatible & L.INCOMPAT_CORRUPT && !readOnly && !repair) {
     throw new BlockError('Corrupt', 'the image is marked corrupt; it can only be opened read-only until repaired');
   }
   const l1 = await readTable(proto, header.l1TableOffset, header.l1Size);
@@ -37,6 +37,7 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
     ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];
   const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots);
+  image.repairing = repair;
   if (header.incompatible & L.INCOMPAT_DIRTY && !readOnly) {
     // Left dirty (lazy refcounts, then a crash): rebuild the refcounts before
     // anything is allocated from them, as QEMU does on open.
