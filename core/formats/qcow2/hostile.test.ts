@@ -16,7 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockError, type ErrorKind } from '../../image/errors.js';
 import { openImage } from '../../image/open.js';
 import { PLATTER_BIN } from '../../test/cli.js';
-import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
+import { hasTool, sh, tempDir } from '../../test/tmp.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
 
@@ -257,13 +258,6 @@ function expectCliRefused(command: 'info' | 'map' | 'convert', path: string, mes
   if (command === 'convert') expect(existsSync(out), 'convert left its output behind').toBe(false);
 }
 
-/** qemu-img check's verdict, as numbers that can only get worse. */
-function qemuCheck(path: string): { corruptions: number; leaks: number; checkErrors: number } {
-  const r = shStatus('qemu-img', ['check', '--output=json', '-f', 'qcow2', path]);
-  const j = JSON.parse(r.stdout || '{}');
-  return { corruptions: j.corruptions ?? 0, leaks: j.leaks ?? 0, checkErrors: j['check-errors'] ?? 0 };
-}
-
 // ------------------------------------------------------------------ setup
 
 /** dist/cli.mjs, rebuilt when older than any engine source (the CLI tests run the build). */
@@ -318,7 +312,7 @@ afterAll(() => t?.cleanup());
 describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS }, () => {
   it('the bases themselves open, read and pass qemu-img check', async () => {
     for (const b of ['qemu-64k', 'qemu-512', 'platter-64k', 'qemu-compressed', 'qemu-backing', 'qemu-snapshot'] as const) {
-      expect(qemuCheck(basePath(b)), b).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+      expect(problems(qemuCheck(basePath(b))), b).toEqual(CLEAN);
       const image = await openQcow2(basePath(b));
       await image.read(new Uint8Array(4096), 0);
       await image.close();
@@ -481,7 +475,7 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
       const r = cli(['resize', '-f', 'qcow2', path, '32M']);
       expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
       expect(JSON.parse(sh('qemu-img', ['info', '--output=json', path]))['dirty-flag']).toBe(false);
-      expect(qemuCheck(path)).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+      expect(problems(qemuCheck(path))).toEqual(CLEAN);
     });
 
     it('the unknown incompatible bit is named by the feature-name table when it has a name', async () => {

@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
-import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
+import { hasTool, sh, tempDir } from '../../test/tmp.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
 let t: ReturnType<typeof tempDir>;
@@ -11,8 +12,8 @@ beforeAll(() => (t = tempDir()));
 afterAll(() => t?.cleanup());
 
 const clean = (p: string) => {
-  const r = shStatus('qemu-img', ['check', '--output=json', p]);
-  expect(r.status, r.stdout + r.stderr).toBe(0);
+  const c = qemuCheck(p);
+  expect(problems(c), c.text).toEqual(CLEAN);
 };
 /** The guest content of `p` (or of one of its snapshots) as qemu-img exports it. */
 const exported = (p: string, snap?: string) => {
