@@ -395,79 +395,40 @@ function operations(img, dir, qemuImg) {
   const qsrc = join(dir, 'mixed-source.qcow2');
   const exitZero = (r) => (r.code === 0 ? null : `exit ${r.code}`);
   const hashDigest = (r) => /\b([0-9a-f]{64})\b/.exec(r.stdout)?.[1] ?? null;
+  /** A convert row: both tools copy `src` into a fresh target each run. */
+  const convertRow = (name, title, platterArgs, qemuArgs, src, out, prepare = () => {}) => ({
+    name,
+    title,
+    refTool: 'qemu-img',
+    platter: platter('convert', ...platterArgs, src, out.platter),
+    reference: [qemuImg, ['convert', ...qemuArgs, src, out.reference]],
+    // A fresh target each run: no tool gets to overwrite already-allocated blocks.
+    prepare: (side) => {
+      prepare();
+      fs.rmSync(out[side], { force: true });
+    },
+    check: exitZero,
+    dst: out,
+  });
+  const rawToRaw = ['-f', 'raw', '-O', 'raw'];
+  const rawToQcow2 = ['-f', 'raw', '-O', 'qcow2'];
   return [
-    {
-      name: 'convert',
-      title: 'raw->raw convert',
-      refTool: 'qemu-img',
-      platter: platter('convert', '-f', 'raw', '-O', 'raw', img.src, dst.platter),
-      reference: [qemuImg, ['convert', '-f', 'raw', '-O', 'raw', img.src, dst.reference]],
-      // A fresh target each run: no tool gets to overwrite already-allocated blocks.
-      prepare: (side) => fs.rmSync(dst[side], { force: true }),
-      check: exitZero,
-      dst,
-    },
-    {
-      // Not a target, a diagnosis: qemu-img convert defaults to cache=unsafe
-      // and never fsyncs the output, Platter fsyncs it (and its folder).
-      // -t writeback makes qemu-img flush too, so this row shows how much
-      // of the convert ratio is that durability rather than the engine.
-      name: 'convert-writeback',
-      title: 'convert, qemu -t writeback',
-      refTool: 'qemu-img',
-      platter: platter('convert', '-f', 'raw', '-O', 'raw', img.src, dst.platter),
-      reference: [qemuImg, ['convert', '-t', 'writeback', '-f', 'raw', '-O', 'raw', img.src, dst.reference]],
-      prepare: (side) => fs.rmSync(dst[side], { force: true }),
-      check: exitZero,
-      dst,
-    },
-    {
-      // The other like-for-like pair: neither side fsyncs (Platter's -t
-      // unsafe is qemu-img's default). Platter still writes a temporary file
-      // and renames it, so the target appears only when complete.
-      name: 'convert-unsafe',
-      title: 'convert, platter -t unsafe',
-      refTool: 'qemu-img',
-      platter: platter('convert', '-t', 'unsafe', '-f', 'raw', '-O', 'raw', img.src, dst.platter),
-      reference: [qemuImg, ['convert', '-f', 'raw', '-O', 'raw', img.src, dst.reference]],
-      prepare: (side) => fs.rmSync(dst[side], { force: true }),
-      check: exitZero,
-      dst,
-    },
-    {
-      name: 'to-qcow2',
-      title: 'raw->qcow2 convert',
-      refTool: 'qemu-img',
-      platter: platter('convert', '-f', 'raw', '-O', 'qcow2', img.src, qdst.platter),
-      reference: [qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', img.src, qdst.reference]],
-      prepare: (side) => fs.rmSync(qdst[side], { force: true }),
-      check: exitZero,
-      dst: qdst,
-    },
-    {
-      // The source is qemu-img's own qcow2 copy of the mixed image, made once.
-      name: 'from-qcow2',
-      title: 'qcow2->raw convert',
-      refTool: 'qemu-img',
-      platter: platter('convert', '-f', 'qcow2', '-O', 'raw', qsrc, dst.platter),
-      reference: [qemuImg, ['convert', '-f', 'qcow2', '-O', 'raw', qsrc, dst.reference]],
-      prepare: (side) => {
-        if (!fs.existsSync(qsrc)) spawnSync(qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', img.src, qsrc]);
-        fs.rmSync(dst[side], { force: true });
-      },
-      check: exitZero,
-      dst,
-    },
-    {
-      name: 'compress',
-      title: 'raw->qcow2 convert -c',
-      refTool: 'qemu-img',
-      platter: platter('convert', '-c', '-f', 'raw', '-O', 'qcow2', img.src, qdst.platter),
-      reference: [qemuImg, ['convert', '-c', '-f', 'raw', '-O', 'qcow2', img.src, qdst.reference]],
-      prepare: (side) => fs.rmSync(qdst[side], { force: true }),
-      check: exitZero,
-      dst: qdst,
-    },
+    convertRow('convert', 'raw->raw convert', rawToRaw, rawToRaw, img.src, dst),
+    // Not a target, a diagnosis: qemu-img convert defaults to cache=unsafe
+    // and never fsyncs the output, Platter fsyncs it (and its folder).
+    // -t writeback makes qemu-img flush too, so this row shows how much
+    // of the convert ratio is that durability rather than the engine.
+    convertRow('convert-writeback', 'convert, qemu -t writeback', rawToRaw, ['-t', 'writeback', ...rawToRaw], img.src, dst),
+    // The other like-for-like pair: neither side fsyncs (Platter's -t
+    // unsafe is qemu-img's default). Platter still writes a temporary file
+    // and renames it, so the target appears only when complete.
+    convertRow('convert-unsafe', 'convert, platter -t unsafe', ['-t', 'unsafe', ...rawToRaw], rawToRaw, img.src, dst),
+    convertRow('to-qcow2', 'raw->qcow2 convert', rawToQcow2, rawToQcow2, img.src, qdst),
+    // The source is qemu-img's own qcow2 copy of the mixed image, made once.
+    convertRow('from-qcow2', 'qcow2->raw convert', ['-f', 'qcow2', '-O', 'raw'], ['-f', 'qcow2', '-O', 'raw'], qsrc, dst, () => {
+      if (!fs.existsSync(qsrc)) spawnSync(qemuImg, ['convert', ...rawToQcow2, img.src, qsrc]);
+    }),
+    convertRow('compress', 'raw->qcow2 convert -c', ['-c', ...rawToQcow2], ['-c', ...rawToQcow2], img.src, qdst),
     {
       name: 'compare',
       title: 'compare (identical)',
