@@ -11,14 +11,15 @@ await build({
   format: 'esm',
   target: 'node20',
   sourcemap: true,
-  // koffi loads its native library from its own folder at run time.
-  external: ['koffi'],
+  // koffi loads its native library, and zstd-wasm its WebAssembly, from
+  // their own folders at run time.
+  external: ['koffi', '@bokuweb/zstd-wasm'],
   logLevel: 'warning',
 });
 
 // The desktop app: Electron's main process and preload as CommonJS bundles
 // (a sandboxed preload can't load ES modules), and the React renderer with
-// Vite. 'electron' is provided by the runtime; koffi loads a native library.
+// Vite. 'electron' is provided by the runtime; koffi and zstd-wasm load binaries.
 {
   const { readFile } = await import('node:fs/promises');
   const { fileURLToPath } = await import('node:url');
@@ -35,7 +36,7 @@ await build({
       format: 'cjs',
       target: 'node20',
       sourcemap: true,
-      external: ['electron', 'koffi'],
+      external: ['electron', 'koffi', '@bokuweb/zstd-wasm'],
       define: { __PLATTER_VERSION__: JSON.stringify(pkg.version) },
       logLevel: 'warning',
     }),

@@ -25,15 +25,24 @@ beforeAll(() => {
 afterAll(() => t.cleanup());
 
 describe.skipIf(!HAS_QEMU)('convert -c', () => {
-  it.each([[512], [4096], [65536], [2 * MiB]])('with %d-byte clusters: check clean, contents identical, smaller', async (cs) => {
-    const out = t.path(`c-${cs}.qcow2`);
-    const r = await platter(['convert', '-c', '-O', 'qcow2', '-o', `cluster_size=${cs}`, src, out]);
+  it.each([
+    [512, 'zlib'],
+    [4096, 'zlib'],
+    [65536, 'zlib'],
+    [2 * MiB, 'zlib'],
+    [512, 'zstd'],
+    [65536, 'zstd'],
+    [2 * MiB, 'zstd'],
+  ])('with %d-byte clusters and %s: check clean, contents identical, smaller', async (cs, type) => {
+    const out = t.path(`c-${cs}-${type}.qcow2`);
+    const r = await platter(['convert', '-c', '-O', 'qcow2', '-o', `cluster_size=${cs},compression_type=${type}`, src, out]);
     expect(r.stderr).toBe('');
     const check = JSON.parse(shStatus('qemu-img', ['check', '--output=json', out]).stdout);
     expect(check).toMatchObject({ 'check-errors': 0 });
     expect(check.corruptions ?? 0).toBe(0);
     expect(check.leaks ?? 0).toBe(0);
     expect(check['compressed-clusters']).toBeGreaterThan(0);
+    expect(JSON.parse(sh('qemu-img', ['info', '--output=json', out]))['format-specific'].data['compression-type']).toBe(type);
     expect(shStatus('qemu-img', ['compare', src, out]).status).toBe(0);
     // And Platter reads its own compressed clusters back.
     expect((await platter(['compare', src, out])).code).toBe(0);
@@ -45,8 +54,20 @@ describe.skipIf(!HAS_QEMU)('convert -c', () => {
   });
 
   it('map shows compressed data without host offsets, like qemu-img', async () => {
-    const out = t.path('c-65536.qcow2');
+    const out = t.path('c-65536-zlib.qcow2');
     expect((await platter(['map', '--output=json', out])).stdout).toBe(sh('qemu-img', ['map', '--output=json', out]));
+  });
+
+  it.each(['zlib', 'zstd'])('reads what qemu-img compresses with %s, and says so in info', async (type) => {
+    const out = t.path(`q-${type}.qcow2`);
+    sh('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', `compression_type=${type}`, src, out]);
+    expect((await platter(['compare', src, out])).stdout).toBe('Images are identical.\n');
+    expect((await platter(['info', '--output=json', out])).stdout).toBe(sh('qemu-img', ['info', '--output=json', out]));
+  });
+
+  it('zstd needs compat=1.1, as in qemu-img', async () => {
+    const r = await platter(['create', '-f', 'qcow2', '-o', 'compat=0.10,compression_type=zstd', t.path('z.qcow2'), '1M']);
+    expect(r.stderr).toBe(`platter: ${t.path('z.qcow2')}: compression_type=zstd needs compat=1.1\n`);
   });
 
   it('refuses a target format that cannot compress', async () => {

@@ -4,6 +4,7 @@ import type { CreateRequest } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionDecl } from '../../options/schema.js';
 import { SIZE_OPTION } from '../../options/common.js';
+import { COMPRESSION_TYPES, type CompressionType } from './compression.js';
 import { STANDARD_FEATURE_NAMES, type Qcow2Header } from './header.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
@@ -46,7 +47,7 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
     powerOfTwo: true,
     help: 'Width of a reference count entry in bits',
   },
-  { name: 'compression_type', type: 'enum', values: ['zlib'], default: 'zlib', help: 'Compression method used for image cluster compression' },
+  { name: 'compression_type', type: 'enum', values: [...COMPRESSION_TYPES], default: 'zlib', help: 'Compression method used for image cluster compression' },
 ];
 
 /** L1 entries a guest of `size` bytes needs; refused past QEMU's 32 MiB L1 limit. */
@@ -67,6 +68,10 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
   if (version === 2 && refcountBits !== 16) {
     throw new BlockError('InvalidArgument', 'refcount_bits other than 16 needs compat=1.1');
   }
+  const compressionType = COMPRESSION_TYPES.indexOf(o.compression_type as CompressionType);
+  if (version === 2 && compressionType !== 0) {
+    throw new BlockError('InvalidArgument', `compression_type=${o.compression_type} needs compat=1.1`);
+  }
   if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
   const l1Size = l1EntriesFor(req.size, clusterSize);
   const header: Qcow2Header = {
@@ -80,12 +85,12 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     refcountTableClusters: 1,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: 0n,
+    incompatible: compressionType ? L.INCOMPAT_COMPRESSION : 0n,
     compatible: o.lazy_refcounts ? L.COMPAT_LAZY_REFCOUNTS : 0n,
     autoclear: 0n,
     refcountOrder: Math.log2(refcountBits),
     headerLength: version === 3 ? L.V3_HEADER_LENGTH : L.V2_HEADER_LENGTH,
-    compressionType: 0,
+    compressionType,
     otherExtensions: [],
     // Like QEMU, only where the 384-byte table leaves room in the first cluster.
     featureNames: version === 3 && clusterSize > 4096 ? STANDARD_FEATURE_NAMES : [],

@@ -174,7 +174,6 @@ function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   if (compressionBit !== (h.compressionType !== 0)) {
     throw corrupt('compression_type and the compression-type feature bit disagree');
   }
-  if (h.compressionType === 1) throw unsupported('zstd-compressed images are not supported yet');
   if (h.compressionType > 1) throw unsupported(`unknown compression type ${h.compressionType}`);
 
   if (h.l1Size * 8 > L.MAX_L1_BYTES) throw corrupt(`the L1 table is too large (${h.l1Size} entries)`);

@@ -8,8 +8,6 @@
  * is released only after nothing points at it. A crash can leak clusters
  * (`check -r leaks` reclaims them), never corrupt.
  */
-import { promisify } from 'node:util';
-import { deflateRaw, inflateRawSync } from 'node:zlib';
 import type {
   BackingRef,
   Checkable,
@@ -26,6 +24,7 @@ import type {
 } from '../../image/driver.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from './snapshots.js';
 import { checkQcow2 } from './check.js';
+import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
 import type { Preallocation, Protocol } from '../../io/protocol.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
@@ -59,7 +58,6 @@ class Mutex {
   }
 }
 
-const deflate = promisify(deflateRaw);
 /** Clusters one compressClusters call deflates at once. */
 const COMPRESS_CONCURRENCY = 4;
 
@@ -89,7 +87,10 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     this.clusterSize = 2 ** header.clusterBits;
     this.l2Entries = this.clusterSize / 8;
     this.l1 = l1;
+    this.codec = codecFor(COMPRESSION_TYPES[header.compressionType]);
   }
+
+  private readonly codec: Codec;
 
   get size(): number {
     return this.header.size;
@@ -266,14 +267,10 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     await this.proto.read(raw, host);
     let data: Uint8Array;
     try {
-      data = inflateRawSync(raw, { maxOutputLength: this.clusterSize, finishFlush: 2 /* Z_SYNC_FLUSH */ });
+      data = this.codec.decompress(raw, this.clusterSize);
     } catch (err) {
-      throw new BlockError('Corrupt', `compressed cluster at ${host} does not decompress`, {}, err);
-    }
-    if (data.length < this.clusterSize) {
-      const full = new Uint8Array(this.clusterSize);
-      full.set(data);
-      data = full;
+      const why = err instanceof BlockError ? `: ${err.message}` : '';
+      throw new BlockError('Corrupt', `compressed cluster at ${host} does not decompress${why}`, {}, err);
     }
     this.lastCompressed = { host, data };
     return data;
@@ -642,7 +639,6 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     if (offset % cs !== 0 || (buf.length % cs !== 0 && offset + buf.length !== this.size)) {
       throw new BlockError('InvalidArgument', 'compressed writes must cover whole clusters');
     }
-    // QEMU's parameters: raw deflate with a 4 KiB window.
     const squeeze = async (i: number) => {
       let cluster = buf.subarray(i * cs, (i + 1) * cs);
       if (cluster.length < cs) {
@@ -650,9 +646,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
         padded.set(cluster);
         cluster = padded;
       }
-      const z = new Uint8Array(await deflate(cluster, { windowBits: 12, memLevel: 9 }));
       // Stored plainly when compressing does not save anything.
-      return { cluster, z: z.length < cs ? z : undefined };
+      return { cluster, z: await this.codec.compress(cluster) };
     };
     // A few at a time per call: each deflate stream holds ~270 KiB, and the
     // copy pipeline already runs several calls at once.
@@ -781,7 +776,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   async info(): Promise<FormatInfo> {
     const h = this.header;
-    const data: Record<string, unknown> = { compat: h.version === 3 ? '1.1' : '0.10', 'compression-type': 'zlib' };
+    const data: Record<string, unknown> = { compat: h.version === 3 ? '1.1' : '0.10', 'compression-type': COMPRESSION_TYPES[h.compressionType] };
     if (h.version === 3) data['lazy-refcounts'] = (h.compatible & L.COMPAT_LAZY_REFCOUNTS) !== 0n;
     data['refcount-bits'] = 2 ** h.refcountOrder;
     if (h.version === 3) {

@@ -3,6 +3,7 @@ import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
 import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
 import { checkQcow2 } from './check.js';
+import { loadZstd } from './compression.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
@@ -21,6 +22,8 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
   if (header.incompatible & L.INCOMPAT_CORRUPT && !readOnly && !repair) {
     throw new BlockError('Corrupt', 'the image is marked corrupt; it can only be opened read-only until repaired');
   }
+  // Its decoder is WebAssembly, loaded once before the first cluster needs it.
+  if (header.compressionType === 1) await loadZstd();
   const l1 = await readTable(proto, header.l1TableOffset, header.l1Size);
   const refcounts = await Refcounts.load(
     proto,
