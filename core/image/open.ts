@@ -146,7 +146,12 @@ export async function createImage(
 ): Promise<NewImage> {
   const pending = new PendingFile(path);
   try {
-    const proto = await openProtocol(pending.tempPath, { readOnly: false, create: true, displayName: path });
+    const proto = await openProtocol(pending.tempPath, {
+      readOnly: false,
+      create: true,
+      displayName: path,
+      nocow: options.nocow === true,
+    });
     try {
       await formatImage(proto, driver, size, options);
     } finally {

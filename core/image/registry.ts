@@ -16,6 +16,8 @@ import { vhdx } from '../formats/vhdx/index.js';
 import { vmdk } from '../formats/vmdk/index.js';
 import { vpc } from '../formats/vpc/index.js';
 import { vvfat } from '../formats/vvfat/index.js';
+import { FILE_CREATE_OPTIONS } from '../options/common.js';
+import type { OptionDecl } from '../options/schema.js';
 import type { FormatDriver, ProbeInput } from './driver.js';
 import { BlockError } from './errors.js';
 
@@ -45,6 +47,11 @@ export function findDriver(name: string): FormatDriver {
     );
   }
   return driver;
+}
+
+/** A format's create options, with those of the file it is written to. */
+export function createOptionsOf(driver: FormatDriver): readonly OptionDecl[] {
+  return [...(driver.createOptions ?? []), ...FILE_CREATE_OPTIONS];
 }
 
 /** Formats that can be created (the targets of create and convert). */

@@ -6,7 +6,7 @@
 import { constants as fsc, promises as fsp } from 'node:fs';
 import { constants as osc } from 'node:os';
 import { BlockError, toBlockError } from '../image/errors.js';
-import { punchHole, reserve, seekData, startWriteback, zeroRange } from './native.js';
+import { punchHole, reserve, seekData, setNoCow, startWriteback, zeroRange } from './native.js';
 import type { Preallocation, Protocol, ProtocolExtent } from './protocol.js';
 
 /**
@@ -28,6 +28,8 @@ export interface FileOpenOptions {
   readOnly: boolean;
   /** Create the file (failing if it exists) instead of opening it. */
   create?: boolean;
+  /** With `create`: turn off copy-on-write on file systems that have it (btrfs). */
+  nocow?: boolean;
   /** The name errors show, when it differs from the path (a temporary file). */
   displayName?: string;
 }
@@ -63,6 +65,8 @@ export class FileProtocol implements Protocol {
         throw new BlockError('Unsupported', 'not a regular file (host devices are not supported yet)', ctx);
       }
       size = st.size;
+      // Only an empty file can change it, so before anything is written.
+      if (opts.create && opts.nocow) setNoCow(fh.fd);
     } catch (err) {
       await fh.close();
       throw toBlockError(err, ctx);

@@ -15,6 +15,9 @@ interface Libc {
   posixFallocate?: (fd: number, offset: number, length: number) => Promise<number>;
   /** sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) on a worker thread. */
   startWriteback?: (fd: number) => Promise<void>;
+  /** ioctl(fd, FS_IOC_GETFLAGS / FS_IOC_SETFLAGS, &flags); -1 on failure. */
+  getInodeFlags?: (fd: number) => number;
+  setInodeFlags?: (fd: number, flags: number) => boolean;
 }
 
 export const ENXIO = 6;
@@ -30,6 +33,10 @@ const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 const SYNC_FILE_RANGE_WRITE = 0x02;
+/** _IOR('f', 1, long) and _IOW('f', 2, long); the kernel reads an int. */
+const FS_IOC_GETFLAGS = 0x80086601;
+const FS_IOC_SETFLAGS = 0x40086602;
+const FS_NOCOW_FL = 0x00800000;
 
 let libc: Libc | null | undefined;
 
@@ -62,6 +69,12 @@ function load(): Libc | null {
       c.startWriteback = async (fd) => {
         await onWorker<number>(sfr, fd, 0, 0, SYNC_FILE_RANGE_WRITE);
       };
+      const ioctl = lib.func('int ioctl(int fd, unsigned long request, _Inout_ int *arg)');
+      c.getInodeFlags = (fd) => {
+        const flags = [0];
+        return ioctl(fd, FS_IOC_GETFLAGS, flags) === 0 ? flags[0] : -1;
+      };
+      c.setInodeFlags = (fd, flags) => ioctl(fd, FS_IOC_SETFLAGS, [flags]) === 0;
     }
     return c;
   } catch {
@@ -120,4 +133,16 @@ export async function reserve(fd: number, offset: number, length: number): Promi
  */
 export async function startWriteback(fd: number): Promise<void> {
   await libcOrNull()?.startWriteback?.(fd);
+}
+
+/**
+ * Turns off copy-on-write for a new, still empty file (btrfs's NOCOW
+ * attribute, what `chattr +C` sets). Other file systems have no such
+ * attribute, so failing is normal there: returns whether it took effect.
+ */
+export function setNoCow(fd: number): boolean {
+  const c = libcOrNull();
+  if (!c?.getInodeFlags || !c.setInodeFlags) return false;
+  const flags = c.getInodeFlags(fd);
+  return flags >= 0 && c.setInodeFlags(fd, flags | FS_NOCOW_FL);
 }

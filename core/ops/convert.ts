@@ -5,7 +5,7 @@
 import { BlockError } from '../image/errors.js';
 import type { Image } from '../image/image.js';
 import { createImage, openImage, type NewImage } from '../image/open.js';
-import { findDriver } from '../image/registry.js';
+import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
 import { copySpans, DEFAULT_COPY_OPTIONS, type CopyOptions, type CopySpan } from './copy.js';
 import type { JobContext } from './job.js';
@@ -94,7 +94,7 @@ export async function copyIntoTarget(
     return;
   }
   const driver = findDriver(opts.targetFormat ?? 'raw');
-  const values = resolveOptions(driver.createOptions ?? [], { ...opts.options }, driver.name);
+  const values = resolveOptions(createOptionsOf(driver), { ...opts.options }, driver.name);
   delete values.size; // the size is the sources' size
   let created: NewImage | undefined;
   try {

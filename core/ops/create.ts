@@ -1,7 +1,7 @@
 /** create: a new, empty image. */
 import { BlockError, toBlockError } from '../image/errors.js';
 import { createImage, openImage, resolveBackingPath } from '../image/open.js';
-import { findDriver } from '../image/registry.js';
+import { createOptionsOf, findDriver } from '../image/registry.js';
 import { parseSize } from '../options/size.js';
 import { resolveOptions, type OptionValues } from '../options/schema.js';
 import type { JobContext } from './job.js';
@@ -29,7 +29,7 @@ async function createFile(opts: CreateOptions): Promise<{ size: number; options:
   const driver = findDriver(opts.format ?? 'raw');
   if (!driver.create) throw new BlockError('Unsupported', `${driver.name} images cannot be created (read-only format)`);
   const given = { ...opts.options };
-  const values = resolveOptions(driver.createOptions ?? [], given, driver.name);
+  const values = resolveOptions(createOptionsOf(driver), given, driver.name);
   let size = opts.size ?? (given.size !== undefined ? parseSize(given.size) : undefined);
   const backing = typeof values.backing_file === 'string' ? values.backing_file : undefined;
   if (backing !== undefined) {

@@ -1,7 +1,7 @@
 /** measure: how much room a new image of some format would need. */
 import { BlockError, throwIfAborted } from '../image/errors.js';
 import { openImage } from '../image/open.js';
-import { findDriver } from '../image/registry.js';
+import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
 import type { JobContext } from './job.js';
 
@@ -29,7 +29,7 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
   }
   const driver = findDriver(opts.targetFormat);
   if (!driver.measure) throw new BlockError('Unsupported', `${driver.name} images cannot be measured yet`);
-  const values = resolveOptions(driver.createOptions ?? [], { ...opts.options }, driver.name);
+  const values = resolveOptions(createOptionsOf(driver), { ...opts.options }, driver.name);
   let size = opts.size ?? 0;
   let bitmaps: number | undefined;
   const extents: { offset: number; length: number }[] = [];

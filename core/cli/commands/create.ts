@@ -1,7 +1,7 @@
 import { expectPositionals, flag, optionList, str } from '../args.js';
 import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
 import { create } from '../../ops/create.js';
-import { findDriver } from '../../image/registry.js';
+import { createOptionsOf, findDriver } from '../../image/registry.js';
 import { formatOptionsHelp } from '../../options/schema.js';
 import { parseSize } from '../../options/size.js';
 
@@ -26,7 +26,7 @@ export const createCommand: Command = {
     if (backing !== undefined) options.backing_file = backing;
     if (backingFormat !== undefined) options.backing_fmt = backingFormat;
     if ('help' in options || '?' in options) {
-      io.stdout.write(formatOptionsHelp(findDriver(format).createOptions ?? []));
+      io.stdout.write(formatOptionsHelp(createOptionsOf(findDriver(format))));
       return 0;
     }
     const [filename, sizeText] = expectPositionals(args, 1, 2, 'a file name and a size');
