@@ -5,7 +5,7 @@
  * throw "not supported".
  */
 import type { OptionDecl, OptionValues } from '../options/schema.js';
-import type { Preallocation, Protocol } from '../io/protocol.js';
+import type { Protocol } from '../io/protocol.js';
 
 /** What probing sees of a file. */
 export interface ProbeInput {
@@ -76,9 +76,16 @@ export interface FormatImage {
   info(): Promise<FormatInfo>;
 }
 
+/**
+ * How a resize prepares the new area: the file's modes, plus 'metadata'
+ * (formats with tables map the new clusters without writing them).
+ */
+export const RESIZE_PREALLOCATION_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
+export type ResizePreallocation = (typeof RESIZE_PREALLOCATION_MODES)[number];
+
 /** Images that can change their virtual size. */
 export interface Resizable {
-  resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void>;
+  resize(size: number, opts: { prealloc: ResizePreallocation; shrink: boolean }): Promise<void>;
 }
 export function isResizable(img: FormatImage): img is FormatImage & Resizable {
   return typeof (img as Partial<Resizable>).resize === 'function';

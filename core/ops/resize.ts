@@ -1,8 +1,7 @@
 /** resize: change an image's virtual size. */
-import { isResizable } from '../image/driver.js';
-import { BlockError } from '../image/errors.js';
+import { isResizable, type ResizePreallocation } from '../image/driver.js';
+import { BlockError, toBlockError } from '../image/errors.js';
 import { openImage } from '../image/open.js';
-import type { Preallocation } from '../io/protocol.js';
 import type { JobContext } from './job.js';
 
 export interface ResizeOptions {
@@ -13,7 +12,7 @@ export interface ResizeOptions {
   relative?: boolean;
   /** Shrinking loses data; it must be asked for (qemu-img's --shrink). */
   shrink?: boolean;
-  preallocation?: Preallocation;
+  preallocation?: ResizePreallocation;
   allowExternalFiles?: boolean;
 }
 
@@ -31,7 +30,11 @@ export async function resize(opts: ResizeOptions, _ctx: JobContext = {}): Promis
     }
     const layer = image.layer;
     if (!isResizable(layer)) throw new BlockError('Unsupported', `${image.format} images cannot be resized`, ctx);
-    await layer.resize(size, { prealloc: opts.preallocation ?? 'off', shrink: opts.shrink ?? false });
+    try {
+      await layer.resize(size, { prealloc: opts.preallocation ?? 'off', shrink: opts.shrink ?? false });
+    } catch (err) {
+      throw toBlockError(err, ctx);
+    }
     await image.flush();
     return { size };
   } finally {

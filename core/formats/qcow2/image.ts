@@ -19,6 +19,7 @@ import type {
   LayerExtent,
   RepairMode,
   Resizable,
+  ResizePreallocation,
   SnapshotInfo,
   Snapshots,
 } from '../../image/driver.js';
@@ -26,7 +27,7 @@ import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from
 import { checkQcow2 } from './check.js';
 import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
-import type { Preallocation, Protocol } from '../../io/protocol.js';
+import type { Protocol } from '../../io/protocol.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
 import * as L from './limits.js';
@@ -602,29 +603,48 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   }
 
   /**
-   * Allocates every guest cluster up front (create's preallocation):
+   * Allocates guest clusters up front (create's and resize's preallocation):
    * 'metadata' maps them to clusters that read as zeros from a sparse file,
-   * 'falloc' also reserves the space, 'full' also writes the zeros.
+   * 'falloc' also reserves the space, 'full' also writes the zeros. Clusters
+   * from `fromGuest` on that are not allocated yet are preallocated.
    */
-  async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
+  async preallocate(mode: 'metadata' | 'falloc' | 'full', fromGuest = 0): Promise<void> {
+    await this.modify(() => this.preallocateLocked(mode, fromGuest));
+  }
+
+  private async preallocateLocked(mode: 'metadata' | 'falloc' | 'full', fromGuest: number): Promise<void> {
     const cs = this.clusterSize;
     const total = Math.ceil(this.size / cs);
-    await this.modify(async () => {
-      for (let index = 0; index < total; ) {
-        const n = Math.min(total - index, (Math.floor(index / this.l2Entries) + 1) * this.l2Entries - index);
-        await this.writableL2(Math.floor(index / this.l2Entries));
-        const host = await this.refcounts.allocate(n);
-        await this.setMappings(
-          index,
-          Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
-        );
-        // The file must reach past every cluster it maps (qemu-img check calls
-        // clusters past the end corrupt); 'metadata' leaves the new space sparse.
-        const end = host + n * cs;
-        if ((await this.proto.size()) < end) await this.proto.truncate(end, mode === 'metadata' ? 'off' : mode);
-        index += n;
+    for (let index = Math.floor(fromGuest / cs); index < total; ) {
+      // A run of clusters without a host cluster yet, within one L2 table.
+      const l2End = Math.min(total, (Math.floor(index / this.l2Entries) + 1) * this.l2Entries);
+      const olds: Mapping[] = [];
+      for (let i = index; i < l2End; i++) {
+        const m = await this.lookup(i);
+        if (m.kind !== 'unallocated' && !(m.kind === 'zero' && !m.host)) break;
+        olds.push(m);
       }
-    });
+      const n = olds.length;
+      if (n === 0) {
+        index++;
+        continue;
+      }
+      await this.writableL2(Math.floor(index / this.l2Entries));
+      const host = await this.refcounts.allocate(n);
+      // Reused clusters inside the file hold old data: they must read as zeros.
+      const fileSize = await this.proto.size();
+      if (host < fileSize) await this.proto.writeZeroes(host, Math.min(n * cs, fileSize - host), false);
+      // The file must reach past every cluster it maps (qemu-img check calls
+      // clusters past the end corrupt); 'metadata' leaves the new space sparse.
+      const end = host + n * cs;
+      if (fileSize < end) await this.proto.truncate(end, mode === 'metadata' ? 'off' : mode);
+      await this.setMappings(
+        index,
+        Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
+      );
+      for (const old of olds) await this.release(old);
+      index += n;
+    }
   }
 
   // ---- compressed writes ----------------------------------------------------
@@ -704,10 +724,9 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   // ---- size -------------------------------------------------------------
 
-  async resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void> {
+  async resize(size: number, opts: { prealloc: ResizePreallocation; shrink: boolean }): Promise<void> {
     this.checkWritable();
     if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
-    if (opts.prealloc !== 'off') throw new BlockError('Unsupported', 'preallocation when resizing a qcow2 image is not supported yet');
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
     await this.modify(async () => {
       const cs = this.clusterSize;
@@ -737,6 +756,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       }
       this.header.size = size;
       await this.writeHeader();
+      if (opts.prealloc !== 'off' && size > old) await this.preallocateLocked(opts.prealloc, old);
     });
   }
 

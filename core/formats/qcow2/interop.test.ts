@@ -639,6 +639,40 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       expectClean(img);
     });
 
+    it.each(['metadata', 'falloc', 'full'])(
+      '--preallocation=%s maps the new area like qemu-img, reusing freed clusters as zeros',
+      async (mode) => {
+        const ours = t.path(`rp-${mode}.qcow2`);
+        const theirs = t.path(`rp-${mode}.qemu.qcow2`);
+        for (const f of [ours, theirs]) {
+          sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4K', f, '1000K']);
+          // Freed clusters inside the file still hold the pattern: preallocation must not show it.
+          sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 3 0 600K', '-c', 'discard 0 300K', f]);
+        }
+        expect((await platter(['resize', `--preallocation=${mode}`, ours, '+3M'])).code).toBe(0);
+        sh('qemu-img', ['resize', '-q', `--preallocation=${mode}`, theirs, '+3M']);
+        expectClean(ours);
+        expect(shStatus('qemu-img', ['compare', ours, theirs]).stdout).toBe('Images are identical.\n');
+        const allocated = (f: string) =>
+          (JSON.parse(sh('qemu-img', ['map', '--output=json', f])) as { start: number; length: number; data: boolean }[])
+            .filter((e) => e.data)
+            .reduce((n, e) => n + e.length, 0);
+        expect(allocated(ours)).toBe(allocated(theirs));
+        const usage = (f: string) => JSON.parse(sh('qemu-img', ['info', '--output=json', f]))['actual-size'] as number;
+        // falloc and full reserve the space; metadata leaves it sparse.
+        if (mode === 'metadata') expect(usage(ours)).toBeLessThan(2 * MiB);
+        else expect(usage(ours)).toBeGreaterThan(3 * MiB);
+      },
+    );
+
+    it('raw refuses --preallocation=metadata as qemu-img does', async () => {
+      const img = t.path('rp.raw');
+      sh('qemu-img', ['create', '-q', '-f', 'raw', img, '1M']);
+      const r = await platter(['resize', '-f', 'raw', '--preallocation=metadata', img, '+1M']);
+      expect(r.stderr).toBe(`platter: ${img}: Unsupported preallocation mode: metadata\n`);
+      expect(r.code).toBe(1);
+    });
+
     it('the Image API resizes too (what the model test uses)', async () => {
       const img = t.path('resize-api.qcow2');
       expect((await platter(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4K', img, '1M'])).code).toBe(0);

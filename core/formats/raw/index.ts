@@ -2,7 +2,8 @@
  * raw: the guest's bytes, one to one, in the file. Holes in the file are
  * zero ranges; the virtual size is the file's length rounded up to a sector.
  */
-import type { FormatDriver, FormatImage, FormatInfo, LayerExtent, Resizable } from '../../image/driver.js';
+import type { FormatDriver, FormatImage, FormatInfo, LayerExtent, Resizable, ResizePreallocation } from '../../image/driver.js';
+import { BlockError } from '../../image/errors.js';
 import { PREALLOCATION_MODES, type Preallocation, type Protocol } from '../../io/protocol.js';
 import { SIZE_OPTION } from '../../options/common.js';
 
@@ -40,7 +41,9 @@ class RawImage implements FormatImage, Resizable {
   async info(): Promise<FormatInfo> {
     return {};
   }
-  async resize(size: number, opts: { prealloc: Preallocation }) {
+  async resize(size: number, opts: { prealloc: ResizePreallocation }) {
+    // A raw file has no metadata to preallocate (qemu-img says the same).
+    if (opts.prealloc === 'metadata') throw new BlockError('Unsupported', 'Unsupported preallocation mode: metadata');
     await this.proto.truncate(size, opts.prealloc);
     this.size = size;
   }
