@@ -3,7 +3,7 @@ import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { openProtocol } from '../io/open.js';
 import { PendingFile } from '../io/pending-file.js';
-import type { Protocol } from '../io/protocol.js';
+import type { CacheMode, Protocol } from '../io/protocol.js';
 import { type OptionValues } from '../options/schema.js';
 import { hasBacking, hasSnapshots, type FormatDriver } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
@@ -28,6 +28,8 @@ export interface OpenOptions {
   snapshot?: string;
   /** Open to repair (check -r): formats allow this even on images marked corrupt. */
   repair?: boolean;
+  /** How writes reach the disk; 'unsafe' makes flushes no-ops (qemu-img's -t). */
+  cache?: CacheMode;
 }
 
 /** Backing chains deeper than this are refused (they are loops or mistakes). */
@@ -66,7 +68,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
   const readOnly = opts.readOnly ?? true;
   const explicit = opts.format ? findDriver(opts.format) : undefined;
   const name = opts.displayName ?? filename;
-  const proto = await openProtocol(filename, { readOnly, displayName: name });
+  const proto = await openProtocol(filename, { readOnly, displayName: name, cache: opts.cache });
   try {
     const driver = explicit ?? probeDriver(await readProbeInput(proto));
     if (opts.snapshot !== undefined && !readOnly) {
@@ -143,6 +145,7 @@ export async function createImage(
   driver: FormatDriver,
   size: number,
   options: OptionValues,
+  { cache }: { cache?: CacheMode } = {},
 ): Promise<NewImage> {
   const pending = new PendingFile(path);
   try {
@@ -151,13 +154,14 @@ export async function createImage(
       create: true,
       displayName: path,
       nocow: options.nocow === true,
+      cache,
     });
     try {
       await formatImage(proto, driver, size, options);
     } finally {
       await proto.close();
     }
-    const image = await openImage(pending.tempPath, { format: driver.name, readOnly: false, displayName: path });
+    const image = await openImage(pending.tempPath, { format: driver.name, readOnly: false, displayName: path, cache });
     return {
       image,
       async commit({ durable } = { durable: true }) {

@@ -7,7 +7,7 @@ import { constants as fsc, promises as fsp } from 'node:fs';
 import { constants as osc } from 'node:os';
 import { BlockError, toBlockError } from '../image/errors.js';
 import { punchHole, reserve, seekData, setNoCow, startWriteback, zeroRange } from './native.js';
-import type { Preallocation, Protocol, ProtocolExtent } from './protocol.js';
+import type { CacheMode, Preallocation, Protocol, ProtocolExtent } from './protocol.js';
 
 /**
  * After this many bytes written, disk write-out starts in the background:
@@ -30,6 +30,8 @@ export interface FileOpenOptions {
   create?: boolean;
   /** With `create`: turn off copy-on-write on file systems that have it (btrfs). */
   nocow?: boolean;
+  /** 'unsafe' ignores flushes and never starts writeback early. */
+  cache?: CacheMode;
   /** The name errors show, when it differs from the path (a temporary file). */
   displayName?: string;
 }
@@ -44,6 +46,8 @@ export class FileProtocol implements Protocol {
     private readonly fh: fsp.FileHandle,
     /** Cached: Platter is the file's only writer while it is open. */
     private length: number,
+    /** cache=unsafe: flushes do nothing. */
+    private readonly noFlush: boolean,
   ) {}
 
   static async open(path: string, opts: FileOpenOptions): Promise<FileProtocol> {
@@ -71,7 +75,7 @@ export class FileProtocol implements Protocol {
       await fh.close();
       throw toBlockError(err, ctx);
     }
-    return new FileProtocol(name, opts.readOnly, fh, size);
+    return new FileProtocol(name, opts.readOnly, fh, size, opts.cache === 'unsafe');
   }
 
   get fd(): number {
@@ -132,7 +136,7 @@ export class FileProtocol implements Protocol {
     }
     this.length = Math.max(this.length, offset + buf.length);
     this.unsynced += buf.length;
-    if (this.unsynced >= WRITEBACK_EVERY) {
+    if (this.unsynced >= WRITEBACK_EVERY && !this.noFlush) {
       this.unsynced = 0;
       // Not awaited: it only starts disk writes; flush waits for it.
       this.writeback = this.writeback.then(() => startWriteback(this.fd)).catch(() => undefined);
@@ -140,7 +144,7 @@ export class FileProtocol implements Protocol {
   }
 
   async flush(): Promise<void> {
-    if (this.readOnly) return;
+    if (this.readOnly || this.noFlush) return;
     try {
       await this.writeback;
       await this.fh.sync();

@@ -7,6 +7,14 @@
 export const PREALLOCATION_MODES = ['off', 'falloc', 'full'] as const;
 export type Preallocation = (typeof PREALLOCATION_MODES)[number];
 
+/**
+ * How writes reach the disk (qemu-img's -t): 'writeback' flushes when asked
+ * and starts writing dirty pages early; 'unsafe' ignores flushes, leaving the
+ * data to the page cache (faster; a power cut soon after may lose it).
+ */
+export const CACHE_MODES = ['writeback', 'unsafe'] as const;
+export type CacheMode = (typeof CACHE_MODES)[number];
+
 /** One run of bytes that is either stored data or a hole (reads as zeros). */
 export interface ProtocolExtent {
   offset: number;

@@ -1,6 +1,6 @@
 /** convert's flags and the copy pipeline, checked against the bytes and holes they produce. */
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PLATTER_BIN, platter } from '../test/cli.js';
 import { hasTool, shStatus, tempDir } from '../test/tmp.js';
@@ -131,22 +131,30 @@ describe('convert -t', () => {
   const HAS_STRACE = hasTool('strace', 'apt-get install strace');
 
   /**
-   * The successful fsync-family calls a command makes, counted by strace
+   * The successful calls to `syscalls` a command makes, counted by strace
    * (Node itself tries fsync on its stdio pipes at exit, which fails).
    */
-  function syncCalls(args: string[]): number {
-    const r = shStatus('strace', ['-f', '-c', '-e', 'trace=fsync,fdatasync', process.execPath, PLATTER_BIN, ...args]);
+  function calls(syscalls: string[], args: string[]): number {
+    const r = shStatus('strace', ['-f', '-c', '-e', `trace=${syscalls.join(',')}`, process.execPath, PLATTER_BIN, ...args]);
     expect(r.status).toBe(0);
-    const rows = [...r.stderr.matchAll(/^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+\s+)?(fsync|fdatasync)$/gm)];
-    expect(rows.length).toBeGreaterThan(0);
+    const names = syscalls.join('|');
+    const rows = [...r.stderr.matchAll(new RegExp(`^\\s*[\\d.]+\\s+[\\d.]+\\s+\\d+\\s+(\\d+)\\s+(\\d+\\s+)?(${names})$`, 'gm'))];
     return rows.reduce((n, m) => n + Number(m[1]) - Number(m[2] ?? 0), 0);
   }
+  const syncCalls = (args: string[]) => calls(['fsync', 'fdatasync'], args);
 
   it.skipIf(!HAS_STRACE)('writeback (the default) fsyncs the target; unsafe does not', () => {
     const src = source();
     expect(syncCalls(['convert', src, t.path('durable.raw')])).toBeGreaterThan(0);
     expect(syncCalls(['convert', '-t', 'unsafe', src, t.path('fast.raw')])).toBe(0);
     expect(readFileSync(t.path('fast.raw')).equals(readFileSync(src))).toBe(true);
+  });
+
+  it.skipIf(!HAS_STRACE)('writeback starts writing a long copy early; unsafe leaves it to the page cache', () => {
+    const big = t.path('big.raw');
+    writeFileSync(big, randomBytes(40 * MiB));
+    expect(calls(['sync_file_range'], ['convert', big, t.path('early.raw')])).toBeGreaterThan(0);
+    expect(calls(['sync_file_range'], ['convert', '-t', 'unsafe', big, t.path('late.raw')])).toBe(0);
   });
 
   it('refuses other cache modes, naming the allowed ones', async () => {

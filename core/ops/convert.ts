@@ -8,6 +8,7 @@ import { createImage, openImage, type NewImage } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
 import { copySpans, DEFAULT_COPY_OPTIONS, type CopyOptions, type CopySpan } from './copy.js';
+import type { CacheMode } from '../io/protocol.js';
 import type { JobContext } from './job.js';
 
 /** Same bounds as qemu-img: at most 16 requests in flight. */
@@ -32,8 +33,6 @@ export interface ConvertOptions extends Partial<CopyOptions> {
 }
 
 /** qemu-img's -t modes that apply here: flush at the end, or never. */
-export const CACHE_MODES = ['writeback', 'unsafe'] as const;
-export type CacheMode = (typeof CACHE_MODES)[number];
 
 export interface ConvertResult {
   size: number;
@@ -77,9 +76,10 @@ export async function copyIntoTarget(
   copy: CopyOptions,
   ctx: JobContext,
 ): Promise<void> {
-  const durable = (opts.cache ?? 'writeback') === 'writeback';
+  const cache = opts.cache ?? 'writeback';
+  const durable = cache === 'writeback';
   if (opts.noCreate) {
-    const target = await openImage(opts.target, { format: opts.targetFormat, readOnly: false });
+    const target = await openImage(opts.target, { format: opts.targetFormat, readOnly: false, cache });
     try {
       if (target.size < size) {
         throw new BlockError('InvalidArgument', `target is too small: ${target.size} bytes, ${size} needed`, {
@@ -98,7 +98,7 @@ export async function copyIntoTarget(
   delete values.size; // the size is the sources' size
   let created: NewImage | undefined;
   try {
-    created = await createImage(opts.target, driver, size, values);
+    created = await createImage(opts.target, driver, size, values, { cache });
     await copySpans(spans, created.image, { ...copy, targetIsZero: true }, ctx);
     await created.commit({ durable });
   } catch (err) {

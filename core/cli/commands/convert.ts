@@ -1,5 +1,6 @@
 import { BlockError } from '../../image/errors.js';
-import { CACHE_MODES, convert, type CacheMode } from '../../ops/convert.js';
+import { CACHE_MODES, type CacheMode } from '../../io/protocol.js';
+import { convert } from '../../ops/convert.js';
 import { parseOptionList } from '../../options/schema.js';
 import { flag, intArg, optionList, sizeArg, str } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
