@@ -3,12 +3,12 @@
  * guest content must not change, the result must read as qemu's does, name
  * the same backing file and check clean; errors must leave the image alone.
  */
-import { createHash } from 'node:crypto';
-import { cpSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { mkdirSync, renameSync } from 'node:fs';
+import { relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fileHashes, guestRaw, makeChain, twinFolder, type Folder } from '../test/chains.js';
 import { platter } from '../test/cli.js';
-import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../test/qemu.js';
+import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo } from '../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../test/tmp.js';
 import { rebase } from './rebase.js';
 
@@ -19,40 +19,8 @@ let t: ReturnType<typeof tempDir>;
 beforeAll(() => (t = tempDir('platter-rebase-')));
 afterAll(() => t?.cleanup());
 
-const sha256File = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
-
-/**
- * A folder with base (3 MiB, shorter than the rest) <- mid (compat=0.10,
- * 4 KiB clusters) <- top, and an unrelated image `other`: data, zero
- * clusters, discards and partial clusters at every level.
- */
-function chain(name: string): (file: string) => string {
-  const dir = t.path(name);
-  mkdirSync(dir);
-  const p = (file: string) => join(dir, file);
-  sh('qemu-img', ['create', '-q', '-f', 'qcow2', p('base.qcow2'), '3M']);
-  qemuIo(p('base.qcow2'), ['write -P 1 0 1M', 'write -P 5 2M 512k', 'write -P 9 3000k 72k']);
-  sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10,cluster_size=4k', '-b', 'base.qcow2', '-F', 'qcow2', p('mid.qcow2'), '4M']);
-  qemuIo(p('mid.qcow2'), ['write -P 2 512k 1M', 'write -z 2M 64k', 'write -P 6 2570k 3k', 'write -P 8 3500k 100k']);
-  sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', p('top.qcow2'), '4M']);
-  qemuIo(p('top.qcow2'), ['write -P 3 100k 10k', 'write -z 1M 64k', 'discard 2M 128k', 'write -P 4 3520k 1k']);
-  sh('qemu-img', ['create', '-q', '-f', 'qcow2', p('other.qcow2'), '4M']);
-  qemuIo(p('other.qcow2'), ['write -P 7 256k 2M', 'write -P 1 0 64k']);
-  return p;
-}
-
-/** A copy of a chain's folder, for qemu-img to do the same job in. */
-function twin(p: (file: string) => string, name: string): (file: string) => string {
-  const dir = t.path(name);
-  cpSync(p(''), dir, { recursive: true });
-  return (file) => join(dir, file);
-}
-
-/** The guest content of `image` as a raw file, taken now. */
-function snapshotRaw(image: string, raw: string): string {
-  sh('qemu-img', ['convert', '-O', 'raw', image, raw]);
-  return raw;
-}
+const chain = (name: string) => makeChain(t.path(name));
+const twin = (p: Folder, name: string) => twinFolder(p, t.path(name));
 
 /** How `image` names its backing file, with the full name relative to its folder (the twins live in different folders). */
 function backingOf(image: string, folder: string) {
@@ -65,8 +33,6 @@ function backingOf(image: string, folder: string) {
   };
 }
 
-const filesOf = (p: (file: string) => string, names: string[]) => Object.fromEntries(names.map((n) => [n, sha256File(p(n))]));
-
 describe.skipIf(!HAS_QEMU)('rebase (safe) matches qemu-img rebase', () => {
   const cases: [string, string, string[]][] = [
     ['onto a layer lower in the chain', 'top.qcow2', ['-b', 'base.qcow2', '-F', 'qcow2']],
@@ -77,9 +43,9 @@ describe.skipIf(!HAS_QEMU)('rebase (safe) matches qemu-img rebase', () => {
   it.each(cases)('%s', async (name, image, args) => {
     const p = chain(name.replace(/\W+/g, '-'));
     const q = twin(p, name.replace(/\W+/g, '-') + '-qemu');
-    const expected = snapshotRaw(p(image), t.path(name.replace(/\W+/g, '-') + '.raw'));
+    const expected = guestRaw(p(image), t.path(name.replace(/\W+/g, '-') + '.raw'));
     const others = ['base.qcow2', 'mid.qcow2', 'top.qcow2', 'other.qcow2'].filter((f) => f !== image);
-    const before = filesOf(p, others);
+    const before = fileHashes(p, others);
 
     const r = await platter(['rebase', ...args, p(image)]);
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
@@ -90,7 +56,7 @@ describe.skipIf(!HAS_QEMU)('rebase (safe) matches qemu-img rebase', () => {
     expect(problems(qemuCheck(p(image)))).toEqual(CLEAN);
     expect(backingOf(p(image), p(''))).toEqual(backingOf(q(image), q('')));
     // Only the rebased image was written.
-    expect(filesOf(p, others)).toEqual(before);
+    expect(fileHashes(p, others)).toEqual(before);
   });
 
   it('--progress=json reports up to 100%', async () => {
@@ -117,7 +83,7 @@ describe.skipIf(!HAS_QEMU)('rebase -u (the header only) matches qemu-img rebase 
   it('renames a backing file that was moved', async () => {
     const p = chain('renamed');
     const q = twin(p, 'renamed-qemu');
-    const expected = snapshotRaw(p('mid.qcow2'), t.path('renamed.raw'));
+    const expected = guestRaw(p('mid.qcow2'), t.path('renamed.raw'));
     for (const f of [p, q]) renameSync(f('base.qcow2'), f('moved base.qcow2'));
     const r = await platter(['rebase', '-u', '-b', 'moved base.qcow2', '-F', 'qcow2', p('mid.qcow2')]);
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
@@ -167,7 +133,7 @@ describe.skipIf(!HAS_QEMU)('rebase refuses, in one line, and leaves the image al
   ];
   it.each(refusals)('%s', async (name, args, message, qemuStatus) => {
     const p = chain(name.replace(/\W+/g, '-'));
-    const before = filesOf(p, ['base.qcow2', 'mid.qcow2', 'top.qcow2', 'other.qcow2']);
+    const before = fileHashes(p, ['base.qcow2', 'mid.qcow2', 'top.qcow2', 'other.qcow2']);
     const r = await platter(['rebase', ...args(p)]);
     expect(r.stderr).toMatch(message);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -177,17 +143,17 @@ describe.skipIf(!HAS_QEMU)('rebase refuses, in one line, and leaves the image al
       const qa = args(q);
       expect(shStatus('qemu-img', ['rebase', ...qa]).status).toBe(qemuStatus);
     }
-    expect(filesOf(p, ['base.qcow2', 'mid.qcow2', 'top.qcow2', 'other.qcow2'])).toEqual(before);
+    expect(fileHashes(p, ['base.qcow2', 'mid.qcow2', 'top.qcow2', 'other.qcow2'])).toEqual(before);
   });
 
   it('a name that fits the limit but not the first cluster of a 512-byte-cluster image', async () => {
     const p = chain('small-cluster');
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', '-b', 'base.qcow2', '-F', 'qcow2', p('small.qcow2'), '4M']);
-    const before = sha256File(p('small.qcow2'));
+    const before = fileHashes(p, ['small.qcow2']);
     const r = await platter(['rebase', '-u', '-b', 'y'.repeat(900), '-F', 'qcow2', p('small.qcow2')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^platter: .*small\.qcow2: the backing file name does not fit in the first cluster\n$/);
-    expect(sha256File(p('small.qcow2'))).toBe(before);
+    expect(fileHashes(p, ['small.qcow2'])).toEqual(before);
     expect(shStatus('qemu-img', ['rebase', '-u', '-b', 'y'.repeat(900), '-F', 'qcow2', p('small.qcow2')]).status).toBe(1);
   });
 
@@ -195,7 +161,7 @@ describe.skipIf(!HAS_QEMU)('rebase refuses, in one line, and leaves the image al
     const p = chain('external');
     mkdirSync(p('sub'));
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', '../other.qcow2', '-F', 'qcow2', p('sub/new.qcow2'), '4M']);
-    const expected = snapshotRaw(p('top.qcow2'), t.path('external.raw'));
+    const expected = guestRaw(p('top.qcow2'), t.path('external.raw'));
     const refused = await platter(['rebase', '-b', 'sub/new.qcow2', '-F', 'qcow2', p('top.qcow2')]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/could not open the new backing file .*outside the image's folder; pass --allow-external-files/);
