@@ -122,9 +122,7 @@ async function copyDifferences(image: Image, target: Image | undefined, ctx: Job
       if (!(st.zero && newZero)) {
         const oldData = oldBuf.subarray(0, len);
         const newData = newBuf.subarray(0, len);
-        await readGuest(image, oldData, at);
-        if (newZero) newData.fill(0);
-        else await readPadded(target!, newData, at);
+        await Promise.all([readGuest(image, oldData, at), newZero ? newData.fill(0) : readPadded(target!, newData, at)]);
         for (const run of differingRuns(oldData, newData, at, cluster)) {
           const piece = oldData.subarray(run.start, run.end);
           if (isZero(piece)) await image.writeZeroes(at + run.start, piece.length, false);
