@@ -39,6 +39,7 @@ describe.skipIf(!HAS_QEMU)('rebase (safe) matches qemu-img rebase', () => {
     ['onto an unrelated image', 'top.qcow2', ['-b', 'other.qcow2', '-F', 'qcow2']],
     ['onto no backing file', 'top.qcow2', ['-b', '']],
     ['a compat=0.10 image with small clusters onto an unrelated image', 'mid.qcow2', ['-b', 'other.qcow2', '-F', 'qcow2']],
+    ['an image without a backing file onto a shorter one', 'other.qcow2', ['-b', 'base.qcow2', '-F', 'qcow2']],
   ];
   it.each(cases)('%s', async (name, image, args) => {
     const p = chain(name.replace(/\W+/g, '-'));
