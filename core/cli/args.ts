@@ -1,6 +1,7 @@
 /** Command-line parsing in qemu-img's style, on top of node:util's parseArgs. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BlockError } from '../image/errors.js';
+import { CACHE_MODES, type CacheMode } from '../io/protocol.js';
 import { parseOptionList } from '../options/schema.js';
 import { parseSize } from '../options/size.js';
 
@@ -67,4 +68,13 @@ export function expectPositionals(p: Parsed, min: number, max: number, usage: st
     throw new BlockError('InvalidArgument', `expected ${usage}`);
   }
   return p.positionals;
+}
+
+/** A cache mode flag (-t, -T): writeback (the default) or unsafe. */
+export function cacheArg(p: Parsed, name: string): CacheMode {
+  const v = str(p, name) ?? 'writeback';
+  if (!(CACHE_MODES as readonly string[]).includes(v)) {
+    throw new BlockError('InvalidArgument', `invalid cache mode '${v}' (allowed values: ${CACHE_MODES.join(', ')})`);
+  }
+  return v as CacheMode;
 }

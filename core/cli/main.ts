@@ -7,6 +7,7 @@ import { BlockError, toBlockError } from '../image/errors.js';
 import { parse } from './args.js';
 import type { CliIO, Command } from './command.js';
 import { checkCommand } from './commands/check.js';
+import { commitCommand } from './commands/commit.js';
 import { compareCommand } from './commands/compare.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -15,6 +16,7 @@ import { hashCommand } from './commands/hash.js';
 import { infoCommand } from './commands/info.js';
 import { mapCommand } from './commands/map.js';
 import { measureCommand } from './commands/measure.js';
+import { rebaseCommand } from './commands/rebase.js';
 import { resizeCommand } from './commands/resize.js';
 import { snapshotCommand } from './commands/snapshot.js';
 import { formatsHelp } from './formats-help.js';
@@ -30,6 +32,8 @@ export const COMMANDS: readonly Command[] = [
   ddCommand,
   resizeCommand,
   snapshotCommand,
+  rebaseCommand,
+  commitCommand,
   hashCommand,
 ];
 

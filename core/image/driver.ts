@@ -166,6 +166,27 @@ export function hasBacking(img: FormatImage): img is FormatImage & HasBacking {
   return typeof (img as Partial<HasBacking>).setBacking === 'function';
 }
 
+/** Images whose header names their backing file, and can name another (rebase). */
+export interface ChangesBacking {
+  /**
+   * Rewrites the header to name `filename` (with `format`, if given) as the
+   * backing file, or no backing file when `filename` is undefined. Only the
+   * name changes: the caller makes sure the guest content stays right.
+   */
+  changeBackingFile(filename?: string, format?: string): Promise<void>;
+}
+export function changesBacking(img: FormatImage): img is FormatImage & ChangesBacking {
+  return typeof (img as Partial<ChangesBacking>).changeBackingFile === 'function';
+}
+
+/** Images that can drop everything they store, so reads fall through to the backing file (commit). */
+export interface Emptiable {
+  makeEmpty(): Promise<void>;
+}
+export function isEmptiable(img: FormatImage): img is FormatImage & Emptiable {
+  return typeof (img as Partial<Emptiable>).makeEmpty === 'function';
+}
+
 export interface DriverOpenOptions {
   readOnly: boolean;
   /** Open this internal snapshot's content (by ID or name), read-only. */

@@ -41,3 +41,27 @@ export function problems(c: QemuCheck) {
 }
 
 export const CLEAN = { status: 0, corruptions: 0, leaks: 0, checkErrors: 0 };
+
+/** Runs qemu-io commands (`write -P 1 0 64k`, `write -z ...`, `discard ...`) on an image; each must succeed. */
+export function qemuIo(path: string, cmds: string[], format = 'qcow2'): void {
+  const r = shStatusOrThrow('qemu-io', ['-f', format, ...cmds.flatMap((c) => ['-c', c]), path]);
+  // qemu-io exits 0 when a command fails; it says so on its output.
+  if (r.stderr || /error|fail/i.test(r.stdout)) throw new Error(`qemu-io ${cmds.join('; ')} on ${path}: ${r.stdout}${r.stderr}`);
+}
+
+/** `qemu-img info --output=json` of one image. */
+export function qemuInfo(path: string): Record<string, unknown> {
+  return JSON.parse(shStatusOrThrow('qemu-img', ['info', '--output=json', path]).stdout) as Record<string, unknown>;
+}
+
+/** `qemu-img compare`'s verdict on two images' guest contents (formats probed, backing files followed). */
+export function qemuCompare(a: string, b: string): string {
+  const r = shStatus('qemu-img', ['compare', a, b]);
+  return (r.stdout + r.stderr).trim();
+}
+
+function shStatusOrThrow(cmd: string, args: string[]) {
+  const r = shStatus(cmd, args);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+  return r;
+}

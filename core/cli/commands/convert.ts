@@ -1,8 +1,7 @@
 import { BlockError } from '../../image/errors.js';
-import { CACHE_MODES, type CacheMode } from '../../io/protocol.js';
 import { convert } from '../../ops/convert.js';
 import { parseOptionList } from '../../options/schema.js';
-import { flag, intArg, optionList, sizeArg, str } from '../args.js';
+import { cacheArg, flag, intArg, optionList, sizeArg, str } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
@@ -33,10 +32,7 @@ export const convertCommand: Command = {
     const sources = args.positionals.slice(0, -1);
     const target = args.positionals[args.positionals.length - 1];
     const noCreate = flag(args, 'no-create');
-    const cache = str(args, 'cache') ?? 'writeback';
-    if (!(CACHE_MODES as readonly string[]).includes(cache)) {
-      throw new BlockError('InvalidArgument', `invalid cache mode '${cache}' (allowed values: ${CACHE_MODES.join(', ')})`);
-    }
+    const cache = cacheArg(args, 'cache');
     if (flag(args, 'target-is-zero') && !noCreate) {
       throw new BlockError('InvalidArgument', '--target-is-zero only applies to an existing target (-n)');
     }
@@ -48,7 +44,7 @@ export const convertCommand: Command = {
         targetFormat: str(args, 'output-format') ?? 'raw',
         options: optionList(args),
         noCreate,
-        cache: cache as CacheMode,
+        cache,
         targetIsZero: flag(args, 'target-is-zero') || undefined,
         sparseSize: sizeArg(args, 'sparse', 'sparse size'),
         parallel: intArg(args, 'parallel', 'number of parallel requests'),

@@ -10,9 +10,11 @@
  */
 import type {
   BackingRef,
+  ChangesBacking,
   Checkable,
   CheckReport,
   CompressedWrites,
+  Emptiable,
   FormatImage,
   FormatInfo,
   HasBacking,
@@ -62,7 +64,9 @@ class Mutex {
 /** Clusters one compressClusters call deflates at once. */
 const COMPRESS_CONCURRENCY = 4;
 
-export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable, Snapshots {
+export class Qcow2Image
+  implements FormatImage, Resizable, HasBacking, ChangesBacking, Emptiable, CompressedWrites, Checkable, Snapshots
+{
   readonly clusterSize: number;
   readonly clusterBits: number;
   /** Entries per L2 table. */
@@ -159,6 +163,23 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   setBacking(backing: Backing | undefined): void {
     this.backing = backing;
+  }
+
+  /**
+   * Names another backing file (and format) in the header, keeping every other
+   * extension. Reads keep going to the backing image given by
+   * setBacking until the image is reopened.
+   */
+  async changeBackingFile(filename?: string, format?: string): Promise<void> {
+    this.checkWritable();
+    await this.modify(async () => {
+      const next: Qcow2Header = { ...this.header, backingFile: filename, backingFormat: filename === undefined ? undefined : format };
+      // Throws, before anything is written, when the name does not fit.
+      const raw = serializeHeader(next);
+      await this.proto.write(raw, 0);
+      this.header.backingFile = next.backingFile;
+      this.header.backingFormat = next.backingFormat;
+    });
   }
 
   // ---- mapping --------------------------------------------------------
@@ -600,6 +621,23 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       }
       at += n;
     }
+  }
+
+  /**
+   * Unmaps every guest cluster, so the whole image reads from its backing
+   * file again (what commit leaves behind). L2 tables stay, empty.
+   */
+  async makeEmpty(): Promise<void> {
+    this.checkWritable();
+    await this.modify(async () => {
+      const total = Math.ceil(this.size / this.clusterSize);
+      for (let l1i = 0; l1i < this.l1.length && l1i * this.l2Entries < total; l1i++) {
+        // Tables never allocated hold nothing: no lookup per cluster there.
+        if (!decodeL1(this.l1[l1i], this.clusterSize, l1i).offset) continue;
+        const first = l1i * this.l2Entries;
+        await this.remap(first, Math.min(this.l2Entries, total - first), () => UNALLOCATED);
+      }
+    });
   }
 
   /**

@@ -12,7 +12,7 @@ import { BlockError } from '../../image/errors.js';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
 import { prng, type Rng } from '../../test/prng.js';
-import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
+import { CLEAN, problems, qemuCheck, qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 
 const KiB = 1024;
@@ -76,14 +76,6 @@ function layout(mapJson: string) {
     else out.push({ start, length, depth, present, zero, data });
   }
   return out;
-}
-
-/** Runs qemu-io commands on an image; every one must succeed. */
-function qemuIo(path: string, cmds: string[], format = 'qcow2') {
-  const r = shStatus('qemu-io', ['-f', format, ...cmds.flatMap((c) => ['-c', c]), path]);
-  expect(r.stderr).toBe('');
-  expect(r.stdout).not.toMatch(/error|failed|fail/i);
-  expect(r.status).toBe(0);
 }
 
 /** Seeded qemu-io writes, zero writes (with and without unmap) and discards, aligned and not. */
