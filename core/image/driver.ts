@@ -37,6 +37,8 @@ export interface LayerExtent {
   state: LayerState;
   /** Where the bytes are in this layer's file, when that means something. */
   hostOffset?: number;
+  /** The file `hostOffset` is in, when not the layer's own (a qcow2 data file). */
+  hostFile?: Protocol;
   compressed?: boolean;
 }
 
@@ -193,11 +195,22 @@ export interface DriverOpenOptions {
   snapshot?: string;
   /** Opened by check to repair it: allowed even when marked corrupt. */
   repair?: boolean;
+  /**
+   * Opens another file the image names (a qcow2 external data file),
+   * resolved against the image's folder and subject to the same policy as
+   * backing files. Absent when there is no file system around the image.
+   */
+  openFile?(name: string, opts: { readOnly: boolean; what: string }): Promise<Protocol>;
 }
 
 export interface CreateRequest {
   size: number;
   options: OptionValues;
+  /**
+   * Creates another file the new image names (a qcow2 external data file),
+   * next to the image; removed again if creating the image fails.
+   */
+  createFile?(name: string): Promise<Protocol>;
 }
 
 /** Sizes `measure` reports for a new image of this format. */

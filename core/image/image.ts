@@ -131,9 +131,10 @@ export class Image {
       return this.backing.blockStatus(offset, ext.length, depth + 1);
     }
     // Data stored in a hole of the file (preallocated metadata, say) reads as
-    // zeros: ask the file, as QEMU does, so copies need not read it.
+    // zeros: ask the file, as QEMU does, so copies need not read it. (Like
+    // QEMU, not a separate data file: its holes stay data in maps.)
     let zero = ext.state !== 'data';
-    if (ext.state === 'data' && ext.hostOffset !== undefined && !ext.compressed) {
+    if (ext.state === 'data' && ext.hostOffset !== undefined && !ext.compressed && !ext.hostFile) {
       const file = await this.wrap('block-status', offset, () => this.protocol.blockStatus(ext.hostOffset!, ext.length));
       ext.length = Math.min(ext.length, file.length);
       zero = !file.data;
@@ -148,7 +149,7 @@ export class Image {
       depth,
       hostOffset: ext.hostOffset,
       compressed: ext.compressed ?? false,
-      filename: this.filename,
+      filename: ext.hostFile?.name ?? this.filename,
     };
   }
 

@@ -1,5 +1,5 @@
 /** Opening and creating images by name. */
-import { realpath } from 'node:fs/promises';
+import { realpath, rm } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { openProtocol } from '../io/open.js';
 import { PendingFile } from '../io/pending-file.js';
@@ -40,11 +40,15 @@ export function resolveBackingPath(imagePath: string, backing: string): string {
   return isAbsolute(backing) ? backing : join(dirname(imagePath), backing);
 }
 
-/** Refuses backing names that would lead outside the image's folder, unless allowed. */
-async function checkBackingAllowed(imagePath: string, backing: string, resolved: string, allow: boolean): Promise<void> {
+/**
+ * Refuses names in an image (its backing file, its data file: `what`) that
+ * would lead outside the image's folder, unless allowed: an image must not
+ * make Platter read or write a file the user did not choose.
+ */
+async function checkFileAllowed(imagePath: string, what: string, name: string, resolved: string, allow: boolean): Promise<void> {
   const ctx = { path: imagePath, op: 'open' };
-  if (backing.startsWith('json:')) {
-    throw new BlockError('Unsupported', `the backing file is a json: specification (${backing.slice(0, 60)}), which Platter does not follow`, ctx);
+  if (name.startsWith('json:')) {
+    throw new BlockError('Unsupported', `the ${what} is a json: specification (${name.slice(0, 60)}), which Platter does not follow`, ctx);
   }
   if (allow) return;
   const folder = await realpath(dirname(imagePath));
@@ -53,7 +57,7 @@ async function checkBackingAllowed(imagePath: string, backing: string, resolved:
   if (rel.startsWith('..') || isAbsolute(rel)) {
     throw new BlockError(
       'InvalidArgument',
-      `the backing file ${backing} is outside the image's folder; pass --allow-external-files if you trust this image`,
+      `the ${what} ${name} is outside the image's folder; pass --allow-external-files if you trust this image`,
       ctx,
     );
   }
@@ -74,7 +78,12 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
     if (opts.snapshot !== undefined && !readOnly) {
       throw new BlockError('InvalidArgument', 'a snapshot can only be opened read-only', { path: name });
     }
-    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair });
+    const openFile = async (file: string, o: { readOnly: boolean; what: string }) => {
+      const path = resolveBackingPath(filename, file);
+      await checkFileAllowed(name, o.what, file, path, opts.allowExternalFiles ?? false);
+      return openProtocol(path, { readOnly: o.readOnly, displayName: resolveBackingPath(name, file), cache: opts.cache });
+    };
+    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair, openFile });
     if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
       await layer.close();
       throw new BlockError('Unsupported', `${driver.name} images have no internal snapshots`, { path: name });
@@ -84,7 +93,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
       const ref = layer.backingRef;
       if (ref && !opts.noBacking && hasBacking(layer)) {
         const path = resolveBackingPath(filename, ref.filename);
-        await checkBackingAllowed(name, ref.filename, path, opts.allowExternalFiles ?? false);
+        await checkFileAllowed(name, 'backing file', ref.filename, path, opts.allowExternalFiles ?? false);
         const real = await realpath(path).catch(() => path);
         const chain = [...above, await realpath(filename).catch(() => filename)];
         if (chain.includes(real)) throw new BlockError('Corrupt', `the backing chain loops back to ${ref.filename}`, { path: name });
@@ -113,14 +122,20 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
  * Writes a new, empty image of `driver`'s format into an open protocol.
  * Options must already be resolved against the driver's declarations.
  */
-export async function formatImage(proto: Protocol, driver: FormatDriver, size: number, options: OptionValues): Promise<void> {
+export async function formatImage(
+  proto: Protocol,
+  driver: FormatDriver,
+  size: number,
+  options: OptionValues,
+  createFile?: (name: string) => Promise<Protocol>,
+): Promise<void> {
   if (!driver.create) {
     throw new BlockError('Unsupported', `${driver.name} images cannot be created (read-only format)`, {
       path: proto.name,
       op: 'create',
     });
   }
-  await driver.create(proto, { size, options });
+  await driver.create(proto, { size, options, createFile });
 }
 
 /** A newly created image, open for writing under a temporary name until committed. */
@@ -148,6 +163,21 @@ export async function createImage(
   { cache }: { cache?: CacheMode } = {},
 ): Promise<NewImage> {
   const pending = new PendingFile(path);
+  // Files the image names (a data file) are made next to it, under their
+  // own names (the image refers to them so); removed if anything fails.
+  const extra: Protocol[] = [];
+  const removeExtra = () => Promise.all(extra.map((p) => rm(p.name, { force: true }).catch(() => undefined)));
+  const createFile = async (name: string) => {
+    const proto = await openProtocol(resolveBackingPath(pending.tempPath, name), {
+      readOnly: false,
+      create: true,
+      displayName: resolveBackingPath(path, name),
+      nocow: options.nocow === true,
+      cache,
+    });
+    extra.push(proto);
+    return proto;
+  };
   try {
     const proto = await openProtocol(pending.tempPath, {
       readOnly: false,
@@ -157,11 +187,20 @@ export async function createImage(
       cache,
     });
     try {
-      await formatImage(proto, driver, size, options);
+      await formatImage(proto, driver, size, options, createFile);
     } finally {
       await proto.close();
+      // The driver may have closed them with the image it made.
+      for (const p of extra) await p.close().catch(() => undefined);
     }
-    const image = await openImage(pending.tempPath, { format: driver.name, readOnly: false, displayName: path, cache });
+    // The user named every file, so none is refused as external.
+    const image = await openImage(pending.tempPath, {
+      format: driver.name,
+      readOnly: false,
+      displayName: path,
+      cache,
+      allowExternalFiles: true,
+    });
     return {
       image,
       async commit({ durable } = { durable: true }) {
@@ -175,10 +214,12 @@ export async function createImage(
       async abort() {
         await image.close().catch(() => undefined);
         await pending.discard();
+        await removeExtra();
       },
     };
   } catch (err) {
     await pending.discard();
+    await removeExtra();
     throw toBlockError(err, { path, op: 'create' });
   }
 }

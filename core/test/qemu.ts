@@ -16,8 +16,8 @@ export interface QemuCheck {
  * `qemu-img check --output=json`. qemu leaves out the counters that are zero
  * ("corruptions", "leaks"); a report that does not parse counts as an error.
  */
-export function qemuCheck(path: string, format = 'qcow2'): QemuCheck {
-  const r = shStatus('qemu-img', ['check', '--output=json', '-f', format, path]);
+export function qemuCheck(path: string, format = 'qcow2', cwd?: string): QemuCheck {
+  const r = shStatus('qemu-img', ['check', '--output=json', '-f', format, path], { cwd });
   let report: Record<string, unknown> | undefined;
   try {
     report = JSON.parse(r.stdout);

@@ -96,7 +96,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
       for (let j = 0; j < table.length; j++) {
         let m;
         try {
-          m = decodeL2(table[j], img.clusterBits, h.version, () => `L2 entry ${j} of the table at ${l2Offset}`);
+          m = decodeL2(table[j], img.clusterBits, h.version, () => `L2 entry ${j} of the table at ${l2Offset}`, img.externalData);
         } catch (err) {
           corrupt(`ERROR ${(err as Error).message}`);
           continue;
@@ -108,8 +108,9 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
             report.compressedClusters++;
             report.fragmentedClusters++;
           }
-        } else if ((m.kind === 'data' || m.kind === 'zero') && m.host) {
-          inc(m.host, cs);
+        } else if (m.kind === 'data' || (m.kind === 'zero' && m.host)) {
+          // Clusters of an external data file have no refcounts.
+          if (!img.externalData) inc(m.host, cs);
           if (active) {
             report.allocatedClusters++;
             if (nextContiguous && m.host !== nextContiguous) report.fragmentedClusters++;
@@ -170,12 +171,12 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
     for (let j = 0; j < table.length; j++) {
       let m;
       try {
-        m = decodeL2(table[j], img.clusterBits, h.version, () => '');
+        m = decodeL2(table[j], img.clusterBits, h.version, () => '', img.externalData);
       } catch {
         continue;
       }
       if (!((m.kind === 'data' || m.kind === 'zero') && m.host)) continue;
-      const drc = await rc.get(m.host / cs);
+      const drc = img.externalData ? 1 : await rc.get(m.host / cs);
       if ((drc === 1) !== m.copied) {
         log(`ERROR OFLAG_COPIED data cluster: l2_entry=${hex(table[j])} refcount=${drc}`);
         if (repair === 'all') {

@@ -48,6 +48,13 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
     help: 'Width of a reference count entry in bits',
   },
   { name: 'compression_type', type: 'enum', values: [...COMPRESSION_TYPES], default: 'zlib', help: 'Compression method used for image cluster compression' },
+  {
+    name: 'data_file',
+    type: 'string',
+    requires: [{ option: 'compat', value: '1.1' }],
+    help: 'File name of an external data file',
+  },
+  { name: 'data_file_raw', type: 'bool', default: false, help: 'The external data file must stay valid as a raw image' },
 ];
 
 /** L1 entries a guest of `size` bytes needs; refused past QEMU's 32 MiB L1 limit. */
@@ -73,6 +80,13 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     throw new BlockError('InvalidArgument', `compression_type=${o.compression_type} needs compat=1.1`);
   }
   if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
+  const dataFileName = typeof o.data_file === 'string' ? o.data_file : undefined;
+  const rawData = o.data_file_raw === true;
+  if (rawData && dataFileName === undefined) throw new BlockError('InvalidArgument', 'data_file_raw needs data_file');
+  if (rawData && o.backing_file !== undefined) {
+    // Reads of unallocated clusters would show the backing file, not the raw data file.
+    throw new BlockError('InvalidArgument', 'a backing file and data_file_raw cannot be used together');
+  }
   const l1Size = l1EntriesFor(req.size, clusterSize);
   const header: Qcow2Header = {
     version,
@@ -85,15 +99,16 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     refcountTableClusters: 1,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: compressionType ? L.INCOMPAT_COMPRESSION : 0n,
+    incompatible: (compressionType ? L.INCOMPAT_COMPRESSION : 0n) | (dataFileName !== undefined ? L.INCOMPAT_DATA_FILE : 0n),
     compatible: o.lazy_refcounts ? L.COMPAT_LAZY_REFCOUNTS : 0n,
-    autoclear: 0n,
+    autoclear: rawData ? L.AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: Math.log2(refcountBits),
     headerLength: version === 3 ? L.V3_HEADER_LENGTH : L.V2_HEADER_LENGTH,
     compressionType,
     otherExtensions: [],
     // Like QEMU, only where the 384-byte table leaves room in the first cluster.
     featureNames: version === 3 && clusterSize > 4096 ? STANDARD_FEATURE_NAMES : [],
+    dataFile: dataFileName,
   };
   if (typeof o.backing_file === 'string') {
     header.backingFile = o.backing_file;
@@ -130,8 +145,16 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
   const end = l1Clusters ? header.l1TableOffset + l1Clusters * clusterSize : 3 * clusterSize;
   if ((await proto.size()) < end) await proto.truncate(end);
   await proto.write(serializeHeader(header), 0);
-  const image = new Qcow2Image(proto, header, new BigUint64Array(l1Size), refcounts, false);
-  const prealloc = o.preallocation as string;
+  // The data file: as large as the guest, sparse unless preallocated.
+  let dataFile: Protocol | undefined;
+  if (dataFileName !== undefined) {
+    if (!req.createFile) throw new BlockError('Unsupported', 'an external data file cannot be created here');
+    dataFile = await req.createFile(dataFileName);
+    await dataFile.truncate(req.size, o.preallocation === 'falloc' || o.preallocation === 'full' ? o.preallocation : 'off');
+  }
+  const image = new Qcow2Image(proto, header, new BigUint64Array(l1Size), refcounts, false, [], dataFile);
+  // A raw data file needs every cluster mapped, or the qcow2 view would read zeros where it has data.
+  const prealloc = rawData && o.preallocation === 'off' ? 'metadata' : (o.preallocation as string);
   if (prealloc === 'metadata' || prealloc === 'falloc' || prealloc === 'full') await image.preallocate(prealloc);
   return image;
 }

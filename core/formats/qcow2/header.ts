@@ -166,7 +166,9 @@ function featureList(h: Qcow2Header, bits: bigint): string {
 function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   const unknown = h.incompatible & ~L.INCOMPAT_KNOWN;
   if (unknown) throw unsupported(`the image uses unknown incompatible features: ${featureList(h, unknown)}`);
-  if (h.incompatible & L.INCOMPAT_DATA_FILE) throw unsupported('images with an external data file are not supported yet');
+  if (h.autoclear & L.AUTOCLEAR_DATA_FILE_RAW && !(h.incompatible & L.INCOMPAT_DATA_FILE)) {
+    throw corrupt('data-file-raw requires a data file');
+  }
   if (h.incompatible & L.INCOMPAT_EXTL2) throw unsupported('images with extended L2 entries (subclusters) are not supported yet');
   if (h.refcountOrder > 6) throw corrupt(`refcount_order ${h.refcountOrder} is too large (at most 6)`);
   if (h.cryptMethod !== 0) throw unsupported(`encrypted qcow2 images (method ${h.cryptMethod}) are not supported yet`);

@@ -45,6 +45,15 @@ interface Backing {
   size: number;
 }
 
+/** Zeroes what the file stores in a range, leaving its holes alone (they read as zeros already). */
+async function zeroStoredData(file: Protocol, offset: number, length: number): Promise<void> {
+  for (let at = offset; at < offset + length; ) {
+    const ext = await file.blockStatus(at, offset + length - at);
+    if (ext.data) await file.writeZeroes(at, ext.length, false);
+    at += ext.length;
+  }
+}
+
 /** A simple async mutex: metadata changes happen one at a time. */
 class Mutex {
   private tail: Promise<void> = Promise.resolve();
@@ -87,7 +96,10 @@ export class Qcow2Image
     readonly readOnly: boolean,
     /** Internal snapshots, as the snapshot table lists them. */
     public snapshots: SnapshotEntry[] = [],
+    /** The external data file, when the header names one (guest data lives there). */
+    dataFile?: Protocol,
   ) {
+    this.data = dataFile ?? proto;
     this.clusterBits = header.clusterBits;
     this.clusterSize = 2 ** header.clusterBits;
     this.l2Entries = this.clusterSize / 8;
@@ -96,6 +108,22 @@ export class Qcow2Image
   }
 
   private readonly codec: Codec;
+
+  /**
+   * Where guest data clusters are: the image file itself, or an external
+   * data file. There, a guest cluster always sits at its own guest offset
+   * and no refcount counts it (QEMU's layout).
+   */
+  readonly data: Protocol;
+
+  get externalData(): boolean {
+    return this.data !== this.proto;
+  }
+
+  /** The data file is kept a valid raw image of the guest (data_file_raw). */
+  get rawData(): boolean {
+    return this.externalData && (this.header.autoclear & L.AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  }
 
   get size(): number {
     return this.header.size;
@@ -207,7 +235,11 @@ export class Qcow2Image
     if (!offset) return UNALLOCATED;
     const t = await this.l2Table(offset);
     const i = index % this.l2Entries;
-    return decodeL2(t[i], this.clusterBits, this.header.version, () => `L2 entry for guest cluster ${index}`);
+    const m = decodeL2(t[i], this.clusterBits, this.header.version, () => `L2 entry for guest cluster ${index}`, this.externalData);
+    if (m.kind === 'compressed' && this.externalData) {
+      throw new BlockError('Corrupt', `guest cluster ${index} is compressed in an image with an external data file`);
+    }
+    return m;
   }
 
   /**
@@ -216,6 +248,7 @@ export class Qcow2Image
    */
   private metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
     const cs = this.clusterSize;
+    // (Callers check data clusters; an external data file holds no metadata.)
     const hits = (start: number, len: number) => offset < start + len && start < offset + length;
     if (hits(0, cs)) return 'image header';
     if (this.l1.length && hits(this.header.l1TableOffset, Math.ceil((this.l1.length * 8) / cs) * cs)) return 'L1 table';
@@ -236,7 +269,7 @@ export class Qcow2Image
     // Contiguous host data is read with one request.
     let run: { dst: number; host: number; len: number } | undefined;
     const flushRun = async () => {
-      if (run) await this.proto.read(buf.subarray(run.dst, run.dst + run.len), run.host);
+      if (run) await this.data.read(buf.subarray(run.dst, run.dst + run.len), run.host);
       run = undefined;
     };
     for (let done = 0; done < buf.length; ) {
@@ -328,6 +361,7 @@ export class Qcow2Image
       length: len,
       state,
       hostOffset: host === undefined ? undefined : host + inCluster,
+      hostFile: host !== undefined && this.externalData ? this.data : undefined,
       compressed: first.kind === 'compressed',
     };
   }
@@ -363,9 +397,9 @@ export class Qcow2Image
           len += Math.min(cs, buf.length - done - len);
         }
         const host = m.host + (guest % cs);
-        const overlap = this.metadataOverlap(host, len, true);
+        const overlap = this.externalData ? undefined : this.metadataOverlap(host, len, true);
         if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
-        await this.proto.write(buf.subarray(done, done + len), host);
+        await this.data.write(buf.subarray(done, done + len), host);
         done += len;
         continue;
       }
@@ -397,8 +431,8 @@ export class Qcow2Image
         }
         data.set(buf.subarray(done, done + (end - guest)), guest - start);
       }
-      const host = await this.refcounts.allocate(count);
-      await this.proto.write(data, host);
+      const host = await this.allocateData(index, count);
+      await this.data.write(data, host);
       await this.setMappings(
         index,
         olds.map((_, k) => ({ kind: 'data', host: host + k * cs, copied: true })),
@@ -408,9 +442,17 @@ export class Qcow2Image
     }
   }
 
+  /**
+   * Host clusters for `count` guest clusters from `index` on: counted clusters
+   * of the image file, or the same offsets in an external data file.
+   */
+  private allocateData(index: number, count: number): Promise<number> {
+    return this.externalData ? Promise.resolve(index * this.clusterSize) : this.refcounts.allocate(count);
+  }
+
   /** Refuses to copy or release a guest cluster whose host cluster holds metadata. */
   private async refuseMetadataMapping(m: Mapping): Promise<void> {
-    if ((m.kind !== 'data' && m.kind !== 'zero') || !m.host) return;
+    if ((m.kind !== 'data' && m.kind !== 'zero') || !m.host || this.externalData) return;
     const overlap = this.metadataOverlap(m.host, this.clusterSize, false);
     if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
   }
@@ -440,7 +482,7 @@ export class Qcow2Image
 
   /** The whole content of a guest cluster as `m` maps it (for copy-on-write). */
   private async readCluster(m: Mapping, dst: Uint8Array, guest: number): Promise<void> {
-    if (m.kind === 'data') await this.proto.read(dst, m.host);
+    if (m.kind === 'data') await this.data.read(dst, m.host);
     else await this.readOther(m, dst, guest, 0);
   }
 
@@ -448,7 +490,8 @@ export class Qcow2Image
   private async release(m: Mapping): Promise<void> {
     const cs = this.clusterSize;
     if (m.kind === 'data' || (m.kind === 'zero' && m.host)) {
-      await this.refcounts.free(m.host, 1);
+      // Clusters of an external data file are not counted.
+      if (!this.externalData) await this.refcounts.free(m.host, 1);
     } else if (m.kind === 'compressed') {
       const first = Math.floor(m.host / cs);
       const last = Math.floor((m.host + m.length - 1) / cs);
@@ -525,6 +568,8 @@ export class Qcow2Image
 
   async createSnapshot(name: string): Promise<void> {
     this.checkWritable();
+    // Snapshots share clusters through refcounts, which a data file does not have (QEMU refuses too).
+    if (this.externalData) throw new BlockError('Unsupported', 'an image with an external data file cannot have internal snapshots');
     await createSnapshot(this, name);
   }
 
@@ -558,6 +603,8 @@ export class Qcow2Image
 
   async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.checkWritable();
+    // A raw data file must read as the guest does: the zeros go there, at guest offsets.
+    if (this.rawData) return this.modify(() => this.data.writeZeroes(offset, length, mayUnmap));
     await this.modify(async () => {
       const cs = this.clusterSize;
       const head = Math.min(length, (cs - (offset % cs)) % cs);
@@ -594,12 +641,15 @@ export class Qcow2Image
     const first = Math.ceil(offset / cs);
     const last = Math.floor((offset + length) / cs);
     if (last <= first) return;
-    await this.modify(() =>
+    if (this.rawData) return this.modify(() => this.data.writeZeroes(first * cs, (last - first) * cs, true));
+    await this.modify(async () => {
       // With a backing file, a discarded cluster must not show the backing data.
-      this.remap(first, last - first, () =>
+      await this.remap(first, last - first, () =>
         this.backing && this.header.version >= 3 ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED,
-      ),
-    );
+      );
+      // Nothing maps that part of a data file any more: give the space back.
+      if (this.externalData) await this.data.discard(first * cs, Math.min(last * cs, await this.data.size()) - first * cs);
+    });
   }
 
   /** Sets each cluster in the range to `next(old)` and releases what the old mapping held. */
@@ -668,14 +718,14 @@ export class Qcow2Image
         continue;
       }
       await this.writableL2(Math.floor(index / this.l2Entries));
-      const host = await this.refcounts.allocate(n);
-      // Reused clusters inside the file hold old data: they must read as zeros.
-      const fileSize = await this.proto.size();
-      if (host < fileSize) await this.proto.writeZeroes(host, Math.min(n * cs, fileSize - host), false);
+      const host = await this.allocateData(index, n);
+      // Reused clusters inside the file may hold old data: they must read as zeros.
+      const fileSize = await this.data.size();
+      if (host < fileSize) await zeroStoredData(this.data, host, Math.min(n * cs, fileSize - host));
       // The file must reach past every cluster it maps (qemu-img check calls
       // clusters past the end corrupt); 'metadata' leaves the new space sparse.
       const end = host + n * cs;
-      if (fileSize < end) await this.proto.truncate(end, mode === 'metadata' ? 'off' : mode);
+      if (fileSize < end) await this.data.truncate(end, mode === 'metadata' ? 'off' : mode);
       await this.setMappings(
         index,
         Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
@@ -687,12 +737,14 @@ export class Qcow2Image
 
   // ---- compressed writes ----------------------------------------------------
 
+  /** 0 when clusters cannot be compressed: an external data file stores them plainly. */
   get compressionCluster(): number {
-    return this.clusterSize;
+    return this.externalData ? 0 : this.clusterSize;
   }
 
   async compressClusters(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
     this.checkWritable();
+    if (this.externalData) throw new BlockError('Unsupported', 'compressed clusters are not possible with an external data file');
     const cs = this.clusterSize;
     if (offset % cs !== 0 || (buf.length % cs !== 0 && offset + buf.length !== this.size)) {
       throw new BlockError('InvalidArgument', 'compressed writes must cover whole clusters');
@@ -794,6 +846,8 @@ export class Qcow2Image
       }
       this.header.size = size;
       await this.writeHeader();
+      // A raw data file stays the size of the guest.
+      if (this.rawData) await this.data.truncate(size);
       if (opts.prealloc !== 'off' && size > old) await this.preallocateLocked(opts.prealloc, old);
     });
   }
@@ -823,13 +877,18 @@ export class Qcow2Image
   // ---- the rest -----------------------------------------------------------
 
   async flush(): Promise<void> {
-    if (!this.readOnly) await this.proto.flush();
+    if (this.readOnly) return;
+    // Data before the metadata that points at it.
+    if (this.externalData) await this.data.flush();
+    await this.proto.flush();
   }
 
   async close(): Promise<void> {
     await this.lock.run(async () => {
+      if (!this.readOnly && this.externalData) await this.data.flush();
       if (!this.readOnly && this.markedDirty) await this.markClean();
     });
+    if (this.externalData) await this.data.close();
   }
 
   async info(): Promise<FormatInfo> {
@@ -837,6 +896,10 @@ export class Qcow2Image
     const data: Record<string, unknown> = { compat: h.version === 3 ? '1.1' : '0.10', 'compression-type': COMPRESSION_TYPES[h.compressionType] };
     if (h.version === 3) data['lazy-refcounts'] = (h.compatible & L.COMPAT_LAZY_REFCOUNTS) !== 0n;
     data['refcount-bits'] = 2 ** h.refcountOrder;
+    if (h.incompatible & L.INCOMPAT_DATA_FILE) {
+      data['data-file'] = h.dataFile;
+      data['data-file-raw'] = (h.autoclear & L.AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+    }
     if (h.version === 3) {
       data.corrupt = (h.incompatible & L.INCOMPAT_CORRUPT) !== 0n;
       data['extended-l2'] = false;

@@ -14,7 +14,11 @@ export type Mapping =
 
 export const UNALLOCATED: Mapping = { kind: 'unallocated' };
 
-export function decodeL2(e: bigint, clusterBits: number, version: number, where: () => string): Mapping {
+/**
+ * What an L2 entry maps. With an external data file (`externalData`), host
+ * offset 0 is a real place (guest cluster 0) when the entry is marked copied.
+ */
+export function decodeL2(e: bigint, clusterBits: number, version: number, where: () => string, externalData = false): Mapping {
   if (e === 0n) return UNALLOCATED;
   if (e & L.OFLAG_COMPRESSED) {
     if (e & L.OFLAG_COPIED) throw new BlockError('Corrupt', `${where()}: a compressed cluster is marked copied`);
@@ -34,7 +38,7 @@ export function decodeL2(e: bigint, clusterBits: number, version: number, where:
     if (version < 3) throw new BlockError('Corrupt', `${where()}: zero flag in a version 2 image`);
     return { kind: 'zero', host, copied };
   }
-  if (host === 0) {
+  if (host === 0 && !(externalData && copied)) {
     if (copied) throw new BlockError('Corrupt', `${where()}: cluster marked copied without an offset`);
     return UNALLOCATED;
   }

@@ -1,5 +1,6 @@
 /** Opening a qcow2 image: header, L1 table, refcount table, all validated. */
 import { BlockError } from '../../image/errors.js';
+import type { DriverOpenOptions } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
 import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
 import { checkQcow2 } from './check.js';
@@ -11,7 +12,13 @@ import { readSnapshotTable } from './snapshot-table.js';
 import { findSnapshot } from './snapshots.js';
 import { readTable } from './tables.js';
 
-export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: string, repair = false): Promise<Qcow2Image> {
+export async function openQcow2(
+  proto: Protocol,
+  readOnly: boolean,
+  snapshot?: string,
+  repair = false,
+  openFile?: DriverOpenOptions['openFile'],
+): Promise<Qcow2Image> {
   const head = new Uint8Array(Math.min(await proto.size(), 4096));
   await proto.read(head, 0);
   const clusterSize = 2 ** peekClusterBits(head);
@@ -39,7 +46,8 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
   const snapshots = header.nbSnapshots
     ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];
-  const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots);
+  const dataFile = header.incompatible & L.INCOMPAT_DATA_FILE ? await openDataFile(header.dataFile, readOnly, openFile) : undefined;
+  const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots, dataFile);
   image.repairing = repair;
   if (header.incompatible & L.INCOMPAT_DIRTY && !readOnly) {
     // Left dirty (lazy refcounts, then a crash): rebuild the refcounts before
@@ -60,5 +68,12 @@ async function snapshotView(image: Qcow2Image, key: string): Promise<Qcow2Image>
   const need = Math.ceil(header.size / image.clusterSize / image.l2Entries);
   if (sn.l1Size < need) throw new BlockError('Corrupt', `snapshot '${key}' has an L1 table too small for its size`);
   const l1 = await readTable(image.proto, sn.l1TableOffset, sn.l1Size);
-  return new Qcow2Image(image.proto, header, l1, image.refcounts, true, image.snapshots);
+  return new Qcow2Image(image.proto, header, l1, image.refcounts, true, image.snapshots, image.externalData ? image.data : undefined);
+}
+
+/** The external data file the header names, opened under the same rules as backing files. */
+async function openDataFile(name: string | undefined, readOnly: boolean, openFile: DriverOpenOptions['openFile']): Promise<Protocol> {
+  if (name === undefined) throw new BlockError('InvalidFormat', 'the image uses an external data file but does not name it');
+  if (!openFile) throw new BlockError('Unsupported', 'the image keeps its data in an external file, which cannot be opened here');
+  return openFile(name, { readOnly, what: 'data file' });
 }
