@@ -11,6 +11,8 @@
 import { promisify } from 'node:util';
 import { deflateRaw, inflateRawSync } from 'node:zlib';
 import type {
+  Amendable,
+  AmendProgress,
   BackingRef,
   Checkable,
   CheckReport,
@@ -25,9 +27,11 @@ import type {
   Snapshots,
 } from '../../image/driver.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from './snapshots.js';
+import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check.js';
 import { BlockError } from '../../image/errors.js';
 import type { Preallocation, Protocol } from '../../io/protocol.js';
+import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
 import * as L from './limits.js';
@@ -63,7 +67,7 @@ const deflate = promisify(deflateRaw);
 /** Clusters one compressClusters call deflates at once. */
 const COMPRESS_CONCURRENCY = 4;
 
-export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable, Snapshots {
+export class Qcow2Image implements FormatImage, Resizable, HasBacking, CompressedWrites, Checkable, Snapshots, Amendable {
   readonly clusterSize: number;
   readonly clusterBits: number;
   /** Entries per L2 table. */
@@ -80,7 +84,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     readonly proto: Protocol,
     readonly header: Qcow2Header,
     l1: BigUint64Array,
-    readonly refcounts: Refcounts,
+    /** Replaced when the refcount width changes (amend refcount_bits). */
+    public refcounts: Refcounts,
     readonly readOnly: boolean,
     /** Internal snapshots, as the snapshot table lists them. */
     public snapshots: SnapshotEntry[] = [],
@@ -191,7 +196,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
    * Which metadata structure [offset, offset+length) would overlap, if any
    * (QEMU's overlap check): data must never land on tables.
    */
-  private metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
+  metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
     const cs = this.clusterSize;
     const hits = (start: number, len: number) => offset < start + len && start < offset + length;
     if (hits(0, cs)) return 'image header';
@@ -498,6 +503,11 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
     return checkQcow2(this, repair, log);
+  }
+
+  async amend(options: OptionValues, progress?: AmendProgress): Promise<void> {
+    this.checkWritable();
+    await amendQcow2(this, options, progress);
   }
 
   listSnapshots(): SnapshotInfo[] {

@@ -1,11 +1,11 @@
 /** Opening a qcow2 image: header, L1 table, refcount table, all validated. */
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
-import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
+import { parseHeader, peekClusterBits } from './header.js';
 import { checkQcow2 } from './check.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
-import { Refcounts } from './refcounts.js';
+import { loadRefcounts } from './refcounts.js';
 import { readSnapshotTable } from './snapshot-table.js';
 import { findSnapshot } from './snapshots.js';
 import { readTable } from './tables.js';
@@ -22,17 +22,7 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
     throw new BlockError('Corrupt', 'the image is marked corrupt; it can only be opened read-only until repaired');
   }
   const l1 = await readTable(proto, header.l1TableOffset, header.l1Size);
-  const refcounts = await Refcounts.load(
-    proto,
-    header.clusterBits,
-    header.refcountOrder,
-    { offset: header.refcountTableOffset, clusters: header.refcountTableClusters },
-    async (loc) => {
-      header.refcountTableOffset = loc.offset;
-      header.refcountTableClusters = loc.clusters;
-      await proto.write(serializeHeader(header), 0);
-    },
-  );
+  const refcounts = await loadRefcounts(proto, header);
   const snapshots = header.nbSnapshots
     ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];
