@@ -23,9 +23,12 @@ export async function changeRefcountWidth(
   // Wider than 53 bits holds anything a refcount read here can be.
   const max = bits >= 53 ? Infinity : 2 ** bits - 1;
 
-  /** The counts (through the old structures) of the clusters new block `nb` covers; undefined if all are zero. */
-  const countsOf = async (nb: number): Promise<number[] | undefined> => {
-    let counts: number[] | undefined;
+  /**
+   * Whether any cluster new block `nb` covers is in use, reading the counts
+   * through the old structures; with `into`, also stores them there in the new width.
+   */
+  const countsOf = async (nb: number, into?: Uint8Array): Promise<boolean> => {
+    let used = false;
     for (let i = 0; i < perBlock; i++) {
       const c = nb * perBlock + i;
       const oldBlock = Math.floor(c / old.perBlock);
@@ -43,9 +46,10 @@ export async function changeRefcountWidth(
           `cannot decrease refcount entry width to ${bits} bits: cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${v}`,
         );
       }
-      (counts ??= new Array<number>(perBlock).fill(0))[i] = v;
+      used = true;
+      if (into) writeRefcount(into, i, bits, v);
     }
-    return counts;
+    return used;
   };
   const newBlockCount = () => Math.ceil((old.blocks.length * old.perBlock) / perBlock);
 
@@ -57,6 +61,7 @@ export async function changeRefcountWidth(
 
   // 2. Allocate the new blocks and table until no allocation needs another.
   const blocks = new Map<number, number>();
+  let lastBlock = 0;
   let table: RefcountTableLocation | undefined;
   try {
     for (let allocated = true; allocated; ) {
@@ -64,9 +69,10 @@ export async function changeRefcountWidth(
       for (let nb = 0; nb < newBlockCount(); nb++) {
         if (blocks.has(nb) || !(await countsOf(nb))) continue;
         blocks.set(nb, await old.allocate(1));
+        lastBlock = Math.max(lastBlock, nb);
         allocated = true;
       }
-      const clusters = Math.ceil(((Math.max(...blocks.keys()) + 1) * 8) / cs);
+      const clusters = Math.ceil(((lastBlock + 1) * 8) / cs);
       if (clusters * cs > MAX_REFTABLE_BYTES) {
         throw new BlockError('Unsupported', 'the refcount table would grow beyond its maximum size (8 MiB)');
       }
@@ -90,8 +96,7 @@ export async function changeRefcountWidth(
   const rawView = new DataView(raw.buffer);
   for (const [nb, offset] of blocks) {
     const b = new Uint8Array(cs);
-    const counts = await countsOf(nb);
-    counts?.forEach((v, i) => v && writeRefcount(b, i, bits, v));
+    await countsOf(nb, b);
     await img.proto.write(b, offset);
     rawView.setBigUint64(nb * 8, BigInt(offset));
     progress(n + nb, 3 * n);
