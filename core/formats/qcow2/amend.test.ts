@@ -242,6 +242,26 @@ describe.skipIf(!HAS_QEMU)('qcow2 amend errors', () => {
     expect(r.stderr).toMatch(/compat=0.10 requires refcount_bits=16/);
     expect(readFileSync(p).equals(bytes)).toBe(true);
   });
+  it('compat=0.10 when a snapshot has another disk size', async () => {
+    const p = fresh('grown.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '8M']);
+    sh('qemu-img', ['snapshot', '-c', 'small', p]);
+    sh('qemu-img', ['resize', '-q', p, '16M']);
+    const bytes = readFileSync(p);
+    const r = await platter(['amend', '-o', 'compat=0.10', p]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/internal snapshots prevent downgrade of image/);
+    expect(readFileSync(p).equals(bytes)).toBe(true);
+    expect(shStatus('qemu-img', ['amend', '-o', 'compat=0.10', p]).status).toBe(1);
+  });
+  it('size on an image with snapshots (which Platter cannot resize yet, unlike qemu-img), before anything changes', async () => {
+    const p = makeImage();
+    const bytes = readFileSync(p);
+    const r = await platter(['amend', '-o', 'lazy_refcounts=on,size=16M', p]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/an image with internal snapshots cannot be resized/);
+    expect(readFileSync(p).equals(bytes)).toBe(true);
+  });
   it('lazy_refcounts with compat=0.10', () => refused(['-o', 'compat=0.10,lazy_refcounts=on'], /lazy_refcounts needs compat=1.1/));
   it('an unknown option', () => refused(['-o', 'foo=1'], /qcow2 does not support option 'foo'/));
   it('an option only creation sets', () => refused(['-o', 'cluster_size=4096'], /option 'cluster_size' can only be set when the image is created/));

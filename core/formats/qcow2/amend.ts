@@ -38,6 +38,7 @@ export async function amendQcow2(img: Qcow2Image, o: OptionValues, progress: Ame
       throw unsupported(`the backing file cannot be amended (${option} differs from the image's)`);
     }
   }
+  if (size !== img.size) img.checkResize(size);
   if (version < h.version) checkDowngrade(img, order, size);
 
   // Progress: the version and refcount width changes are the long steps.

@@ -719,11 +719,16 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   // ---- size -------------------------------------------------------------
 
+  /** Refuses a new size this image cannot take, before anything changes (resize, amend). */
+  checkResize(size: number): void {
+    if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
+    if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
+  }
+
   async resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void> {
     this.checkWritable();
-    if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
+    this.checkResize(size);
     if (opts.prealloc !== 'off') throw new BlockError('Unsupported', 'preallocation when resizing a qcow2 image is not supported yet');
-    if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
     await this.modify(async () => {
       const cs = this.clusterSize;
       const old = this.size;
