@@ -6,6 +6,7 @@
 import { BlockError, toBlockError } from '../image/errors.js';
 import { parse } from './args.js';
 import type { CliIO, Command } from './command.js';
+import { amendCommand } from './commands/amend.js';
 import { checkCommand } from './commands/check.js';
 import { commitCommand } from './commands/commit.js';
 import { compareCommand } from './commands/compare.js';
@@ -31,6 +32,7 @@ export const COMMANDS: readonly Command[] = [
   measureCommand,
   ddCommand,
   resizeCommand,
+  amendCommand,
   snapshotCommand,
   rebaseCommand,
   commitCommand,

@@ -160,6 +160,21 @@ export function hasSnapshots(img: FormatImage): img is FormatImage & Snapshots {
   return typeof (img as Partial<Snapshots>).listSnapshots === 'function';
 }
 
+/** How far an amend has got: `done` of `total` units of work. */
+export type AmendProgress = (done: number, total: number) => void;
+
+/**
+ * Images whose creation options can be changed in place (qemu-img amend).
+ * `options` holds only what the user gave, typed by the driver's
+ * `amendOptions`; what is left out stays as it is.
+ */
+export interface Amendable {
+  amend(options: OptionValues, progress?: AmendProgress): Promise<void>;
+}
+export function isAmendable(img: FormatImage): img is FormatImage & Amendable {
+  return typeof (img as Partial<Amendable>).amend === 'function';
+}
+
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
   setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;
@@ -231,6 +246,8 @@ export interface FormatDriver {
   /** Present when the format can be created; `size` is always among them. */
   readonly createOptions?: readonly OptionDecl[];
   create?(proto: Protocol, req: CreateRequest): Promise<void>;
+  /** The options `amend` can change on an existing image (no defaults: only what is given changes). */
+  readonly amendOptions?: readonly OptionDecl[];
   /**
    * How much room an image of this format needs for `size` guest bytes whose
    * stored data is `dataExtents` (sorted; empty for a new image).

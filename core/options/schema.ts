@@ -161,8 +161,8 @@ export function formatOptionValue(v: OptionValue): string {
 }
 
 /** The `-o help` text, in qemu-img's layout. */
-export function formatOptionsHelp(decls: readonly OptionDecl[]): string {
-  const lines = ['Supported options:'];
+export function formatOptionsHelp(decls: readonly OptionDecl[], heading = 'Supported options:'): string {
+  const lines = [heading];
   for (const d of [...decls].sort((a, b) => a.name.localeCompare(b.name))) {
     let help = d.help;
     if (d.type === 'enum') help += ` (allowed values: ${d.values.join(', ')})`;

@@ -5,7 +5,7 @@ import type { Protocol } from '../../io/protocol.js';
 import type { OptionDecl } from '../../options/schema.js';
 import { SIZE_OPTION } from '../../options/common.js';
 import { COMPRESSION_TYPES, type CompressionType } from './compression.js';
-import { STANDARD_FEATURE_NAMES, type Qcow2Header } from './header.js';
+import { featureTableFor, type Qcow2Header } from './header.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
@@ -57,6 +57,17 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
   { name: 'data_file_raw', type: 'bool', default: false, help: 'The external data file must stay valid as a raw image' },
 ];
 
+const AMENDABLE = ['size', 'compat', 'backing_file', 'backing_fmt', 'lazy_refcounts', 'refcount_bits'];
+
+/**
+ * The create options amend can change. Without defaults (what is left out
+ * stays as it is) and without `requires`: whether lazy_refcounts needs
+ * compat=1.1 depends on the image, and amend checks it.
+ */
+export const QCOW2_AMEND_OPTIONS: readonly OptionDecl[] = QCOW2_CREATE_OPTIONS.filter((d) => AMENDABLE.includes(d.name)).map(
+  (d) => ({ ...d, default: undefined, requires: undefined }) as OptionDecl,
+);
+
 /** L1 entries a guest of `size` bytes needs; refused past QEMU's 32 MiB L1 limit. */
 export function l1EntriesFor(size: number, clusterSize: number): number {
   const entries = Math.ceil(size / clusterSize / (clusterSize / 8));
@@ -106,8 +117,7 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     headerLength: version === 3 ? L.V3_HEADER_LENGTH : L.V2_HEADER_LENGTH,
     compressionType,
     otherExtensions: [],
-    // Like QEMU, only where the 384-byte table leaves room in the first cluster.
-    featureNames: version === 3 && clusterSize > 4096 ? STANDARD_FEATURE_NAMES : [],
+    featureNames: version === 3 ? featureTableFor(clusterSize) : [],
     dataFile: dataFileName,
   };
   if (typeof o.backing_file === 'string') {

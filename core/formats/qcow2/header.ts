@@ -257,6 +257,14 @@ function encodeFeatureTable(names: FeatureName[]): Uint8Array {
   return out;
 }
 
+/**
+ * The feature names a version 3 header carries: like QEMU, only where the
+ * 384-byte table leaves room in the first cluster.
+ */
+export function featureTableFor(clusterSize: number): FeatureName[] {
+  return clusterSize > 4096 ? STANDARD_FEATURE_NAMES : [];
+}
+
 /** The feature names QEMU writes into new images, so other tools can explain them. */
 export const STANDARD_FEATURE_NAMES: FeatureName[] = [
   { type: 0, bit: 0, name: 'dirty bit' },

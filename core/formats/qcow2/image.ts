@@ -9,6 +9,8 @@
  * (`check -r leaks` reclaims them), never corrupt.
  */
 import type {
+  Amendable,
+  AmendProgress,
   BackingRef,
   ChangesBacking,
   Checkable,
@@ -26,10 +28,12 @@ import type {
   Snapshots,
 } from '../../image/driver.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from './snapshots.js';
+import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check.js';
 import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
+import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
 import * as L from './limits.js';
@@ -74,7 +78,7 @@ class Mutex {
 const COMPRESS_CONCURRENCY = 4;
 
 export class Qcow2Image
-  implements FormatImage, Resizable, HasBacking, ChangesBacking, Emptiable, CompressedWrites, Checkable, Snapshots
+  implements FormatImage, Resizable, HasBacking, ChangesBacking, Emptiable, CompressedWrites, Checkable, Snapshots, Amendable
 {
   readonly clusterSize: number;
   readonly clusterBits: number;
@@ -92,7 +96,8 @@ export class Qcow2Image
     readonly proto: Protocol,
     readonly header: Qcow2Header,
     l1: BigUint64Array,
-    readonly refcounts: Refcounts,
+    /** Replaced when the refcount width changes (amend refcount_bits). */
+    public refcounts: Refcounts,
     readonly readOnly: boolean,
     /** Internal snapshots, as the snapshot table lists them. */
     public snapshots: SnapshotEntry[] = [],
@@ -246,7 +251,7 @@ export class Qcow2Image
    * Which metadata structure [offset, offset+length) would overlap, if any
    * (QEMU's overlap check): data must never land on tables.
    */
-  private metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
+  metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
     const cs = this.clusterSize;
     // (Callers check data clusters; an external data file holds no metadata.)
     const hits = (start: number, len: number) => offset < start + len && start < offset + length;
@@ -562,6 +567,11 @@ export class Qcow2Image
     return checkQcow2(this, repair, log);
   }
 
+  async amend(options: OptionValues, progress?: AmendProgress): Promise<void> {
+    this.checkWritable();
+    await amendQcow2(this, options, progress);
+  }
+
   listSnapshots(): SnapshotInfo[] {
     return describeSnapshots(this);
   }
@@ -814,10 +824,15 @@ export class Qcow2Image
 
   // ---- size -------------------------------------------------------------
 
-  async resize(size: number, opts: { prealloc: ResizePreallocation; shrink: boolean }): Promise<void> {
-    this.checkWritable();
+  /** Refuses a new size this image cannot take, before anything changes (resize, amend). */
+  checkResize(size: number): void {
     if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
+  }
+
+  async resize(size: number, opts: { prealloc: ResizePreallocation; shrink: boolean }): Promise<void> {
+    this.checkWritable();
+    this.checkResize(size);
     await this.modify(async () => {
       const cs = this.clusterSize;
       const old = this.size;

@@ -4,7 +4,7 @@
  */
 import type { FormatDriver } from '../../image/driver.js';
 import { be32, hasMagic } from '../../image/probe.js';
-import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.js';
+import { createQcow2, QCOW2_AMEND_OPTIONS, QCOW2_CREATE_OPTIONS } from './create.js';
 import { openQcow2 } from './open.js';
 import { measureQcow2 } from './measure.js';
 
@@ -19,5 +19,6 @@ export const qcow2: FormatDriver = {
     const image = await createQcow2(proto, req);
     await image.close();
   },
+  amendOptions: QCOW2_AMEND_OPTIONS,
   measure: measureQcow2,
 };

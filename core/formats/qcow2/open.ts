@@ -2,12 +2,12 @@
 import { BlockError } from '../../image/errors.js';
 import type { DriverOpenOptions } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
-import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
+import { parseHeader, peekClusterBits } from './header.js';
 import { checkQcow2 } from './check.js';
 import { loadZstd } from './compression.js';
 import { Qcow2Image } from './image.js';
 import * as L from './limits.js';
-import { Refcounts } from './refcounts.js';
+import { loadRefcounts } from './refcounts.js';
 import { readSnapshotTable } from './snapshot-table.js';
 import { findSnapshot } from './snapshots.js';
 import { readTable } from './tables.js';
@@ -32,17 +32,7 @@ export async function openQcow2(
   // Its decoder is WebAssembly, loaded once before the first cluster needs it.
   if (header.compressionType === 1) await loadZstd();
   const l1 = await readTable(proto, header.l1TableOffset, header.l1Size);
-  const refcounts = await Refcounts.load(
-    proto,
-    header.clusterBits,
-    header.refcountOrder,
-    { offset: header.refcountTableOffset, clusters: header.refcountTableClusters },
-    async (loc) => {
-      header.refcountTableOffset = loc.offset;
-      header.refcountTableClusters = loc.clusters;
-      await proto.write(serializeHeader(header), 0);
-    },
-  );
+  const refcounts = await loadRefcounts(proto, header);
   const snapshots = header.nbSnapshots
     ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];

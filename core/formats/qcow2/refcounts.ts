@@ -6,6 +6,7 @@
  */
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
+import { serializeHeader, type Qcow2Header } from './header.js';
 import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFT_RESERVED_MASK } from './limits.js';
 
 /** Refcount blocks kept in memory; each is one cluster. */
@@ -14,6 +15,51 @@ const BLOCK_CACHE_BYTES = 16 << 20;
 export interface RefcountTableLocation {
   offset: number;
   clusters: number;
+}
+
+/** Entry `i` of a refcount block whose entries are `bits` wide. */
+export function readRefcount(b: Uint8Array, i: number, bits: number): number {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  switch (bits) {
+    case 64: {
+      const v = dv.getBigUint64(i * 8);
+      return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
+    }
+    case 32:
+      return dv.getUint32(i * 4);
+    case 16:
+      return dv.getUint16(i * 2);
+    case 8:
+      return b[i];
+    default: {
+      const bit = i * bits;
+      return (b[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
+    }
+  }
+}
+
+/** Sets entry `i` of a refcount block whose entries are `bits` wide. */
+export function writeRefcount(b: Uint8Array, i: number, bits: number, v: number): void {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  switch (bits) {
+    case 64:
+      dv.setBigUint64(i * 8, BigInt(v));
+      return;
+    case 32:
+      dv.setUint32(i * 4, v);
+      return;
+    case 16:
+      dv.setUint16(i * 2, v);
+      return;
+    case 8:
+      b[i] = v;
+      return;
+    default: {
+      const bit = i * bits;
+      const mask = ((1 << bits) - 1) << (bit & 7);
+      b[bit >> 3] = (b[bit >> 3] & ~mask) | ((v << (bit & 7)) & mask);
+    }
+  }
 }
 
 export class Refcounts {
@@ -108,53 +154,10 @@ export class Refcounts {
     return b;
   }
 
-  private getEntry(b: Uint8Array, i: number): number {
-    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    switch (this.bits) {
-      case 64: {
-        const v = dv.getBigUint64(i * 8);
-        return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
-      }
-      case 32:
-        return dv.getUint32(i * 4);
-      case 16:
-        return dv.getUint16(i * 2);
-      case 8:
-        return b[i];
-      default: {
-        const bit = i * this.bits;
-        return (b[bit >> 3] >> (bit & 7)) & ((1 << this.bits) - 1);
-      }
-    }
-  }
-
-  private setEntry(b: Uint8Array, i: number, v: number): void {
-    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    switch (this.bits) {
-      case 64:
-        dv.setBigUint64(i * 8, BigInt(v));
-        return;
-      case 32:
-        dv.setUint32(i * 4, v);
-        return;
-      case 16:
-        dv.setUint16(i * 2, v);
-        return;
-      case 8:
-        b[i] = v;
-        return;
-      default: {
-        const bit = i * this.bits;
-        const mask = ((1 << this.bits) - 1) << (bit & 7);
-        b[bit >> 3] = (b[bit >> 3] & ~mask) | ((v << (bit & 7)) & mask);
-      }
-    }
-  }
-
   /** The refcount of the cluster at `index`. */
   async get(index: number): Promise<number> {
     const b = await this.block(Math.floor(index / this.perBlock));
-    return b ? this.getEntry(b, index % this.perBlock) : 0;
+    return b ? readRefcount(b, index % this.perBlock, this.bits) : 0;
   }
 
   /**
@@ -168,10 +171,10 @@ export class Refcounts {
       const n = Math.min(this.perBlock - first, index + count - at);
       const b = (await this.block(bi)) ?? (await this.createBlock(bi));
       for (let i = first; i < first + n; i++) {
-        const v = this.getEntry(b, i) + delta;
+        const v = readRefcount(b, i, this.bits) + delta;
         if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${bi * this.perBlock + i} would drop below zero`);
         if (v > this.max) throw new BlockError('Unsupported', `refcount of cluster ${bi * this.perBlock + i} would exceed ${this.max}`);
-        this.setEntry(b, i, v);
+        writeRefcount(b, i, this.bits, v);
       }
       await this.writeEntries(bi, b, first, n);
       if (delta < 0) this.freeHint = Math.min(this.freeHint, at);
@@ -297,7 +300,7 @@ export class Refcounts {
     const b = new Uint8Array(this.clusterSize);
     const offset = at * this.clusterSize;
     if (Math.floor(at / this.perBlock) === bi) {
-      this.setEntry(b, at % this.perBlock, 1);
+      writeRefcount(b, at % this.perBlock, this.bits, 1);
       await this.proto.write(b, offset);
     } else {
       // Count it before it is used, so a crash only leaks it.
@@ -360,7 +363,7 @@ export class Refcounts {
     for (let c = start; c < areaEnd; c++) {
       const bi = Math.floor(c / this.perBlock);
       const nb = blocks.get(bi);
-      if (nb) this.setEntry(nb, c % this.perBlock, 1);
+      if (nb) writeRefcount(nb, c % this.perBlock, this.bits, 1);
       else oldBlocksToUpdate.push(c);
     }
     for (const c of oldBlocksToUpdate) await this.update(c, 1, 1);
@@ -382,4 +385,19 @@ export class Refcounts {
     await this.saveLocation(this.location);
     await this.free(old.offset, old.clusters);
   }
+}
+
+/** The refcount structures the header names; a moved table is saved back into `header`. */
+export function loadRefcounts(proto: Protocol, header: Qcow2Header): Promise<Refcounts> {
+  return Refcounts.load(
+    proto,
+    header.clusterBits,
+    header.refcountOrder,
+    { offset: header.refcountTableOffset, clusters: header.refcountTableClusters },
+    async (loc) => {
+      header.refcountTableOffset = loc.offset;
+      header.refcountTableClusters = loc.clusters;
+      await proto.write(serializeHeader(header), 0);
+    },
+  );
 }

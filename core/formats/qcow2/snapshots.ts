@@ -90,7 +90,7 @@ async function refreshCopiedFlags(img: Qcow2Image): Promise<void> {
 }
 
 /** Writes the snapshot list to new clusters, points the header at it, frees the old one. */
-async function saveSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): Promise<void> {
+export async function saveSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): Promise<void> {
   const h = img.header;
   const cs = img.clusterSize;
   const oldSize = serializeSnapshotTable(img.snapshots, h.version).length;

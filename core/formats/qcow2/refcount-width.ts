@@ -1,0 +1,126 @@
+/**
+ * Changing the width of the refcount entries (amend refcount_bits), in the
+ * crash-safe order QEMU uses: the new refcount blocks and table are
+ * allocated through the old structures (so the copied counts include them),
+ * written, then one header write switches to them, and only then are the
+ * old structures freed through the new ones. A crash at any point leaves a
+ * consistent image that at most leaks clusters.
+ */
+import { BlockError } from '../../image/errors.js';
+import type { Qcow2Image } from './image.js';
+import { MAX_REFTABLE_BYTES } from './limits.js';
+import { loadRefcounts, writeRefcount, type RefcountTableLocation } from './refcounts.js';
+
+export async function changeRefcountWidth(
+  img: Qcow2Image,
+  order: number,
+  progress: (done: number, total: number) => void = () => undefined,
+): Promise<void> {
+  const cs = img.clusterSize;
+  const old = img.refcounts;
+  const bits = 2 ** order;
+  const perBlock = (cs * 8) / bits;
+  // Wider than 53 bits holds anything a refcount read here can be.
+  const max = bits >= 53 ? Infinity : 2 ** bits - 1;
+
+  /**
+   * Whether any cluster new block `nb` covers is in use, reading the counts
+   * through the old structures; with `into`, also stores them there in the new width.
+   */
+  const countsOf = async (nb: number, into?: Uint8Array): Promise<boolean> => {
+    let used = false;
+    for (let i = 0; i < perBlock; i++) {
+      const c = nb * perBlock + i;
+      const oldBlock = Math.floor(c / old.perBlock);
+      if (oldBlock >= old.blocks.length) break;
+      // No old block: all its clusters are free, skip to the next one.
+      if (!old.blocks[oldBlock]) {
+        i = (oldBlock + 1) * old.perBlock - nb * perBlock - 1;
+        continue;
+      }
+      const v = await old.get(c);
+      if (!v) continue;
+      if (v > max) {
+        throw new BlockError(
+          'Unsupported',
+          `cannot decrease refcount entry width to ${bits} bits: cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${v}`,
+        );
+      }
+      used = true;
+      if (into) writeRefcount(into, i, bits, v);
+    }
+    return used;
+  };
+  const newBlockCount = () => Math.ceil((old.blocks.length * old.perBlock) / perBlock);
+
+  // 1. Every count must fit the new width: checked before anything changes.
+  for (let nb = 0, n = newBlockCount(); nb < n; nb++) {
+    await countsOf(nb);
+    progress(nb, 3 * n);
+  }
+
+  // 2. Allocate the new blocks and table until no allocation needs another.
+  const blocks = new Map<number, number>();
+  let lastBlock = 0;
+  let table: RefcountTableLocation | undefined;
+  try {
+    for (let allocated = true; allocated; ) {
+      allocated = false;
+      for (let nb = 0; nb < newBlockCount(); nb++) {
+        if (blocks.has(nb) || !(await countsOf(nb))) continue;
+        blocks.set(nb, await old.allocate(1));
+        lastBlock = Math.max(lastBlock, nb);
+        allocated = true;
+      }
+      const clusters = Math.ceil(((lastBlock + 1) * 8) / cs);
+      if (clusters * cs > MAX_REFTABLE_BYTES) {
+        throw new BlockError('Unsupported', 'the refcount table would grow beyond its maximum size (8 MiB)');
+      }
+      if (!table || table.clusters < clusters) {
+        if (table) await old.free(table.offset, table.clusters);
+        table = { offset: await old.allocate(clusters), clusters };
+        allocated = true;
+      }
+    }
+  } catch (err) {
+    // Give back what was taken: the image stays as it was (the file may have grown).
+    for (const offset of blocks.values()) await old.free(offset, 1);
+    if (table) await old.free(table.offset, table.clusters);
+    throw err;
+  }
+  const n = newBlockCount();
+  progress(n, 3 * n);
+
+  // 3. Write the new blocks, then the table that points at them.
+  const raw = new Uint8Array(table!.clusters * cs);
+  const rawView = new DataView(raw.buffer);
+  for (const [nb, offset] of blocks) {
+    const b = new Uint8Array(cs);
+    await countsOf(nb, b);
+    await img.proto.write(b, offset);
+    rawView.setBigUint64(nb * 8, BigInt(offset));
+    progress(n + nb, 3 * n);
+  }
+  await img.proto.write(raw, table!.offset);
+  await img.proto.flush();
+
+  // 4. Switch the header to them in one write.
+  const h = img.header;
+  const before = { refcountOrder: h.refcountOrder, refcountTableOffset: h.refcountTableOffset, refcountTableClusters: h.refcountTableClusters };
+  Object.assign(h, { refcountOrder: order, refcountTableOffset: table!.offset, refcountTableClusters: table!.clusters });
+  try {
+    await img.writeHeader();
+    await img.proto.flush();
+  } catch (err) {
+    Object.assign(h, before);
+    throw err;
+  }
+  img.refcounts = await loadRefcounts(img.proto, h);
+
+  // 5. The old structures are counted by the new blocks: release them.
+  const oldTable = old.tableLocation;
+  for (const offset of old.blocks) if (offset) await img.refcounts.free(offset, 1);
+  await img.refcounts.free(oldTable.offset, oldTable.clusters);
+  await img.proto.flush();
+  progress(3 * n, 3 * n);
+}
