@@ -75,7 +75,6 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
 
   /** Counts an L1 table's L2 tables and clusters; the active one also gathers fragmentation. */
   const walk = async (l1: BigUint64Array, active: boolean) => {
-    let nextContiguous = 0;
     for (let i = 0; i < l1.length; i++) {
       let l2Offset: number;
       try {
@@ -86,6 +85,8 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
       }
       if (!l2Offset) continue;
       inc(l2Offset, cs);
+      // Like qemu-img, contiguity is judged within each L2 table.
+      let nextContiguous = 0;
       let table: BigUint64Array;
       try {
         table = await img.readL2(l2Offset);
