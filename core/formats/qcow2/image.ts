@@ -24,6 +24,7 @@ import type {
   SnapshotInfo,
   Snapshots,
 } from '../../image/driver.js';
+import type { Qcow2Bitmaps } from './bitmaps.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from './snapshots.js';
 import { checkQcow2 } from './check.js';
 import { BlockError } from '../../image/errors.js';
@@ -107,6 +108,9 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   /** Opened to be repaired: a corrupt image may then be written by check. */
   repairing = false;
+
+  /** Persistent dirty bitmaps: told of every guest write (bitmaps.ts). */
+  bitmaps?: Qcow2Bitmaps;
 
   /** Set once this session has marked the image dirty (lazy refcounts). */
   private markedDirty = false;
@@ -324,7 +328,10 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
-    await this.modify(() => this.writeLocked(buf, offset));
+    await this.modify(async () => {
+      await this.bitmaps?.track(offset, buf.length);
+      await this.writeLocked(buf, offset);
+    });
   }
 
   private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
@@ -540,6 +547,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.checkWritable();
     await this.modify(async () => {
+      await this.bitmaps?.track(offset, length);
       const cs = this.clusterSize;
       const head = Math.min(length, (cs - (offset % cs)) % cs);
       const tail = (offset + length) % cs;
@@ -574,13 +582,15 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     const cs = this.clusterSize;
     const first = Math.ceil(offset / cs);
     const last = Math.floor((offset + length) / cs);
-    if (last <= first) return;
-    await this.modify(() =>
+    await this.modify(async () => {
+      // Like QEMU, the whole request counts as written, even the parts kept.
+      await this.bitmaps?.track(offset, length);
+      if (last <= first) return;
       // With a backing file, a discarded cluster must not show the backing data.
-      this.remap(first, last - first, () =>
+      await this.remap(first, last - first, () =>
         this.backing && this.header.version >= 3 ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED,
-      ),
-    );
+      );
+    });
   }
 
   /** Sets each cluster in the range to `next(old)` and releases what the old mapping held. */
@@ -664,6 +674,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     }
     return () =>
       this.modify(async () => {
+        await this.bitmaps?.track(offset, buf.length);
         for (let i = 0; i < packed.length; i++) {
           const index = offset / cs + i;
           const m = await this.lookup(index);
@@ -712,6 +723,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   async resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void> {
     this.checkWritable();
     if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
+    if (this.bitmaps) throw new BlockError('Unsupported', 'resizing an image with persistent bitmaps is not supported yet');
     if (opts.prealloc !== 'off') throw new BlockError('Unsupported', 'preallocation when resizing a qcow2 image is not supported yet');
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
     await this.modify(async () => {
@@ -775,7 +787,9 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   async close(): Promise<void> {
     await this.lock.run(async () => {
-      if (!this.readOnly && this.markedDirty) await this.markClean();
+      if (this.readOnly) return;
+      await this.bitmaps?.store();
+      if (this.markedDirty) await this.markClean();
     });
   }
 
@@ -783,6 +797,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     const h = this.header;
     const data: Record<string, unknown> = { compat: h.version === 3 ? '1.1' : '0.10', 'compression-type': 'zlib' };
     if (h.version === 3) data['lazy-refcounts'] = (h.compatible & L.COMPAT_LAZY_REFCOUNTS) !== 0n;
+    const bitmaps = this.bitmaps?.describe() ?? [];
+    if (bitmaps.length) data.bitmaps = bitmaps;
     data['refcount-bits'] = 2 ** h.refcountOrder;
     if (h.version === 3) {
       data.corrupt = (h.incompatible & L.INCOMPAT_CORRUPT) !== 0n;
@@ -792,7 +808,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       clusterSize: this.clusterSize,
       dirty: (h.incompatible & L.INCOMPAT_DIRTY) !== 0n,
       specific: { type: 'qcow2', data },
-      bitmapsSize: h.otherExtensions.some((e) => e.type === L.EXT_BITMAPS) ? 'unknown' : 0,
+      bitmaps: bitmaps.map(({ name, granularity }) => ({ name, granularity })),
     };
   }
 }

@@ -1,6 +1,7 @@
 /** Opening a qcow2 image: header, L1 table, refcount table, all validated. */
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
+import { Qcow2Bitmaps } from './bitmaps.js';
 import { parseHeader, peekClusterBits, serializeHeader } from './header.js';
 import { checkQcow2 } from './check.js';
 import { Qcow2Image } from './image.js';
@@ -38,6 +39,12 @@ export async function openQcow2(proto: Protocol, readOnly: boolean, snapshot?: s
     : [];
   const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots);
   image.repairing = repair;
+  image.bitmaps = await Qcow2Bitmaps.load(image);
+  if (header.staleBitmaps && !readOnly) {
+    // QEMU drops an extension nothing vouches for; its clusters leak until check -r.
+    await image.writeHeader();
+    await proto.flush();
+  }
   if (header.incompatible & L.INCOMPAT_DIRTY && !readOnly) {
     // Left dirty (lazy refcounts, then a crash): rebuild the refcounts before
     // anything is allocated from them, as QEMU does on open.

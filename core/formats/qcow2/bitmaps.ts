@@ -1,0 +1,393 @@
+/**
+ * Persistent dirty bitmaps (qcow2's "bitmaps" extension): the extension and
+ * the bitmap directory, validated as QEMU validates them, and the tracking
+ * that keeps enabled bitmaps true while Platter writes guest data.
+ *
+ * QEMU's contract: a bitmap whose in_use flag is set may be stale and is
+ * never trusted. So before the first guest write the enabled bitmaps are
+ * marked in_use on disk; the ranges written are remembered; on close the
+ * changed bitmap clusters are written to new clusters, a new table and a new
+ * directory (in_use clear) are written, the header switches to them, and
+ * only then is what they replaced released. A crash at any point leaves the
+ * bitmaps in_use (inconsistent, never wrong) and at worst leaks clusters.
+ * Disabled bitmaps and bitmaps found in_use are left exactly as they are.
+ */
+import { BlockError } from '../../image/errors.js';
+import type { Protocol } from '../../io/protocol.js';
+import type { Qcow2Header } from './header.js';
+import * as L from './limits.js';
+import type { Refcounts } from './refcounts.js';
+import { encodeTable, readTable } from './tables.js';
+
+/** The bitmaps header extension. */
+export interface BitmapsExtension {
+  nbBitmaps: number;
+  directorySize: number;
+  directoryOffset: number;
+}
+
+/** One bitmap directory entry. */
+export interface BitmapEntry {
+  tableOffset: number;
+  /** Entries in the bitmap table. */
+  tableSize: number;
+  flags: number;
+  granularityBits: number;
+  /** The name as stored (written back byte for byte). */
+  nameBytes: Uint8Array;
+  name: string;
+}
+
+/** What `info` lists for a bitmap, in qemu-img's key order. */
+export interface BitmapInfo {
+  flags: string[];
+  name: string;
+  granularity: number;
+}
+
+const invalid = (msg: string) => new BlockError('InvalidFormat', msg);
+const text = new TextDecoder('utf-8', { fatal: false });
+const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
+
+/** Parses the extension's 24 bytes (the header checked the length; QEMU's checks, in its order). */
+export function parseBitmapsExtension(data: Uint8Array, clusterSize: number): BitmapsExtension {
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  if (dv.getUint32(4) !== 0) throw invalid('the bitmaps extension has a reserved field that is not zero');
+  const nbBitmaps = dv.getUint32(0);
+  if (nbBitmaps > L.MAX_BITMAPS) throw invalid(`the image has ${nbBitmaps} bitmaps (at most ${L.MAX_BITMAPS})`);
+  if (nbBitmaps === 0) throw invalid('the bitmaps extension lists zero bitmaps');
+  const size = dv.getBigUint64(8);
+  const offset = dv.getBigUint64(16);
+  if (offset % BigInt(clusterSize) !== 0n) throw invalid(`the bitmap directory offset ${offset} is not aligned to a cluster`);
+  if (size > BigInt(L.MAX_BITMAP_DIRECTORY_BYTES)) {
+    throw invalid(`the bitmap directory is too large (${size} bytes, at most ${L.MAX_BITMAP_DIRECTORY_BYTES})`);
+  }
+  if (size === 0n) throw invalid('the bitmap directory is empty');
+  if (offset >= BigInt(L.MAX_HOST_OFFSET)) throw invalid(`the bitmap directory offset ${offset} is too large`);
+  return { nbBitmaps, directorySize: Number(size), directoryOffset: Number(offset) };
+}
+
+export function encodeBitmapsExtension(ext: BitmapsExtension): Uint8Array {
+  const out = new Uint8Array(L.BITMAPS_EXTENSION_BYTES);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, ext.nbBitmaps);
+  dv.setBigUint64(8, BigInt(ext.directorySize));
+  dv.setBigUint64(16, BigInt(ext.directoryOffset));
+  return out;
+}
+
+/** Clusters of data (one table entry each) a bitmap needs for `imageSize` guest bytes. */
+export function bitmapDataClusters(imageSize: number, granularity: number, clusterSize: number): number {
+  return Math.ceil(Math.ceil(Math.ceil(imageSize / granularity) / 8) / clusterSize);
+}
+
+const entrySize = (nameLength: number, extraData: number) => roundUp(L.BITMAP_ENTRY_HEADER_BYTES + nameLength + extraData, 8);
+
+/** A directory entry's size for a name of `nameLength` bytes and no extra data. */
+export const bitmapDirectoryEntrySize = (nameLength: number) => entrySize(nameLength, 0);
+
+/**
+ * Parses the bitmap directory `raw` (exactly the extension's size) and
+ * checks every entry against the image (QEMU's constraints).
+ */
+export function parseBitmapDirectory(raw: Uint8Array, nbBitmaps: number, clusterSize: number, imageSize: number): BitmapEntry[] {
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const out: BitmapEntry[] = [];
+  let at = 0;
+  while (at < raw.length) {
+    if (at + L.BITMAP_ENTRY_HEADER_BYTES > raw.length) throw invalid('the bitmap directory is broken (an entry runs past its end)');
+    if (out.length === nbBitmaps) throw invalid('the bitmap directory holds more bitmaps than the header says');
+    const nameSize = dv.getUint16(at + 18);
+    const extraSize = dv.getUint32(at + 20);
+    if (at + entrySize(nameSize, extraSize) > raw.length) throw invalid('the bitmap directory is broken (an entry runs past its end)');
+    if (extraSize !== 0) throw invalid('bitmaps with extra data are not supported');
+    const nameBytes = raw.slice(at + L.BITMAP_ENTRY_HEADER_BYTES, at + L.BITMAP_ENTRY_HEADER_BYTES + nameSize);
+    const nul = nameBytes.indexOf(0);
+    const e: BitmapEntry = {
+      tableOffset: 0,
+      tableSize: dv.getUint32(at + 8),
+      flags: dv.getUint32(at + 12),
+      granularityBits: raw[at + 17],
+      nameBytes,
+      name: text.decode(nul < 0 ? nameBytes : nameBytes.subarray(0, nul)),
+    };
+    const tableOffset = dv.getBigUint64(at);
+    const type = raw[at + 16];
+    const problem =
+      e.tableSize === 0 || tableOffset === 0n
+        ? 'has no bitmap table'
+        : tableOffset % BigInt(clusterSize) !== 0n || tableOffset >= BigInt(L.MAX_HOST_OFFSET)
+          ? `has its bitmap table at an invalid offset ${tableOffset}`
+          : e.tableSize > L.MAX_BITMAP_TABLE_ENTRIES || e.tableSize * clusterSize > L.MAX_BITMAP_DATA_BYTES
+            ? `has a bitmap table too large (${e.tableSize} entries)`
+            : e.granularityBits < L.MIN_BITMAP_GRANULARITY_BITS || e.granularityBits > L.MAX_BITMAP_GRANULARITY_BITS
+              ? `has granularity_bits ${e.granularityBits} (${L.MIN_BITMAP_GRANULARITY_BITS} to ${L.MAX_BITMAP_GRANULARITY_BITS})`
+              : e.flags & L.BITMAP_RESERVED_FLAGS
+                ? `has unknown flags 0x${e.flags.toString(16)}`
+                : nameSize > L.MAX_BITMAP_NAME
+                  ? `has a name too long (${nameSize} bytes)`
+                  : type !== L.BITMAP_TYPE_DIRTY_TRACKING
+                    ? `has unknown type ${type}`
+                    : // A consistent bitmap must cover the whole image (an in_use one may be stale from a resize).
+                      !(e.flags & L.BITMAP_IN_USE) && e.tableSize * clusterSize * 8 * 2 ** e.granularityBits < imageSize
+                      ? 'is too small for the image'
+                      : undefined;
+    if (problem) throw invalid(`bitmap '${e.name}' ${problem}`);
+    e.tableOffset = Number(tableOffset);
+    out.push(e);
+    at += entrySize(nameSize, extraSize);
+  }
+  if (out.length !== nbBitmaps) throw invalid('the bitmap directory holds fewer bitmaps than the header says');
+  return out;
+}
+
+export function encodeBitmapDirectory(entries: readonly BitmapEntry[]): Uint8Array {
+  const out = new Uint8Array(entries.reduce((n, e) => n + entrySize(e.nameBytes.length, 0), 0));
+  const dv = new DataView(out.buffer);
+  let at = 0;
+  for (const e of entries) {
+    dv.setBigUint64(at, BigInt(e.tableOffset));
+    dv.setUint32(at + 8, e.tableSize);
+    dv.setUint32(at + 12, e.flags);
+    out[at + 16] = L.BITMAP_TYPE_DIRTY_TRACKING;
+    out[at + 17] = e.granularityBits;
+    dv.setUint16(at + 18, e.nameBytes.length);
+    out.set(e.nameBytes, at + L.BITMAP_ENTRY_HEADER_BYTES);
+    at += entrySize(e.nameBytes.length, 0);
+  }
+  return out;
+}
+
+/** Reads a bitmap table and checks its entries; `bad(i)` hears of each invalid one (else it throws). */
+async function readBitmapTable(
+  proto: Protocol,
+  e: BitmapEntry,
+  clusterSize: number,
+  bad?: (i: number) => void,
+): Promise<BigUint64Array> {
+  const table = await readTable(proto, e.tableOffset, e.tableSize);
+  for (let i = 0; i < table.length; i++) {
+    const v = table[i];
+    const offset = v & L.OFFSET_MASK;
+    // A data cluster's entry has no "all ones" bit, and an aligned offset.
+    const wrong =
+      (v & L.BITMAP_TABLE_RESERVED_MASK) !== 0n ||
+      (offset !== 0n &&
+        ((v & L.BITMAP_TABLE_ALL_ONES) !== 0n || offset % BigInt(clusterSize) !== 0n || offset >= BigInt(L.MAX_HOST_OFFSET)));
+    if (!wrong) continue;
+    if (!bad) throw invalid(`bitmap '${e.name}' has an invalid bitmap table entry ${i} (0x${v.toString(16)})`);
+    bad(i);
+    table[i] = 0n;
+  }
+  return table;
+}
+
+/** What a bitmap needs from the open image. */
+export interface BitmapHost {
+  readonly proto: Protocol;
+  readonly header: Qcow2Header;
+  readonly refcounts: Refcounts;
+  readonly clusterSize: number;
+  readonly size: number;
+  writeHeader(): Promise<void>;
+}
+
+/** Sorted, disjoint guest byte ranges [start, end). */
+class RangeSet {
+  readonly starts: number[] = [];
+  readonly ends: number[] = [];
+
+  add(start: number, end: number): void {
+    // First range that ends at or after `start`, then every one that starts by `end` merges in.
+    let lo = 0;
+    let hi = this.ends.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.ends[mid] < start) lo = mid + 1;
+      else hi = mid;
+    }
+    let last = lo;
+    while (last < this.starts.length && this.starts[last] <= end) last++;
+    if (last > lo) {
+      start = Math.min(start, this.starts[lo]);
+      end = Math.max(end, this.ends[last - 1]);
+    }
+    this.starts.splice(lo, last - lo, start);
+    this.ends.splice(lo, last - lo, end);
+  }
+
+  get empty(): boolean {
+    return this.starts.length === 0;
+  }
+}
+
+/** Sets bits [first, last] of a little-endian-bit-order bitmap cluster. */
+function setBits(buf: Uint8Array, first: number, last: number): void {
+  for (let b = first; b <= last && b % 8 !== 0; b++) buf[b >> 3] |= 1 << (b & 7);
+  const fullFrom = Math.ceil(first / 8);
+  const fullTo = Math.floor((last + 1) / 8);
+  if (fullTo > fullFrom) buf.fill(0xff, fullFrom, fullTo);
+  for (let b = Math.max(first, fullTo * 8); b <= last; b++) buf[b >> 3] |= 1 << (b & 7);
+}
+
+export class Qcow2Bitmaps {
+  /** Bitmaps marked in_use by this session, which it must store on close. */
+  private tracked = new Set<BitmapEntry>();
+  private readonly written = new RangeSet();
+
+  private constructor(
+    private readonly host: BitmapHost,
+    /** The directory as it is on disk. */
+    public entries: BitmapEntry[],
+  ) {}
+
+  /** Reads and checks the directory and, as QEMU does on open, the tables of consistent bitmaps. */
+  static async load(host: BitmapHost): Promise<Qcow2Bitmaps | undefined> {
+    const ext = host.header.bitmaps;
+    if (!ext) return undefined;
+    const cs = host.clusterSize;
+    if (ext.directoryOffset + ext.directorySize > (await host.proto.size())) {
+      throw invalid('the bitmap directory lies past the end of the file');
+    }
+    const raw = new Uint8Array(ext.directorySize);
+    await host.proto.read(raw, ext.directoryOffset);
+    const entries = parseBitmapDirectory(raw, ext.nbBitmaps, cs, host.size);
+    for (const e of entries) {
+      if (e.flags & L.BITMAP_IN_USE) continue;
+      if (e.tableSize !== bitmapDataClusters(host.size, 2 ** e.granularityBits, cs)) {
+        throw invalid(`bitmap '${e.name}' has a bitmap table of the wrong size for the image`);
+      }
+      await readBitmapTable(host.proto, e, cs);
+    }
+    return new Qcow2Bitmaps(host, entries);
+  }
+
+  /** The list `info` shows. */
+  describe(): BitmapInfo[] {
+    return this.entries.map((e) => ({
+      flags: [...(e.flags & L.BITMAP_IN_USE ? ['in-use'] : []), ...(e.flags & L.BITMAP_AUTO ? ['auto'] : [])],
+      name: e.name,
+      granularity: 2 ** e.granularityBits,
+    }));
+  }
+
+  /**
+   * Every host range the bitmaps use (directory, tables, data clusters), for
+   * check's refcount rebuild; `bad` hears of invalid table entries.
+   */
+  async references(bad: (line: string) => void): Promise<{ offset: number; length: number }[]> {
+    const ext = this.host.header.bitmaps!;
+    const cs = this.host.clusterSize;
+    const refs = [{ offset: ext.directoryOffset, length: ext.directorySize }];
+    for (const e of this.entries) {
+      refs.push({ offset: e.tableOffset, length: e.tableSize * 8 });
+      const invalidEntry = (i: number) => bad(`ERROR bitmap '${e.name}': invalid bitmap table entry ${i}`);
+      const table = await readBitmapTable(this.host.proto, e, cs, invalidEntry);
+      for (const v of table) {
+        const offset = Number(v & L.OFFSET_MASK);
+        if (offset) refs.push({ offset, length: cs });
+      }
+    }
+    return refs;
+  }
+
+  /**
+   * Records a guest write of [offset, offset+length), called before the data
+   * changes: the first one marks the enabled bitmaps in_use on disk.
+   */
+  async track(offset: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    if (this.tracked.size === 0) {
+      const enabled = this.entries.filter((e) => e.flags & L.BITMAP_AUTO && !(e.flags & L.BITMAP_IN_USE));
+      if (enabled.length === 0) return;
+      // Only flags change, in place: each sits in an aligned 8-byte word, and
+      // the flush finishes before any guest data is written.
+      for (const e of enabled) e.flags |= L.BITMAP_IN_USE;
+      await this.host.proto.write(encodeBitmapDirectory(this.entries), this.host.header.bitmaps!.directoryOffset);
+      await this.host.proto.flush();
+      this.tracked = new Set(enabled);
+    }
+    this.written.add(offset, offset + length);
+  }
+
+  /** Writes the tracked bitmaps back with the recorded writes set, and clears their in_use (on close). */
+  async store(): Promise<void> {
+    if (this.tracked.size === 0) return;
+    const { proto, refcounts, header } = this.host;
+    const cs = this.host.clusterSize;
+    const release: { offset: number; clusters: number }[] = [];
+    const next: BitmapEntry[] = [];
+    for (const e of this.entries) {
+      if (!this.tracked.has(e)) {
+        next.push(e);
+        continue;
+      }
+      const table = await this.updatedTable(e, release);
+      let tableOffset = e.tableOffset;
+      if (table) {
+        const raw = encodeTable(table, cs);
+        tableOffset = await refcounts.allocate(raw.length / cs);
+        await proto.write(raw, tableOffset);
+        release.push({ offset: e.tableOffset, clusters: Math.ceil((e.tableSize * 8) / cs) });
+      }
+      next.push({ ...e, tableOffset, flags: e.flags & ~L.BITMAP_IN_USE });
+    }
+    const dir = encodeBitmapDirectory(next);
+    const padded = new Uint8Array(roundUp(dir.length, cs));
+    padded.set(dir);
+    const dirOffset = await refcounts.allocate(padded.length / cs);
+    await proto.write(padded, dirOffset);
+    await proto.flush();
+    const old = header.bitmaps!;
+    header.bitmaps = { nbBitmaps: next.length, directorySize: dir.length, directoryOffset: dirOffset };
+    await this.host.writeHeader();
+    await proto.flush();
+    this.entries = next;
+    this.tracked.clear();
+    release.push({ offset: old.directoryOffset, clusters: Math.ceil(old.directorySize / cs) });
+    for (const r of release) await refcounts.free(r.offset, r.clusters);
+  }
+
+  /**
+   * A copy of `e`'s table whose clusters touched by the recorded writes point
+   * at new clusters holding the old bits plus the new ones (undefined when
+   * nothing changed); the clusters replaced go to `release`.
+   */
+  private async updatedTable(e: BitmapEntry, release: { offset: number; clusters: number }[]): Promise<BigUint64Array | undefined> {
+    const { proto, refcounts } = this.host;
+    const cs = this.host.clusterSize;
+    const g = 2 ** e.granularityBits;
+    const bitsPerCluster = cs * 8;
+    const lastBit = Math.ceil(this.host.size / g) - 1;
+    const old = await readBitmapTable(proto, e, cs);
+    const table = old.slice();
+    const clusters = new Map<number, Uint8Array>();
+    const { starts, ends } = this.written;
+    for (let r = 0; r < starts.length; r++) {
+      const first = Math.floor(starts[r] / g);
+      const last = Math.min(Math.floor((ends[r] - 1) / g), lastBit);
+      for (let ci = Math.floor(first / bitsPerCluster); ci <= Math.floor(last / bitsPerCluster); ci++) {
+        const offset = Number(old[ci] & L.OFFSET_MASK);
+        // An all-ones cluster already has every bit set.
+        if (!offset && old[ci] & L.BITMAP_TABLE_ALL_ONES) continue;
+        let buf = clusters.get(ci);
+        if (!buf) {
+          buf = new Uint8Array(cs);
+          if (offset) await proto.read(buf, offset);
+          clusters.set(ci, buf);
+        }
+        const base = ci * bitsPerCluster;
+        setBits(buf, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
+      }
+    }
+    if (clusters.size === 0) return undefined;
+    for (const [ci, buf] of clusters) {
+      const offset = await refcounts.allocate(1);
+      await proto.write(buf, offset);
+      const was = Number(old[ci] & L.OFFSET_MASK);
+      if (was) release.push({ offset: was, clusters: 1 });
+      table[ci] = BigInt(offset);
+    }
+    return table;
+  }
+}
