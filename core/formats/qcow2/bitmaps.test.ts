@@ -182,6 +182,25 @@ describe.skipIf(!HAS_QEMU)('qcow2 bitmaps: hostile extensions and directories', 
     ],
   ];
 
+  it('a guest cluster mapped onto the bitmap directory is never written (the image is marked corrupt)', async () => {
+    const p = copy(base, 'onto-directory.qcow2');
+    qemuIo(p, 'write -P 1 0 4k');
+    const f = readFileSync(p);
+    const l2 = Number(f.readBigUInt64BE(Number(f.readBigUInt64BE(40))) & 0x00fffffffffffe00n);
+    const dir = layout(p).dir;
+    patch(p, l2, Buffer.from((0x8000000000000000n | BigInt(dir)).toString(16).padStart(16, '0'), 'hex'));
+    const before = Buffer.from(readFileSync(p).subarray(dir, dir + 4096));
+    const img = await openImage(p, { format: 'qcow2', readOnly: false });
+    await expect(img.write(new Uint8Array(4096).fill(9), 0)).rejects.toThrow(/bitmap directory/);
+    await img.close();
+    // Only the in_use flag changed (set before the write was tried); a corrupt image is not written on close.
+    before[15] |= 1;
+    expect(readFileSync(p).subarray(dir, dir + 4096).equals(before)).toBe(true);
+    const data = JSON.parse(sh('qemu-img', ['info', '--output=json', p]))['format-specific'].data;
+    expect(data.corrupt).toBe(true);
+    expect(data.bitmaps[0].flags).toEqual(['in-use', 'auto']);
+  });
+
   it.each(cases)('%s: a one-line error, as qemu-img refuses it too', async (name, change) => {
     const p = copy(base, `hostile-${name.replace(/\W+/g, '-')}.qcow2`);
     change(p, layout(p));

@@ -262,6 +262,14 @@ export class Qcow2Bitmaps {
     return new Qcow2Bitmaps(host, entries);
   }
 
+  /** Whether [offset, offset+length) overlaps the bitmap directory (QEMU's overlap check covers it). */
+  directoryOverlaps(offset: number, length: number): boolean {
+    const ext = this.host.header.bitmaps;
+    if (!ext) return false;
+    const end = roundUp(ext.directoryOffset + ext.directorySize, this.host.clusterSize);
+    return offset < end && ext.directoryOffset < offset + length;
+  }
+
   /** The list `info` shows. */
   describe(): BitmapInfo[] {
     return this.entries.map((e) => ({
@@ -312,7 +320,8 @@ export class Qcow2Bitmaps {
 
   /** Writes the tracked bitmaps back with the recorded writes set, and clears their in_use (on close). */
   async store(): Promise<void> {
-    if (this.tracked.size === 0) return;
+    // Like QEMU, nothing more is written to an image found corrupt: the bitmaps stay in_use.
+    if (this.tracked.size === 0 || this.host.header.incompatible & L.INCOMPAT_CORRUPT) return;
     const { proto, refcounts, header } = this.host;
     const cs = this.host.clusterSize;
     const release: { offset: number; clusters: number }[] = [];
@@ -351,7 +360,8 @@ export class Qcow2Bitmaps {
   /**
    * A copy of `e`'s table whose clusters touched by the recorded writes point
    * at new clusters holding the old bits plus the new ones (undefined when
-   * nothing changed); the clusters replaced go to `release`.
+   * nothing changed); the clusters replaced go to `release`. The ranges are
+   * sorted, so one cluster at a time is built and written.
    */
   private async updatedTable(e: BitmapEntry, release: { offset: number; clusters: number }[]): Promise<BigUint64Array | undefined> {
     const { proto, refcounts } = this.host;
@@ -361,7 +371,18 @@ export class Qcow2Bitmaps {
     const lastBit = Math.ceil(this.host.size / g) - 1;
     const old = await readBitmapTable(proto, e, cs);
     const table = old.slice();
-    const clusters = new Map<number, Uint8Array>();
+    let changed = false;
+    let cur: { ci: number; buf: Uint8Array } | undefined;
+    const finish = async () => {
+      if (!cur) return;
+      const offset = await refcounts.allocate(1);
+      await proto.write(cur.buf, offset);
+      const was = Number(old[cur.ci] & L.OFFSET_MASK);
+      if (was) release.push({ offset: was, clusters: 1 });
+      table[cur.ci] = BigInt(offset);
+      changed = true;
+      cur = undefined;
+    };
     const { starts, ends } = this.written;
     for (let r = 0; r < starts.length; r++) {
       const first = Math.floor(starts[r] / g);
@@ -370,24 +391,16 @@ export class Qcow2Bitmaps {
         const offset = Number(old[ci] & L.OFFSET_MASK);
         // An all-ones cluster already has every bit set.
         if (!offset && old[ci] & L.BITMAP_TABLE_ALL_ONES) continue;
-        let buf = clusters.get(ci);
-        if (!buf) {
-          buf = new Uint8Array(cs);
-          if (offset) await proto.read(buf, offset);
-          clusters.set(ci, buf);
+        if (cur?.ci !== ci) {
+          await finish();
+          cur = { ci, buf: new Uint8Array(cs) };
+          if (offset) await proto.read(cur.buf, offset);
         }
         const base = ci * bitsPerCluster;
-        setBits(buf, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
+        setBits(cur.buf, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
       }
     }
-    if (clusters.size === 0) return undefined;
-    for (const [ci, buf] of clusters) {
-      const offset = await refcounts.allocate(1);
-      await proto.write(buf, offset);
-      const was = Number(old[ci] & L.OFFSET_MASK);
-      if (was) release.push({ offset: was, clusters: 1 });
-      table[ci] = BigInt(offset);
-    }
-    return table;
+    await finish();
+    return changed ? table : undefined;
   }
 }

@@ -206,6 +206,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       if (what) return what;
     }
     if (this.header.nbSnapshots && hits(this.header.snapshotsOffset, cs)) return 'snapshot table';
+    if (this.bitmaps?.directoryOverlaps(offset, length)) return 'bitmap directory';
     if (checkL2) for (const t of this.l2Cache.keys()) if (hits(t, cs)) return 'an L2 table';
     return undefined;
   }
