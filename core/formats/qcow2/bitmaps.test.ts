@@ -292,12 +292,40 @@ describe.skipIf(!HAS_NBDINFO)('qcow2 bitmaps: Platter writes are recorded as QEM
     for (const b of ['on', 'off']) expect(dirtyMap(ours, b)).toBe(dirtyMap(theirs, b));
   });
 
-  it('an image with bitmaps is not resized (not supported yet), and stays intact', async () => {
-    const p = withBitmaps('resize.qcow2', '8M', 'cluster_size=65536', [['on']]);
+  it.each([
+    ['grows', '20M', []],
+    ['shrinks', '5M', ['--shrink']],
+    ['shrinks inside a bitmap cluster', '8001k', ['--shrink']],
+  ])('resize %s every bitmap with the image, as qemu-img resize does', async (_, size, opts) => {
+    const start = withBitmaps(`resize-${size}.qcow2`, '8M', 'cluster_size=512', [
+      ['on'],
+      ['fine', '-g', '512'],
+      ['off', '-g', '4096', '--disable'],
+    ]);
+    qemuIo(start, 'write 1M 64k', 'write 8000k 192k');
+    const ours = copy(start, 'resize-ours.qcow2');
+    const theirs = copy(start, 'resize-qemu.qcow2');
+    expect((await platter(['resize', ...opts, ours, size])).code).toBe(0);
+    sh('qemu-img', ['resize', '-q', ...opts, theirs, size]);
+    expect(problems(qemuCheck(ours))).toEqual(CLEAN);
+    expect(bitmapsInfo(ours)).toEqual(bitmapsInfo(theirs));
+    for (const b of ['on', 'fine', 'off']) expect(dirtyMap(ours, b), b).toBe(dirtyMap(theirs, b));
+    // Grown back, no stale bits reappear past the old end.
+    if (opts.length) {
+      sh('qemu-img', ['resize', '-q', ours, '8M']);
+      sh('qemu-img', ['resize', '-q', theirs, '8M']);
+      for (const b of ['on', 'fine', 'off']) expect(dirtyMap(ours, b), b).toBe(dirtyMap(theirs, b));
+    }
+  });
+
+  it('resize refuses an image with an inconsistent bitmap, as qemu-img does', async () => {
+    const p = withBitmaps('resize-inuse.qcow2', '8M', 'cluster_size=65536', [['on']]);
+    patch(p, layout(p).dir + 15, [0x03]);
+    expect(shStatus('qemu-img', ['resize', p, '16M']).status).toBe(1);
     const r = await platter(['resize', p, '16M']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/bitmaps/);
+    expect(r.stderr).toMatch(/bitmap 'on' is inconsistent/);
     expect(problems(qemuCheck(p))).toEqual(CLEAN);
-    expect(bitmapsInfo(p)[0].flags).toEqual(['auto']);
+    expect(JSON.parse(sh('qemu-img', ['info', '--output=json', p]))['virtual-size']).toBe(8 << 20);
   });
 });

@@ -230,6 +230,17 @@ function setBits(buf: Uint8Array, first: number, last: number): void {
   for (let b = Math.max(first, fullTo * 8); b <= last; b++) buf[b >> 3] |= 1 << (b & 7);
 }
 
+/** Clears bits `from` onwards of a bitmap cluster; whether any was set. */
+function clearBitsFrom(buf: Uint8Array, from: number): boolean {
+  const byte = from >> 3;
+  const keep = (1 << (from & 7)) - 1;
+  let any = (buf[byte] & ~keep) !== 0;
+  buf[byte] &= keep;
+  for (let i = byte + 1; i < buf.length; i++) if (buf[i]) any = true;
+  buf.fill(0, byte + 1);
+  return any;
+}
+
 export class Qcow2Bitmaps {
   /** Bitmaps marked in_use by this session, which it must store on close. */
   private tracked = new Set<BitmapEntry>();
@@ -299,26 +310,61 @@ export class Qcow2Bitmaps {
     return refs;
   }
 
+  /** Sets in_use on disk for `which` (before anything they describe changes). */
+  private async markInUse(which: BitmapEntry[]): Promise<void> {
+    const fresh = which.filter((e) => !this.tracked.has(e));
+    if (fresh.length === 0) return;
+    // Only flags change, in place: each sits in an aligned 8-byte word, and
+    // the flush finishes before the guest data or the size changes.
+    for (const e of fresh) {
+      e.flags |= L.BITMAP_IN_USE;
+      this.tracked.add(e);
+    }
+    await this.host.proto.write(encodeBitmapDirectory(this.entries), this.host.header.bitmaps!.directoryOffset);
+    await this.host.proto.flush();
+  }
+
+  /** Bitmaps that are consistent on disk or were made in_use by this session. */
+  private usable(): BitmapEntry[] {
+    return this.entries.filter((e) => this.tracked.has(e) || !(e.flags & L.BITMAP_IN_USE));
+  }
+
   /**
    * Records a guest write of [offset, offset+length), called before the data
    * changes: the first one marks the enabled bitmaps in_use on disk.
    */
   async track(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
-    if (this.tracked.size === 0) {
-      const enabled = this.entries.filter((e) => e.flags & L.BITMAP_AUTO && !(e.flags & L.BITMAP_IN_USE));
-      if (enabled.length === 0) return;
-      // Only flags change, in place: each sits in an aligned 8-byte word, and
-      // the flush finishes before any guest data is written.
-      for (const e of enabled) e.flags |= L.BITMAP_IN_USE;
-      await this.host.proto.write(encodeBitmapDirectory(this.entries), this.host.header.bitmaps!.directoryOffset);
-      await this.host.proto.flush();
-      this.tracked = new Set(enabled);
-    }
+    const enabled = this.usable().filter((e) => e.flags & L.BITMAP_AUTO);
+    if (enabled.length === 0) return;
+    await this.markInUse(enabled);
     this.written.add(offset, offset + length);
   }
 
-  /** Writes the tracked bitmaps back with the recorded writes set, and clears their in_use (on close). */
+  /**
+   * Called before the image changes size to `size`: like QEMU, every bitmap
+   * follows the new size (new bits clear), so all are marked in_use until
+   * close stores them; an inconsistent bitmap refuses the resize.
+   */
+  async beforeResize(size: number): Promise<void> {
+    const cs = this.host.clusterSize;
+    for (const e of this.entries) {
+      if (e.flags & L.BITMAP_IN_USE && !this.tracked.has(e)) {
+        throw new BlockError('Unsupported', `bitmap '${e.name}' is inconsistent (in use), so the image cannot be resized`);
+      }
+      const clusters = bitmapDataClusters(size, 2 ** e.granularityBits, cs);
+      if (clusters === 0) throw new BlockError('Unsupported', 'an image with persistent bitmaps cannot shrink to nothing');
+      if (clusters > L.MAX_BITMAP_TABLE_ENTRIES || clusters * cs > L.MAX_BITMAP_DATA_BYTES) {
+        throw new BlockError('Unsupported', `bitmap '${e.name}' would grow too large (its granularity is too fine)`);
+      }
+    }
+    await this.markInUse(this.entries);
+  }
+
+  /**
+   * Writes the bitmaps marked in_use back, with the recorded writes set and
+   * sized for the image, and clears their in_use (on close).
+   */
   async store(): Promise<void> {
     // Like QEMU, nothing more is written to an image found corrupt: the bitmaps stay in_use.
     if (this.tracked.size === 0 || this.host.header.incompatible & L.INCOMPAT_CORRUPT) return;
@@ -339,7 +385,7 @@ export class Qcow2Bitmaps {
         await proto.write(raw, tableOffset);
         release.push({ offset: e.tableOffset, clusters: Math.ceil((e.tableSize * 8) / cs) });
       }
-      next.push({ ...e, tableOffset, flags: e.flags & ~L.BITMAP_IN_USE });
+      next.push({ ...e, tableOffset, tableSize: table?.length ?? e.tableSize, flags: e.flags & ~L.BITMAP_IN_USE });
     }
     const dir = encodeBitmapDirectory(next);
     const padded = new Uint8Array(roundUp(dir.length, cs));
@@ -358,10 +404,11 @@ export class Qcow2Bitmaps {
   }
 
   /**
-   * A copy of `e`'s table whose clusters touched by the recorded writes point
-   * at new clusters holding the old bits plus the new ones (undefined when
-   * nothing changed); the clusters replaced go to `release`. The ranges are
-   * sorted, so one cluster at a time is built and written.
+   * `e`'s table sized for the image, whose clusters touched by the recorded
+   * writes (enabled bitmaps only) point at new clusters holding the old bits
+   * plus the new ones, and whose last cluster has no bits past the end (after
+   * a shrink); undefined when nothing changed. The clusters replaced go to
+   * `release`. The ranges are sorted, so one cluster at a time is built.
    */
   private async updatedTable(e: BitmapEntry, release: { offset: number; clusters: number }[]): Promise<BigUint64Array | undefined> {
     const { proto, refcounts } = this.host;
@@ -370,35 +417,53 @@ export class Qcow2Bitmaps {
     const bitsPerCluster = cs * 8;
     const lastBit = Math.ceil(this.host.size / g) - 1;
     const old = await readBitmapTable(proto, e, cs);
-    const table = old.slice();
-    let changed = false;
-    let cur: { ci: number; buf: Uint8Array } | undefined;
+    const before = new BigUint64Array(bitmapDataClusters(this.host.size, g, cs));
+    before.set(old.subarray(0, before.length));
+    for (const v of old.subarray(before.length)) if (v & L.OFFSET_MASK) release.push({ offset: Number(v & L.OFFSET_MASK), clusters: 1 });
+    const table = before.slice();
+    let changed = before.length !== old.length;
+
+    let cur: { ci: number; buf: Uint8Array; dirty: boolean } | undefined;
     const finish = async () => {
-      if (!cur) return;
-      const offset = await refcounts.allocate(1);
-      await proto.write(cur.buf, offset);
-      const was = Number(old[cur.ci] & L.OFFSET_MASK);
-      if (was) release.push({ offset: was, clusters: 1 });
-      table[cur.ci] = BigInt(offset);
-      changed = true;
+      if (cur?.dirty) {
+        const offset = await refcounts.allocate(1);
+        await proto.write(cur.buf, offset);
+        const was = Number(before[cur.ci] & L.OFFSET_MASK);
+        if (was) release.push({ offset: was, clusters: 1 });
+        table[cur.ci] = BigInt(offset);
+        changed = true;
+      }
       cur = undefined;
     };
+    const open = async (ci: number) => {
+      if (cur?.ci === ci) return cur;
+      await finish();
+      const buf = new Uint8Array(cs);
+      const offset = Number(before[ci] & L.OFFSET_MASK);
+      if (offset) await proto.read(buf, offset);
+      else if (before[ci] & L.BITMAP_TABLE_ALL_ONES) buf.fill(0xff);
+      return (cur = { ci, buf, dirty: false });
+    };
+
     const { starts, ends } = this.written;
-    for (let r = 0; r < starts.length; r++) {
+    for (let r = 0; e.flags & L.BITMAP_AUTO && r < starts.length; r++) {
       const first = Math.floor(starts[r] / g);
       const last = Math.min(Math.floor((ends[r] - 1) / g), lastBit);
       for (let ci = Math.floor(first / bitsPerCluster); ci <= Math.floor(last / bitsPerCluster); ci++) {
-        const offset = Number(old[ci] & L.OFFSET_MASK);
         // An all-ones cluster already has every bit set.
-        if (!offset && old[ci] & L.BITMAP_TABLE_ALL_ONES) continue;
-        if (cur?.ci !== ci) {
-          await finish();
-          cur = { ci, buf: new Uint8Array(cs) };
-          if (offset) await proto.read(cur.buf, offset);
-        }
+        if (!(before[ci] & L.OFFSET_MASK) && before[ci] & L.BITMAP_TABLE_ALL_ONES) continue;
+        const c = await open(ci);
         const base = ci * bitsPerCluster;
-        setBits(cur.buf, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
+        setBits(c.buf, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
+        c.dirty = true;
       }
+    }
+    // Bits past the end (left by a shrink) are cleared, as QEMU truncates its bitmaps.
+    const lastCi = Math.floor(lastBit / bitsPerCluster);
+    const tail = lastBit + 1 - lastCi * bitsPerCluster;
+    if (tail < bitsPerCluster && (before[lastCi] || cur?.ci === lastCi)) {
+      const c = await open(lastCi);
+      c.dirty = clearBitsFrom(c.buf, tail) || c.dirty;
     }
     await finish();
     return changed ? table : undefined;

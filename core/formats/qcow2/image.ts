@@ -724,7 +724,6 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
   async resize(size: number, opts: { prealloc: Preallocation; shrink: boolean }): Promise<void> {
     this.checkWritable();
     if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
-    if (this.bitmaps) throw new BlockError('Unsupported', 'resizing an image with persistent bitmaps is not supported yet');
     if (opts.prealloc !== 'off') throw new BlockError('Unsupported', 'preallocation when resizing a qcow2 image is not supported yet');
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
     await this.modify(async () => {
@@ -739,6 +738,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
           'a compat=0.10 image cannot grow over a longer backing file (the new area would show the backing file)',
         );
       }
+      await this.bitmaps?.beforeResize(size);
       if (size < old) {
         const first = Math.ceil(size / cs);
         const last = Math.ceil(old / cs);
