@@ -109,6 +109,33 @@ describe.skipIf(!HAS_QEMU)('qcow2 bitmaps: info, check, measure', () => {
     expect(ours.code).toBe(theirs.status);
   });
 
+  it('an in-use bitmap with an invalid table: check fails, as qemu-img check does', async () => {
+    const p = inUse();
+    const table = Number(readFileSync(p).readBigUInt64BE(layout(p).dir));
+    patch(p, table, [0, 0, 0, 0, 0, 0, 0x10, 0x02]);
+    // Opening does not look at an in-use bitmap's table (QEMU does not either).
+    expect((await platter(['info', p])).stdout).toBe(sh('qemu-img', ['info', p]));
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(1);
+    const r = await platter(['check', p]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^platter: .*inuse\.qcow2: bitmap 'b1' has an invalid bitmap table entry 0/);
+  });
+
+  it('a snapshot is not applied to an image with bitmaps, as qemu-img refuses', async () => {
+    const p = copy(plain, 'snapshot.qcow2');
+    sh('qemu-img', ['snapshot', '-c', 's1', p]);
+    expect(shStatus('qemu-img', ['snapshot', '-a', 's1', p]).status).toBe(1);
+    const r = await platter(['snapshot', '-a', 's1', p]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/persistent dirty bitmaps/);
+    // Creating and deleting snapshots leaves them intact.
+    expect((await platter(['snapshot', '-c', 's2', p])).code).toBe(0);
+    expect((await platter(['snapshot', '-d', 's1', p])).code).toBe(0);
+    expect(problems(qemuCheck(p))).toEqual(CLEAN);
+    expect(bitmapsInfo(p)).toEqual(bitmapsInfo(plain));
+    if (HAS_NBDINFO) for (const b of ['b1', 'fine']) expect(dirtyMap(p, b)).toBe(dirtyMap(plain, b));
+  });
+
   it('check -r all keeps the bitmaps and their content', async () => {
     const p = copy(plain, 'repair.qcow2');
     // A leaked cluster for the repair to reclaim.

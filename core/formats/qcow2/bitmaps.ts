@@ -158,13 +158,8 @@ export function encodeBitmapDirectory(entries: readonly BitmapEntry[]): Uint8Arr
   return out;
 }
 
-/** Reads a bitmap table and checks its entries; `bad(i)` hears of each invalid one (else it throws). */
-async function readBitmapTable(
-  proto: Protocol,
-  e: BitmapEntry,
-  clusterSize: number,
-  bad?: (i: number) => void,
-): Promise<BigUint64Array> {
+/** Reads a bitmap table and checks its entries. */
+async function readBitmapTable(proto: Protocol, e: BitmapEntry, clusterSize: number): Promise<BigUint64Array> {
   const table = await readTable(proto, e.tableOffset, e.tableSize);
   for (let i = 0; i < table.length; i++) {
     const v = table[i];
@@ -174,10 +169,7 @@ async function readBitmapTable(
       (v & L.BITMAP_TABLE_RESERVED_MASK) !== 0n ||
       (offset !== 0n &&
         ((v & L.BITMAP_TABLE_ALL_ONES) !== 0n || offset % BigInt(clusterSize) !== 0n || offset >= BigInt(L.MAX_HOST_OFFSET)));
-    if (!wrong) continue;
-    if (!bad) throw invalid(`bitmap '${e.name}' has an invalid bitmap table entry ${i} (0x${v.toString(16)})`);
-    bad(i);
-    table[i] = 0n;
+    if (wrong) throw invalid(`bitmap '${e.name}' has an invalid bitmap table entry ${i} (0x${v.toString(16)})`);
   }
   return table;
 }
@@ -292,16 +284,16 @@ export class Qcow2Bitmaps {
 
   /**
    * Every host range the bitmaps use (directory, tables, data clusters), for
-   * check's refcount rebuild; `bad` hears of invalid table entries.
+   * check's refcount rebuild. An invalid table (only an in_use bitmap's can
+   * be, the others were checked on open) fails the check, as in qemu-img.
    */
-  async references(bad: (line: string) => void): Promise<{ offset: number; length: number }[]> {
+  async references(): Promise<{ offset: number; length: number }[]> {
     const ext = this.host.header.bitmaps!;
     const cs = this.host.clusterSize;
     const refs = [{ offset: ext.directoryOffset, length: ext.directorySize }];
     for (const e of this.entries) {
       refs.push({ offset: e.tableOffset, length: e.tableSize * 8 });
-      const invalidEntry = (i: number) => bad(`ERROR bitmap '${e.name}': invalid bitmap table entry ${i}`);
-      const table = await readBitmapTable(this.host.proto, e, cs, invalidEntry);
+      const table = await readBitmapTable(this.host.proto, e, cs);
       for (const v of table) {
         const offset = Number(v & L.OFFSET_MASK);
         if (offset) refs.push({ offset, length: cs });

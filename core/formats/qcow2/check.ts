@@ -67,7 +67,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
     else inc(b, cs);
   });
   if (h.nbSnapshots) inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);
-  for (const r of (await img.bitmaps?.references(corrupt)) ?? []) inc(r.offset, r.length);
+  for (const r of (await img.bitmaps?.references()) ?? []) inc(r.offset, r.length);
 
   /** Counts an L1 table's L2 tables and clusters; the active one also gathers fragmentation. */
   const walk = async (l1: BigUint64Array, active: boolean) => {

@@ -519,6 +519,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
 
   async applySnapshot(idOrName: string): Promise<void> {
     this.checkWritable();
+    // As QEMU: the bitmaps could not say what reverting changed.
+    if (this.bitmaps) throw new BlockError('Unsupported', 'a snapshot cannot be applied to an image with persistent dirty bitmaps');
     await applySnapshot(this, idOrName);
   }
 
