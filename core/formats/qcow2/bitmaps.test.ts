@@ -10,6 +10,7 @@ import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
 import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+import type { Qcow2Image } from './image.js';
 import { EXT_BITMAPS } from './limits.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
@@ -304,6 +305,38 @@ describe.skipIf(!HAS_NBDINFO)('qcow2 bitmaps: Platter writes are recorded as QEM
     await again.close();
     expect(bitmapsInfo(p)[0].flags).toEqual(['in-use', 'auto']);
     expect(problems(qemuCheck(p))).toEqual(CLEAN);
+  });
+
+  it.each([
+    ['before the header points at the new directory', 'in use'],
+    ['after the header points at it, before the old clusters are freed', 'stored'],
+  ])('a crash while storing, %s, leaves the bitmap %s, never wrong', async (_, outcome) => {
+    const start = withBitmaps(`store-crash-${outcome.replace(' ', '-')}.qcow2`, '16M', 'cluster_size=4096', [['on']]);
+    const theirs = copy(start, 'store-crash-qemu.qcow2');
+    qemuIo(theirs, 'write 1M 4k');
+    const img = await openImage(start, { format: 'qcow2', readOnly: false });
+    await img.write(new Uint8Array(4096).fill(1), 1 << 20);
+    // The process dies at the header write, or at the first write after it.
+    const proto = (img.layer as Qcow2Image).proto;
+    const write = proto.write.bind(proto);
+    let headerWritten = false;
+    proto.write = async (buf, offset) => {
+      if (headerWritten || (offset === 0 && outcome === 'in use')) throw new Error('simulated crash');
+      await write(buf, offset);
+      if (offset === 0) headerWritten = true;
+    };
+    await expect(img.close()).rejects.toThrow(/simulated crash/);
+    const check = qemuCheck(start);
+    expect(check.corruptions, check.text).toBe(0);
+    expect(check.checkErrors, check.text).toBe(0);
+    if (outcome === 'in use') expect(bitmapsInfo(start)[0].flags).toEqual(['in-use', 'auto']);
+    else {
+      expect(bitmapsInfo(start)[0].flags).toEqual(['auto']);
+      expect(dirtyMap(start, 'on')).toBe(dirtyMap(theirs, 'on'));
+    }
+    // What leaked, check -r all reclaims; the bitmap stays as it was left.
+    expect((await platter(['check', '-r', 'all', start])).code).toBe(0);
+    expect(problems(qemuCheck(start))).toEqual(CLEAN);
   });
 
   it('the CLI: convert -n into an image marks what it wrote, as qemu-img convert -n', async () => {
