@@ -10,7 +10,12 @@
  * directory (in_use clear) are written, the header switches to them, and
  * only then is what they replaced released. A crash at any point leaves the
  * bitmaps in_use (inconsistent, never wrong) and at worst leaks clusters.
- * Disabled bitmaps and bitmaps found in_use are left exactly as they are.
+ * Disabled bitmaps and bitmaps found in_use are left exactly as they are
+ * (a resize takes every bitmap to the new size, and refuses in_use ones).
+ *
+ * Unlike QEMU, which marks them on a read-write open, Platter marks them at
+ * the first write: an open that never writes (check -r, snapshot -c) leaves
+ * the directory alone. What a reader sees is the same.
  */
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
@@ -249,12 +254,19 @@ export class Qcow2Bitmaps {
     const ext = host.header.bitmaps;
     if (!ext) return undefined;
     const cs = host.clusterSize;
-    if (ext.directoryOffset + ext.directorySize > (await host.proto.size())) {
-      throw invalid('the bitmap directory lies past the end of the file');
-    }
+    const fileSize = await host.proto.size();
+    if (ext.directoryOffset + ext.directorySize > fileSize) throw invalid('the bitmap directory lies past the end of the file');
     const raw = new Uint8Array(ext.directorySize);
     await host.proto.read(raw, ext.directoryOffset);
     const entries = parseBitmapDirectory(raw, ext.nbBitmaps, cs, host.size);
+    // Tables never share clusters, so together they fit in the file: that
+    // bounds the reading below and check's (65535 tables of 8 MiB would not).
+    let tableBytes = 0;
+    for (const e of entries) {
+      if (e.tableOffset + e.tableSize * 8 > fileSize) throw invalid(`bitmap '${e.name}' has its bitmap table past the end of the file`);
+      tableBytes += roundUp(e.tableSize * 8, cs);
+      if (tableBytes > fileSize) throw invalid('the bitmap tables overlap');
+    }
     for (const e of entries) {
       if (e.flags & L.BITMAP_IN_USE) continue;
       if (e.tableSize !== bitmapDataClusters(host.size, 2 ** e.granularityBits, cs)) {
