@@ -346,15 +346,15 @@ describe.skipIf(!HAS_NBDINFO)('qcow2 bitmaps: Platter writes are recorded as QEM
     expect(problems(qemuCheck(start))).toEqual(CLEAN);
   });
 
-  it('the CLI: convert -n into an image marks what it wrote, as qemu-img convert -n', async () => {
-    const start = withBitmaps('convert-n.qcow2', '8M', 'cluster_size=65536', [['on'], ['off', '--disable']]);
+  it.each([[[]], [['-c']]])('the CLI: convert -n %j into an image marks what it wrote, as qemu-img convert -n', async (opts) => {
+    const start = withBitmaps(`convert-n${opts.join('')}.qcow2`, '8M', 'cluster_size=65536', [['on'], ['off', '--disable']]);
     const src = t.path('convert-src.raw');
     writeFileSync(src, Buffer.concat([Buffer.alloc(1 << 20, 6), Buffer.alloc(7 << 20)]));
     const ours = copy(start, 'convert-ours.qcow2');
     const theirs = copy(start, 'convert-qemu.qcow2');
-    const r = await platter(['convert', '-n', '-f', 'raw', '-O', 'qcow2', src, ours]);
+    const r = await platter(['convert', '-n', ...opts, '-f', 'raw', '-O', 'qcow2', src, ours]);
     expect(r.code, r.stderr).toBe(0);
-    sh('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'qcow2', src, theirs]);
+    sh('qemu-img', ['convert', '-n', ...opts, '-f', 'raw', '-O', 'qcow2', src, theirs]);
     expect(problems(qemuCheck(ours))).toEqual(CLEAN);
     for (const b of ['on', 'off']) expect(dirtyMap(ours, b)).toBe(dirtyMap(theirs, b));
   });
