@@ -166,6 +166,13 @@ describe.skipIf(!HAS_QEMU)('qcow2 bitmaps: info, check, measure', () => {
     expect(sh('qemu-img', ['check', ours])).toBe(sh('qemu-img', ['check', theirs]));
   });
 
+  it('measure of a version 2 source has no bitmaps size, as qemu-img measure', async () => {
+    const p = t.path('v2.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', p, '8M']);
+    const args = ['measure', '-O', 'qcow2', p];
+    expect((await platter(args)).stdout).toBe(sh('qemu-img', args));
+  });
+
   it.each([[[]], [['-o', 'cluster_size=4096']], [['-o', 'compat=0.10']], [['--output=json']], [['-O', 'raw']]])(
     'measure sizes the bitmaps as qemu-img measure: %j',
     async (opts) => {

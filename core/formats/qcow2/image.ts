@@ -811,7 +811,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       clusterSize: this.clusterSize,
       dirty: (h.incompatible & L.INCOMPAT_DIRTY) !== 0n,
       specific: { type: 'qcow2', data },
-      bitmaps: bitmaps.map(({ name, granularity }) => ({ name, granularity })),
+      // Version 2 images cannot hold bitmaps (then measure shows no "bitmaps size", as qemu-img).
+      bitmaps: h.version >= 3 ? bitmaps.map(({ name, granularity }) => ({ name, granularity })) : undefined,
     };
   }
 }
