@@ -5,7 +5,7 @@
  *
  * QEMU's contract: a bitmap whose in_use flag is set may be stale and is
  * never trusted. So before the first guest write the enabled bitmaps are
- * marked in_use on disk; the ranges written are remembered; on close the
+ * marked in_use on disk; the bits the writes set are kept; on close the
  * changed bitmap clusters are written to new clusters, a new table and a new
  * directory (in_use clear) are written, the header switches to them, and
  * only then is what they replaced released. A crash at any point leaves the
@@ -189,35 +189,6 @@ export interface BitmapHost {
   writeHeader(): Promise<void>;
 }
 
-/** Sorted, disjoint guest byte ranges [start, end). */
-class RangeSet {
-  readonly starts: number[] = [];
-  readonly ends: number[] = [];
-
-  add(start: number, end: number): void {
-    // First range that ends at or after `start`, then every one that starts by `end` merges in.
-    let lo = 0;
-    let hi = this.ends.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.ends[mid] < start) lo = mid + 1;
-      else hi = mid;
-    }
-    let last = lo;
-    while (last < this.starts.length && this.starts[last] <= end) last++;
-    if (last > lo) {
-      start = Math.min(start, this.starts[lo]);
-      end = Math.max(end, this.ends[last - 1]);
-    }
-    this.starts.splice(lo, last - lo, start);
-    this.ends.splice(lo, last - lo, end);
-  }
-
-  get empty(): boolean {
-    return this.starts.length === 0;
-  }
-}
-
 /** Sets bits [first, last] of a little-endian-bit-order bitmap cluster. */
 function setBits(buf: Uint8Array, first: number, last: number): void {
   for (let b = first; b <= last && b % 8 !== 0; b++) buf[b >> 3] |= 1 << (b & 7);
@@ -241,7 +212,8 @@ function clearBitsFrom(buf: Uint8Array, from: number): boolean {
 export class Qcow2Bitmaps {
   /** Bitmaps marked in_use by this session, which it must store on close. */
   private tracked = new Set<BitmapEntry>();
-  private readonly written = new RangeSet();
+  /** Bits set by this session's writes, per enabled bitmap and bitmap cluster (the old bits are on disk). */
+  private readonly newBits = new Map<BitmapEntry, Map<number, Uint8Array>>();
 
   private constructor(
     private readonly host: BitmapHost,
@@ -342,7 +314,21 @@ export class Qcow2Bitmaps {
     const enabled = this.usable().filter((e) => e.flags & L.BITMAP_AUTO);
     if (enabled.length === 0) return;
     await this.markInUse(enabled);
-    this.written.add(offset, offset + length);
+    const cs = this.host.clusterSize;
+    const bitsPerCluster = cs * 8;
+    for (const e of enabled) {
+      let clusters = this.newBits.get(e);
+      if (!clusters) this.newBits.set(e, (clusters = new Map()));
+      const g = 2 ** e.granularityBits;
+      const first = Math.floor(offset / g);
+      const last = Math.floor((offset + length - 1) / g);
+      for (let ci = Math.floor(first / bitsPerCluster); ci <= Math.floor(last / bitsPerCluster); ci++) {
+        let bits = clusters.get(ci);
+        if (!bits) clusters.set(ci, (bits = new Uint8Array(cs)));
+        const base = ci * bitsPerCluster;
+        setBits(bits, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
+      }
+    }
   }
 
   /**
@@ -403,16 +389,16 @@ export class Qcow2Bitmaps {
     await proto.flush();
     this.entries = next;
     this.tracked.clear();
+    this.newBits.clear();
     release.push({ offset: old.directoryOffset, clusters: Math.ceil(old.directorySize / cs) });
     for (const r of release) await refcounts.free(r.offset, r.clusters);
   }
 
   /**
-   * `e`'s table sized for the image, whose clusters touched by the recorded
-   * writes (enabled bitmaps only) point at new clusters holding the old bits
-   * plus the new ones, and whose last cluster has no bits past the end (after
-   * a shrink); undefined when nothing changed. The clusters replaced go to
-   * `release`. The ranges are sorted, so one cluster at a time is built.
+   * `e`'s table sized for the image, whose clusters with new bits point at
+   * new clusters holding the old bits plus the new ones, and whose last
+   * cluster has no bits past the end (after a shrink); undefined when nothing
+   * changed. The clusters replaced go to `release`.
    */
   private async updatedTable(e: BitmapEntry, release: { offset: number; clusters: number }[]): Promise<BigUint64Array | undefined> {
     const { proto, refcounts } = this.host;
@@ -449,18 +435,13 @@ export class Qcow2Bitmaps {
       return (cur = { ci, buf, dirty: false });
     };
 
-    const { starts, ends } = this.written;
-    for (let r = 0; e.flags & L.BITMAP_AUTO && r < starts.length; r++) {
-      const first = Math.floor(starts[r] / g);
-      const last = Math.min(Math.floor((ends[r] - 1) / g), lastBit);
-      for (let ci = Math.floor(first / bitsPerCluster); ci <= Math.floor(last / bitsPerCluster); ci++) {
-        // An all-ones cluster already has every bit set.
-        if (!(before[ci] & L.OFFSET_MASK) && before[ci] & L.BITMAP_TABLE_ALL_ONES) continue;
-        const c = await open(ci);
-        const base = ci * bitsPerCluster;
-        setBits(c.buf, Math.max(first, base) - base, Math.min(last, base + bitsPerCluster - 1) - base);
-        c.dirty = true;
-      }
+    const pending = [...(this.newBits.get(e) ?? [])].filter(([ci]) => ci < before.length).sort((a, b) => a[0] - b[0]);
+    for (const [ci, bits] of pending) {
+      // An all-ones cluster already has every bit set.
+      if (!(before[ci] & L.OFFSET_MASK) && before[ci] & L.BITMAP_TABLE_ALL_ONES) continue;
+      const c = await open(ci);
+      for (let i = 0; i < cs; i++) c.buf[i] |= bits[i];
+      c.dirty = true;
     }
     // Bits past the end (left by a shrink) are cleared, as QEMU truncates its bitmaps.
     const lastCi = Math.floor(lastBit / bitsPerCluster);
