@@ -306,6 +306,37 @@ describe.skipIf(!HAS_NBDINFO)('qcow2 bitmaps: Platter writes are recorded as QEM
     },
   );
 
+  it('bitmaps enabled, disabled and cleared by qemu-img bitmap, and an all-ones table entry, end as in QEMU', async () => {
+    const start = withBitmaps('toggled.qcow2', '64M', 'cluster_size=512', [
+      ['was-on'],
+      ['was-off', '--disable'],
+      ['cleared'],
+      ['ones', '-g', '512'],
+    ]);
+    qemuIo(start, 'write 1M 64k');
+    sh('qemu-img', ['bitmap', '--disable', start, 'was-on']);
+    sh('qemu-img', ['bitmap', '--enable', start, 'was-off']);
+    sh('qemu-img', ['bitmap', '--clear', start, 'cleared']);
+    // Entry 5 of 'ones' (guest 10 MiB to 12 MiB, no data cluster yet) says "all ones".
+    const f = readFileSync(start);
+    let dir = layout(start).dir;
+    for (let i = 0; i < 3; i++) dir += Math.ceil((24 + f.readUInt16BE(dir + 18)) / 8) * 8;
+    const table = Number(f.readBigUInt64BE(dir));
+    expect(f.readBigUInt64BE(table + 5 * 8)).toBe(0n);
+    patch(start, table + 5 * 8 + 7, [1]);
+    const theirs = copy(start, 'toggled-qemu.qcow2');
+    const ours = copy(start, 'toggled-ours.qcow2');
+    qemuIo(theirs, 'write 11M 4k', 'write 20M 4k');
+    const img = await openImage(ours, { format: 'qcow2', readOnly: false });
+    await img.write(new Uint8Array(4096), 11 << 20);
+    await img.write(new Uint8Array(4096), 20 << 20);
+    await img.close();
+    expect(problems(qemuCheck(ours))).toEqual(CLEAN);
+    expect(bitmapsInfo(ours)).toEqual(bitmapsInfo(theirs));
+    for (const b of ['was-on', 'was-off', 'cleared', 'ones']) expect(dirtyMap(ours, b), b).toBe(dirtyMap(theirs, b));
+    expect(dirtyMap(ours, 'ones')).toMatch(/10485760\s+2097152\s+1\s+dirty/);
+  });
+
   it('a crash leaves the bitmaps in use, never wrong; they stay so, like QEMU keeps them', async () => {
     const p = withBitmaps('crash.qcow2', '16M', 'cluster_size=4096', [['on']]);
     const img = await openImage(p, { format: 'qcow2', readOnly: false });
