@@ -211,7 +211,7 @@ function clearBitsFrom(buf: Uint8Array, from: number): boolean {
 
 export class Qcow2Bitmaps {
   /** Bitmaps marked in_use by this session, which it must store on close. */
-  private tracked = new Set<BitmapEntry>();
+  private readonly tracked = new Set<BitmapEntry>();
   /** Bits set by this session's writes, per enabled bitmap and bitmap cluster (the old bits are on disk). */
   private readonly newBits = new Map<BitmapEntry, Map<number, Uint8Array>>();
 
