@@ -54,11 +54,15 @@ export interface FormatInfo {
   dirty?: boolean;
   /** qemu-img's "format-specific" object: {type, data}. */
   specific?: { type: string; data: Record<string, unknown> };
-  /**
-   * Bytes of persistent dirty bitmaps, for formats that can hold them
-   * ('unknown' where they exist but are not read yet).
-   */
-  bitmapsSize?: number | 'unknown';
+  /** The persistent dirty bitmaps, for formats that can hold them. */
+  bitmaps?: readonly PersistentBitmap[];
+}
+
+/** A persistent dirty bitmap, as measure sizes it. */
+export interface PersistentBitmap {
+  name: string;
+  /** Bytes each bit covers. */
+  granularity: number;
 }
 
 /** One open layer: the object a driver's `open` returns. */
@@ -256,7 +260,7 @@ export interface FormatDriver {
     size: number,
     dataExtents: readonly { offset: number; length: number }[],
     options: OptionValues,
-    /** The source's bitmaps, when it can hold them (then the result includes them). */
-    sourceBitmaps?: number,
+    /** The source's bitmaps, when it can hold them (then the result sizes them, if this format can too). */
+    sourceBitmaps?: readonly PersistentBitmap[],
   ): Measurement;
 }

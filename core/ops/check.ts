@@ -35,6 +35,9 @@ export async function check(opts: CheckOptions, _ctx: JobContext = {}): Promise<
     }
     const report = await layer.check(repair, opts.log ?? (() => undefined));
     return { ...report, filename: opts.filename, format: image.format };
+  } catch (err) {
+    if (err instanceof BlockError && !err.context.path) throw err.withContext({ path: opts.filename });
+    throw err;
   } finally {
     await image.close();
   }

@@ -3,6 +3,7 @@ import { BlockError, throwIfAborted } from '../image/errors.js';
 import { openImage } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
+import type { PersistentBitmap } from '../image/driver.js';
 import type { JobContext } from './job.js';
 
 export interface MeasureOptions {
@@ -31,17 +32,13 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
   if (!driver.measure) throw new BlockError('Unsupported', `${driver.name} images cannot be measured yet`);
   const values = resolveOptions(createOptionsOf(driver), { ...opts.options }, driver.name);
   let size = opts.size ?? 0;
-  let bitmaps: number | undefined;
+  let bitmaps: readonly PersistentBitmap[] | undefined;
   const extents: { offset: number; length: number }[] = [];
   if (opts.filename !== undefined) {
     const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
     try {
       size = image.size;
-      const b = (await image.info()).bitmapsSize;
-      if (b === 'unknown') {
-        throw new BlockError('Unsupported', 'measuring an image with persistent bitmaps is not supported yet', { path: opts.filename });
-      }
-      bitmaps = b;
+      bitmaps = (await image.info()).bitmaps;
       for (let at = 0; at < size; ) {
         throwIfAborted(ctx.signal);
         const st = await image.blockStatus(at, size - at);

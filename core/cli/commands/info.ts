@@ -21,7 +21,7 @@ export const infoCommand: Command = {
     });
     if (out === 'json') {
       const json = result.map((i) => (i.snapshots ? { ...i, snapshots: i.snapshots.map(snapshotJson) } : i));
-      io.stdout.write(JSON.stringify(chain ? json : json[0], null, 4) + '\n');
+      io.stdout.write(qemuJson(chain ? json : json[0]) + '\n');
     } else {
       io.stdout.write(result.map(humanInfo).join('\n'));
     }
@@ -47,7 +47,28 @@ function humanInfo(i: ImageInfo): string {
   const specific = i['format-specific'];
   if (specific && Object.keys(specific.data).length > 0) {
     lines.push('Format specific information:');
-    for (const [k, v] of Object.entries(specific.data)) lines.push(`    ${k.replace(/-/g, ' ')}: ${v}`);
+    dumpObject(specific.data, 1, lines);
   }
   return lines.join('\n') + '\n';
+}
+
+const isComposite = (v: unknown) => typeof v === 'object' && v !== null;
+
+/** qemu-img's nested layout: four spaces a level, keys without dashes, list items as [i]. */
+function dumpObject(v: unknown, level: number, lines: string[]): void {
+  const pad = ' '.repeat(level * 4);
+  const item = (label: string, x: unknown) => {
+    if (isComposite(x)) {
+      lines.push(`${pad}${label}:`);
+      dumpObject(x, level + 1, lines);
+    } else lines.push(`${pad}${label}: ${x}`);
+  };
+  if (Array.isArray(v)) v.forEach((x, n) => item(`[${n}]`, x));
+  else for (const [k, x] of Object.entries(v as object)) item(k.replace(/-/g, ' '), x);
+}
+
+/** JSON as qemu-img prints it: four-space indents, and an empty list still spans two lines. */
+function qemuJson(v: unknown): string {
+  // Only a list can end a line with "[]": strings are quoted.
+  return JSON.stringify(v, null, 4).replace(/^( *)(.*)\[\](,?)$/gm, '$1$2[\n$1]$3');
 }

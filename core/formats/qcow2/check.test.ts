@@ -136,6 +136,16 @@ describe.skipIf(!HAS_QEMU)('check', () => {
     expect(r.stderr).toBe(`platter: ${raw}: raw images have no metadata to check\n`);
   });
 
+  it('fragmentation is counted per L2 table, as qemu-img counts it', async () => {
+    // 512-byte clusters: 64 entries per L2 table, so the writes span several tables.
+    const p = t.path('fragmented.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', p, '1M']);
+    sh('qemu-io', ['-c', 'write 100k 64k', '-c', 'write 40k 8k', '-c', 'write 300k 64k', '-c', 'write 120k 4k', p]);
+    for (const args of [['check', p], ['check', '--output=json', p]]) {
+      expect((await platter(args)).stdout).toBe(shStatus('qemu-img', args).stdout);
+    }
+  });
+
   it('rejects a bad -r value', async () => {
     const r = await platter(['check', '-r', 'some', t.path('x')]);
     expect(r.stderr).toBe("platter: -r must be leaks or all, not 'some'\n");

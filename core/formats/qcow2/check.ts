@@ -6,7 +6,7 @@
  */
 import type { CheckReport, RepairMode } from '../../image/driver.js';
 import { decodeL1, decodeL2 } from './l2.js';
-import { EXT_BITMAPS, OFLAG_COPIED } from './limits.js';
+import { OFLAG_COPIED } from './limits.js';
 import type { Qcow2Image } from './image.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { readTable } from './tables.js';
@@ -42,11 +42,6 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
     fragmentedClusters: 0,
     compressedClusters: 0,
   };
-  if (h.otherExtensions.some((e) => e.type === EXT_BITMAPS)) {
-    log('ERROR images with persistent bitmaps cannot be checked yet');
-    report.checkErrors++;
-    return report;
-  }
   const fileClusters = Math.ceil((await img.proto.size()) / cs);
   const expected = new Uint32Array(fileClusters);
   const beyond = new Map<number, number>();
@@ -72,10 +67,10 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
     else inc(b, cs);
   });
   if (h.nbSnapshots) inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);
+  for (const r of (await img.bitmaps?.references()) ?? []) inc(r.offset, r.length);
 
   /** Counts an L1 table's L2 tables and clusters; the active one also gathers fragmentation. */
   const walk = async (l1: BigUint64Array, active: boolean) => {
-    let nextContiguous = 0;
     for (let i = 0; i < l1.length; i++) {
       let l2Offset: number;
       try {
@@ -86,6 +81,8 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
       }
       if (!l2Offset) continue;
       inc(l2Offset, cs);
+      // Like qemu-img, contiguity is judged within each L2 table.
+      let nextContiguous = 0;
       let table: BigUint64Array;
       try {
         table = await img.readL2(l2Offset);

@@ -3,6 +3,7 @@
  * before use, and written back with unknown extensions kept intact.
  */
 import { BlockError } from '../../image/errors.js';
+import { encodeBitmapsExtension, parseBitmapsExtension, type BitmapsExtension } from './bitmaps.js';
 import * as L from './limits.js';
 
 export interface HeaderExtension {
@@ -39,6 +40,14 @@ export interface Qcow2Header {
   backingFormat?: string;
   dataFile?: string;
   featureNames: FeatureName[];
+  /** Persistent bitmaps, when the extension is there and the autoclear bit vouches for it. */
+  bitmaps?: BitmapsExtension;
+  /**
+   * A bitmaps extension was found without its autoclear bit: a program that
+   * knows nothing of bitmaps wrote the image, so (as QEMU does) it is
+   * ignored, and dropped when the header is next written.
+   */
+  staleBitmaps?: boolean;
 }
 
 const corrupt = (msg: string) => new BlockError('InvalidFormat', msg);
@@ -129,7 +138,11 @@ export function parseHeader(cluster: Uint8Array, fileSize = cluster.length): Qco
     if (type === L.EXT_BACKING_FORMAT) h.backingFormat = text.decode(data);
     else if (type === L.EXT_DATA_FILE) h.dataFile = text.decode(data);
     else if (type === L.EXT_FEATURE_TABLE) h.featureNames = parseFeatureTable(data);
-    else h.otherExtensions.push({ type, data });
+    else if (type === L.EXT_BITMAPS) {
+      if (data.length !== L.BITMAPS_EXTENSION_BYTES) throw corrupt(`the bitmaps extension has an invalid length (${len} bytes)`);
+      if (h.autoclear & L.AUTOCLEAR_BITMAPS) h.bitmaps = parseBitmapsExtension(data, clusterSize);
+      else h.staleBitmaps = true;
+    }    else h.otherExtensions.push({ type, data });
     at += 8 + Math.ceil(len / 8) * 8;
   }
 
@@ -231,6 +244,7 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
   if (h.backingFormat !== undefined) put(L.EXT_BACKING_FORMAT, enc.encode(h.backingFormat));
   if (h.dataFile !== undefined) put(L.EXT_DATA_FILE, enc.encode(h.dataFile));
   if (h.featureNames.length > 0) put(L.EXT_FEATURE_TABLE, encodeFeatureTable(h.featureNames));
+  if (h.bitmaps) put(L.EXT_BITMAPS, encodeBitmapsExtension(h.bitmaps));
   for (const ext of h.otherExtensions) put(ext.type, ext.data);
   at += 8; // the end marker (zeros)
   if (h.backingFile !== undefined) {

@@ -27,6 +27,7 @@ import type {
   SnapshotInfo,
   Snapshots,
 } from '../../image/driver.js';
+import type { Qcow2Bitmaps } from './bitmaps.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, describeSnapshots } from './snapshots.js';
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check.js';
@@ -147,6 +148,9 @@ export class Qcow2Image
   /** Opened to be repaired: a corrupt image may then be written by check. */
   repairing = false;
 
+  /** Persistent dirty bitmaps: told of every guest write (bitmaps.ts). */
+  bitmaps?: Qcow2Bitmaps;
+
   /** Set once this session has marked the image dirty (lazy refcounts). */
   private markedDirty = false;
 
@@ -263,6 +267,7 @@ export class Qcow2Image
       if (what) return what;
     }
     if (this.header.nbSnapshots && hits(this.header.snapshotsOffset, cs)) return 'snapshot table';
+    if (this.bitmaps?.directoryOverlaps(offset, length)) return 'bitmap directory';
     if (checkL2) for (const t of this.l2Cache.keys()) if (hits(t, cs)) return 'an L2 table';
     return undefined;
   }
@@ -382,7 +387,10 @@ export class Qcow2Image
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
-    await this.modify(() => this.writeLocked(buf, offset));
+    await this.modify(async () => {
+      await this.bitmaps?.track(offset, buf.length);
+      await this.writeLocked(buf, offset);
+    });
   }
 
   private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
@@ -585,6 +593,8 @@ export class Qcow2Image
 
   async applySnapshot(idOrName: string): Promise<void> {
     this.checkWritable();
+    // As QEMU: the bitmaps could not say what reverting changed.
+    if (this.bitmaps) throw new BlockError('Unsupported', 'a snapshot cannot be applied to an image with persistent dirty bitmaps');
     await applySnapshot(this, idOrName);
   }
 
@@ -613,9 +623,10 @@ export class Qcow2Image
 
   async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.checkWritable();
-    // A raw data file must read as the guest does: the zeros go there, at guest offsets.
-    if (this.rawData) return this.modify(() => this.data.writeZeroes(offset, length, mayUnmap));
     await this.modify(async () => {
+      await this.bitmaps?.track(offset, length);
+      // A raw data file must read as the guest does: the zeros go there, at guest offsets.
+      if (this.rawData) return this.data.writeZeroes(offset, length, mayUnmap);
       const cs = this.clusterSize;
       const head = Math.min(length, (cs - (offset % cs)) % cs);
       const tail = (offset + length) % cs;
@@ -650,9 +661,11 @@ export class Qcow2Image
     const cs = this.clusterSize;
     const first = Math.ceil(offset / cs);
     const last = Math.floor((offset + length) / cs);
-    if (last <= first) return;
-    if (this.rawData) return this.modify(() => this.data.writeZeroes(first * cs, (last - first) * cs, true));
     await this.modify(async () => {
+      // Like QEMU, the whole request counts as written, even the parts kept.
+      await this.bitmaps?.track(offset, length);
+      if (last <= first) return;
+      if (this.rawData) return this.data.writeZeroes(first * cs, (last - first) * cs, true);
       // With a backing file, a discarded cluster must not show the backing data.
       await this.remap(first, last - first, () =>
         this.backing && this.header.version >= 3 ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED,
@@ -779,6 +792,7 @@ export class Qcow2Image
     }
     return () =>
       this.modify(async () => {
+        await this.bitmaps?.track(offset, buf.length);
         for (let i = 0; i < packed.length; i++) {
           const index = offset / cs + i;
           const m = await this.lookup(index);
@@ -845,6 +859,7 @@ export class Qcow2Image
           'a compat=0.10 image cannot grow over a longer backing file (the new area would show the backing file)',
         );
       }
+      await this.bitmaps?.beforeResize(size);
       if (size < old) {
         const first = Math.ceil(size / cs);
         const last = Math.ceil(old / cs);
@@ -900,8 +915,10 @@ export class Qcow2Image
 
   async close(): Promise<void> {
     await this.lock.run(async () => {
-      if (!this.readOnly && this.externalData) await this.data.flush();
-      if (!this.readOnly && this.markedDirty) await this.markClean();
+      if (this.readOnly) return;
+      if (this.externalData) await this.data.flush();
+      await this.bitmaps?.store();
+      if (this.markedDirty) await this.markClean();
     });
     if (this.externalData) await this.data.close();
   }
@@ -910,6 +927,8 @@ export class Qcow2Image
     const h = this.header;
     const data: Record<string, unknown> = { compat: h.version === 3 ? '1.1' : '0.10', 'compression-type': COMPRESSION_TYPES[h.compressionType] };
     if (h.version === 3) data['lazy-refcounts'] = (h.compatible & L.COMPAT_LAZY_REFCOUNTS) !== 0n;
+    const bitmaps = this.bitmaps?.describe() ?? [];
+    if (bitmaps.length) data.bitmaps = bitmaps;
     data['refcount-bits'] = 2 ** h.refcountOrder;
     if (h.incompatible & L.INCOMPAT_DATA_FILE) {
       data['data-file'] = h.dataFile;
@@ -923,7 +942,8 @@ export class Qcow2Image
       clusterSize: this.clusterSize,
       dirty: (h.incompatible & L.INCOMPAT_DIRTY) !== 0n,
       specific: { type: 'qcow2', data },
-      bitmapsSize: h.otherExtensions.some((e) => e.type === L.EXT_BITMAPS) ? 'unknown' : 0,
+      // Version 2 images cannot hold bitmaps (then measure shows no "bitmaps size", as qemu-img).
+      bitmaps: h.version >= 3 ? bitmaps.map(({ name, granularity }) => ({ name, granularity })) : undefined,
     };
   }
 }

@@ -74,3 +74,31 @@ export const REFT_RESERVED_MASK = 0x1ffn;
 export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
 /** Version 3 snapshot entries carry at least this much extra data (VM state size, disk size). */
 export const SNAPSHOT_EXTRA_DATA_V3 = 16;
+
+/** Same as QEMU: at most 65535 persistent bitmaps. */
+export const MAX_BITMAPS = 65535;
+/** Same as QEMU: the bitmap directory is at most 1 KiB per bitmap (64 MiB). */
+export const MAX_BITMAP_DIRECTORY_BYTES = 1024 * MAX_BITMAPS;
+/** Same as QEMU: a bitmap table has at most 2^27 entries. */
+export const MAX_BITMAP_TABLE_ENTRIES = 0x8000000;
+/** Same as QEMU: a bitmap's data clusters hold at most 512 MiB (it lives in memory). */
+export const MAX_BITMAP_DATA_BYTES = 0x20000000;
+/** Same as QEMU: a bitmap bit covers 512 bytes to 2 GiB. */
+export const MIN_BITMAP_GRANULARITY_BITS = 9;
+export const MAX_BITMAP_GRANULARITY_BITS = 31;
+/** Same as QEMU: bitmap names are at most 1023 bytes. */
+export const MAX_BITMAP_NAME = 1023;
+/** The bitmaps extension's fixed length. */
+export const BITMAPS_EXTENSION_BYTES = 24;
+/** A bitmap directory entry's fixed part, before its extra data and name. */
+export const BITMAP_ENTRY_HEADER_BYTES = 24;
+/** Bitmap flags: written by a program that had it open (its data may be stale); tracks writes. */
+export const BITMAP_IN_USE = 1 << 0;
+export const BITMAP_AUTO = 1 << 1;
+/** Same as QEMU: every other flag (extra_data_compatible included) is refused. */
+export const BITMAP_RESERVED_FLAGS = 0xfffffffc;
+/** The only bitmap type: dirty tracking. */
+export const BITMAP_TYPE_DIRTY_TRACKING = 1;
+/** Bitmap table entries: bits 1-8 and 56-63 must be zero; bit 0 alone means "all ones". */
+export const BITMAP_TABLE_RESERVED_MASK = 0xff000000000001fen;
+export const BITMAP_TABLE_ALL_ONES = 1n;

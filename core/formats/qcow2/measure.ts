@@ -1,6 +1,7 @@
 /** How big a qcow2 image gets: QEMU's arithmetic, so `measure` answers alike. */
-import type { Measurement } from '../../image/driver.js';
+import type { Measurement, PersistentBitmap } from '../../image/driver.js';
 import type { OptionValues } from '../../options/schema.js';
+import { bitmapDataClusters, bitmapDirectoryEntrySize } from './bitmaps.js';
 import { l1EntriesFor } from './create.js';
 
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
@@ -34,11 +35,27 @@ function fullSize(size: number, clusterSize: number, refcountBits: number): numb
   return meta + aligned;
 }
 
+/**
+ * Room for a copy of `bitmaps` over `size` guest bytes: every data cluster
+ * allocated, each table, and the directory (QEMU's estimate).
+ */
+function bitmapsSize(bitmaps: readonly PersistentBitmap[], size: number, clusterSize: number): number {
+  let total = 0;
+  let directory = 0;
+  const enc = new TextEncoder();
+  for (const b of bitmaps) {
+    const clusters = bitmapDataClusters(size, b.granularity, clusterSize);
+    total += clusters * clusterSize + roundUp(clusters * 8, clusterSize);
+    directory += bitmapDirectoryEntrySize(enc.encode(b.name).length);
+  }
+  return total + roundUp(directory, clusterSize);
+}
+
 export function measureQcow2(
   size: number,
   dataExtents: readonly { offset: number; length: number }[],
   options: OptionValues,
-  sourceBitmaps?: number,
+  sourceBitmaps?: readonly PersistentBitmap[],
 ): Measurement {
   const cs = options.cluster_size as number;
   l1EntriesFor(size, cs);
@@ -58,6 +75,7 @@ export function measureQcow2(
   if (prealloc === 'falloc' || prealloc === 'full') required = virtual;
   const fullyAllocated = fullSize(size, cs, options.refcount_bits as number);
   const m: Measurement = { required: fullyAllocated - virtual + required, fullyAllocated };
-  if (sourceBitmaps !== undefined) m.bitmaps = sourceBitmaps;
+  // Version 2 images cannot hold bitmaps.
+  if (sourceBitmaps !== undefined && options.compat !== '0.10') m.bitmaps = bitmapsSize(sourceBitmaps, size, cs);
   return m;
 }

@@ -2,6 +2,7 @@
 import { BlockError } from '../../image/errors.js';
 import type { DriverOpenOptions } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
+import { Qcow2Bitmaps } from './bitmaps.js';
 import { parseHeader, peekClusterBits } from './header.js';
 import { checkQcow2 } from './check.js';
 import { loadZstd } from './compression.js';
@@ -39,6 +40,12 @@ export async function openQcow2(
   const dataFile = header.incompatible & L.INCOMPAT_DATA_FILE ? await openDataFile(header.dataFile, readOnly, openFile) : undefined;
   const image = new Qcow2Image(proto, header, l1, refcounts, readOnly, snapshots, dataFile);
   image.repairing = repair;
+  image.bitmaps = await Qcow2Bitmaps.load(image);
+  if (header.staleBitmaps && !readOnly) {
+    // QEMU drops an extension nothing vouches for; its clusters leak until check -r.
+    await image.writeHeader();
+    await proto.flush();
+  }
   if (header.incompatible & L.INCOMPAT_DIRTY && !readOnly) {
     // Left dirty (lazy refcounts, then a crash): rebuild the refcounts before
     // anything is allocated from them, as QEMU does on open.
