@@ -2,7 +2,7 @@
 import { BlockError } from '../../image/errors.js';
 import type { CreateRequest } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
-import type { OptionDecl } from '../../options/schema.js';
+import type { OptionDecl, OptionValues } from '../../options/schema.js';
 import { SIZE_OPTION } from '../../options/common.js';
 import { STANDARD_FEATURE_NAMES, type Qcow2Header } from './header.js';
 import { Qcow2Image } from './image.js';
@@ -47,11 +47,25 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
     help: 'Width of a reference count entry in bits',
   },
   { name: 'compression_type', type: 'enum', values: ['zlib'], default: 'zlib', help: 'Compression method used for image cluster compression' },
+  // compat=1.1 and clusters of at least 16 KiB: checked by checkExtendedL2, with qemu-img's words.
+  { name: 'extended_l2', type: 'bool', default: false, help: 'Extended L2 tables' },
 ];
 
+/** Refuses extended_l2 where qemu-img refuses it, with its messages. */
+export function checkExtendedL2(o: OptionValues): void {
+  if (!o.extended_l2) return;
+  if (o.compat === '0.10') {
+    throw new BlockError('InvalidArgument', 'Extended L2 entries are only supported with compatibility level 1.1 and above');
+  }
+  if ((o.cluster_size as number) < 2 ** L.MIN_EXTL2_CLUSTER_BITS) {
+    throw new BlockError('InvalidArgument', `Extended L2 entries are only supported with cluster sizes of at least ${2 ** L.MIN_EXTL2_CLUSTER_BITS} bytes`);
+  }
+}
+
 /** L1 entries a guest of `size` bytes needs; refused past QEMU's 32 MiB L1 limit. */
-export function l1EntriesFor(size: number, clusterSize: number): number {
-  const entries = Math.ceil(size / clusterSize / (clusterSize / 8));
+export function l1EntriesFor(size: number, clusterSize: number, extended = false): number {
+  const l2Entries = clusterSize / (extended ? L.L2_EXTENDED_ENTRY_BYTES : L.L2_ENTRY_BYTES);
+  const entries = Math.ceil(size / clusterSize / l2Entries);
   if (entries * 8 > L.MAX_L1_BYTES) {
     throw new BlockError('InvalidArgument', 'the image size is too large for this cluster size (try a larger cluster_size)');
   }
@@ -67,8 +81,10 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
   if (version === 2 && refcountBits !== 16) {
     throw new BlockError('InvalidArgument', 'refcount_bits other than 16 needs compat=1.1');
   }
+  checkExtendedL2(o);
   if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
-  const l1Size = l1EntriesFor(req.size, clusterSize);
+  const extended = o.extended_l2 === true;
+  const l1Size = l1EntriesFor(req.size, clusterSize, extended);
   const header: Qcow2Header = {
     version,
     clusterBits,
@@ -80,7 +96,7 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     refcountTableClusters: 1,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: 0n,
+    incompatible: extended ? L.INCOMPAT_EXTL2 : 0n,
     compatible: o.lazy_refcounts ? L.COMPAT_LAZY_REFCOUNTS : 0n,
     autoclear: 0n,
     refcountOrder: Math.log2(refcountBits),

@@ -1,7 +1,8 @@
 /** How big a qcow2 image gets: QEMU's arithmetic, so `measure` answers alike. */
 import type { Measurement } from '../../image/driver.js';
 import type { OptionValues } from '../../options/schema.js';
-import { l1EntriesFor } from './create.js';
+import { checkExtendedL2, l1EntriesFor } from './create.js';
+import { L2_ENTRY_BYTES, L2_EXTENDED_ENTRY_BYTES } from './limits.js';
 
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
 
@@ -23,12 +24,12 @@ function refcountMetadataSize(clusters: number, clusterSize: number, refcountBit
 }
 
 /** Header, L1, L2 and refcount metadata plus every data cluster. */
-function fullSize(size: number, clusterSize: number, refcountBits: number): number {
+function fullSize(size: number, clusterSize: number, refcountBits: number, l2EntryBytes: number): number {
   const aligned = roundUp(size, clusterSize);
   let meta = clusterSize;
-  const l2Entries = roundUp(aligned / clusterSize, clusterSize / 8);
-  meta += l2Entries * 8;
-  const l1Entries = roundUp((l2Entries * 8) / clusterSize, clusterSize / 8);
+  const l2Entries = roundUp(aligned / clusterSize, clusterSize / l2EntryBytes);
+  meta += l2Entries * l2EntryBytes;
+  const l1Entries = roundUp((l2Entries * l2EntryBytes) / clusterSize, clusterSize / 8);
   meta += l1Entries * 8;
   meta += refcountMetadataSize((meta + aligned) / clusterSize, clusterSize, refcountBits);
   return meta + aligned;
@@ -41,7 +42,9 @@ export function measureQcow2(
   sourceBitmaps?: number,
 ): Measurement {
   const cs = options.cluster_size as number;
-  l1EntriesFor(size, cs);
+  checkExtendedL2(options);
+  const extended = options.extended_l2 === true;
+  l1EntriesFor(size, cs, extended);
   const virtual = roundUp(size, cs);
   // Data clusters the copy needs, each counted once.
   let required = 0;
@@ -56,7 +59,7 @@ export function measureQcow2(
   }
   const prealloc = options.preallocation;
   if (prealloc === 'falloc' || prealloc === 'full') required = virtual;
-  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number);
+  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number, extended ? L2_EXTENDED_ENTRY_BYTES : L2_ENTRY_BYTES);
   const m: Measurement = { required: fullyAllocated - virtual + required, fullyAllocated };
   if (sourceBitmaps !== undefined) m.bitmaps = sourceBitmaps;
   return m;
