@@ -108,7 +108,8 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
             corrupt('ERROR: Unallocated cluster has non-zero subcluster allocation map');
             bitmap &= ~0xffffffffn;
           } else if ((bitmap >> 32n) & alloc) {
-            corrupt(`ERROR offset=${hex(e & OFFSET_MASK)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+            const host = hex(e & OFFSET_MASK);
+            corrupt(`ERROR offset=${host}: Allocated cluster has corrupted subcluster allocation bitmap`);
             bitmap = alloc;
           }
         }

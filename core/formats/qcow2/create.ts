@@ -58,7 +58,8 @@ export function checkExtendedL2(o: OptionValues): void {
     throw new BlockError('InvalidArgument', 'Extended L2 entries are only supported with compatibility level 1.1 and above');
   }
   if ((o.cluster_size as number) < 2 ** L.MIN_EXTL2_CLUSTER_BITS) {
-    throw new BlockError('InvalidArgument', `Extended L2 entries are only supported with cluster sizes of at least ${2 ** L.MIN_EXTL2_CLUSTER_BITS} bytes`);
+    const min = 2 ** L.MIN_EXTL2_CLUSTER_BITS;
+    throw new BlockError('InvalidArgument', `Extended L2 entries are only supported with cluster sizes of at least ${min} bytes`);
   }
 }
 

@@ -403,6 +403,19 @@ describe.skipIf(!HAS_QEMU)('qcow2 extended L2 entries', () => {
       expect(() => statSync(`${p}.raw`)).toThrow();
     });
 
+    it('the extended L2 bit on an image with clusters under 16 KiB is refused on open, as qemu refuses it', async () => {
+      const p = t.path('small-subclusters.qcow2');
+      sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4K', p, '1M']);
+      const fd = openSync(p, 'r+');
+      writeSync(fd, Buffer.from([0x10]), 0, 1, 79); // incompatible_features, bit 4
+      closeSync(fd);
+      expect(shStatus('qemu-img', ['info', p]).stderr).toMatch(/Unsupported subcluster size: 128/);
+      const r = await platter(['info', p]);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toBe(`platter: ${p}: subclusters of 128 bytes are not supported (extended L2 entries need clusters of at least 16 KiB)\n`);
+      expect(r.code).toBe(1);
+    });
+
     it('bit 0 of an extended entry (the standard zero flag) is ignored, as qemu ignores it', async () => {
       const p = base('bit0.qcow2');
       const b = readFileSync(p);

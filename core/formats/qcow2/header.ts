@@ -169,7 +169,8 @@ function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   if (h.incompatible & L.INCOMPAT_DATA_FILE) throw unsupported('images with an external data file are not supported yet');
   const extended = (h.incompatible & L.INCOMPAT_EXTL2) !== 0n;
   if (extended && h.clusterBits < L.MIN_EXTL2_CLUSTER_BITS) {
-    throw unsupported(`subclusters of ${clusterSize / L.SUBCLUSTERS} bytes are not supported (extended L2 entries need clusters of at least 16 KiB)`);
+    const sc = clusterSize / L.SUBCLUSTERS;
+    throw unsupported(`subclusters of ${sc} bytes are not supported (extended L2 entries need clusters of at least 16 KiB)`);
   }
   if (h.refcountOrder > 6) throw corrupt(`refcount_order ${h.refcountOrder} is too large (at most 6)`);
   if (h.cryptMethod !== 0) throw unsupported(`encrypted qcow2 images (method ${h.cryptMethod}) are not supported yet`);

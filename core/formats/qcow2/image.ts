@@ -30,7 +30,17 @@ import { checkQcow2 } from './check.js';
 import { BlockError } from '../../image/errors.js';
 import type { Preallocation, Protocol } from '../../io/protocol.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
-import { decodeL1, decodeL2, encodeBitmap, encodeL2, ALL_SUBCLUSTERS, fromSubclusters, hostOf, UNALLOCATED, type Mapping } from './l2.js';
+import {
+  ALL_SUBCLUSTERS,
+  decodeL1,
+  decodeL2,
+  encodeBitmap,
+  encodeL2,
+  fromSubclusters,
+  hostOf,
+  UNALLOCATED,
+  type Mapping,
+} from './l2.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
 import { encodeTable, readTable } from './tables.js';
@@ -366,7 +376,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     while (len < length && (offset + len) % cs === 0 && !first.compressed) {
       const index = (offset + len) / cs;
       const l1i = Math.floor(index / this.l2Entries);
-      if (first.state === 'unallocated' && first.host === undefined && (l1i >= this.l1.length || !decodeL1(this.l1[l1i], cs, l1i).offset)) {
+      const noTable = l1i >= this.l1.length || !decodeL1(this.l1[l1i], cs, l1i).offset;
+      if (first.state === 'unallocated' && first.host === undefined && noTable) {
         // No L2 table: its whole range is unallocated, in one step (not one per cluster).
         len += Math.min(((l1i + 1) * this.l2Entries - index) * cs, length - len);
         continue;
@@ -384,7 +395,11 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
    * that reads one way, and where it is stored. Like QEMU, a host offset is
    * reported for unallocated subclusters of a cluster that has one.
    */
-  private runIn(m: Mapping, from: number, max: number): { state: LayerState; length: number; host?: number; compressed: boolean } {
+  private runIn(
+    m: Mapping,
+    from: number,
+    max: number,
+  ): { state: LayerState; length: number; host?: number; compressed: boolean } {
     const cs = this.clusterSize;
     if (m.kind === 'subclusters') {
       const s = this.spans(m, from, Math.min(cs, from + max))[0];
@@ -454,7 +469,10 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       const start = index * cs;
       const end = Math.min(start + count * cs, offset + buf.length);
       /** Bytes [from, to) of cluster k that this write covers. */
-      const part = (k: number): [number, number] => [Math.max(guest, start + k * cs) - start - k * cs, Math.min(end, start + (k + 1) * cs) - start - k * cs];
+      const part = (k: number): [number, number] => {
+        const c = start + k * cs;
+        return [Math.max(guest, c) - c, Math.min(end, c + cs) - c];
+      };
       // The written subclusters become data, and so do the old data ones
       // (copied); zero subclusters stay zeros, unallocated ones unallocated.
       const news = olds.map((old, k) => {
@@ -511,7 +529,12 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
    * part that held no data keeps the rest of its old content (zeros, or the
    * backing file's).
    */
-  private async writeSubclusters(m: Mapping & { host: number }, index: number, piece: Uint8Array, from: number): Promise<void> {
+  private async writeSubclusters(
+    m: Mapping & { host: number },
+    index: number,
+    piece: Uint8Array,
+    from: number,
+  ): Promise<void> {
     const cs = this.clusterSize;
     const sc = this.subclusterSize;
     const { alloc, zero } = this.masks(m);
@@ -606,7 +629,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       entries.set(await this.l2Table(cur.offset));
       for (let i = 0; i < this.l2Entries; i++) {
         const host = hostOf(this.entryAt(entries, i, () => `L2 entry ${i}`));
-        if (host && (await this.refcounts.get(host / this.clusterSize)) !== 1) entries[i * this.l2Stride] &= ~L.OFLAG_COPIED;
+        const shared = host !== 0 && (await this.refcounts.get(host / this.clusterSize)) !== 1;
+        if (shared) entries[i * this.l2Stride] &= ~L.OFLAG_COPIED;
       }
     }
     const offset = await this.refcounts.allocate(1);
@@ -737,7 +761,11 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
    * nothing (a compressed cluster only partly covered), zero bytes are
    * written instead.
    */
-  private async remap(start: number, end: number, next: (old: Mapping, covered: number) => Mapping | undefined): Promise<void> {
+  private async remap(
+    start: number,
+    end: number,
+    next: (old: Mapping, covered: number) => Mapping | undefined,
+  ): Promise<void> {
     const cs = this.clusterSize;
     const byBytes: [number, number][] = [];
     for (let at = start; at < end; ) {

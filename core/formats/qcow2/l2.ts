@@ -30,7 +30,13 @@ export function hostOf(m: Mapping): number {
 }
 
 /** The mapping with these subcluster bits, uniform ones as the plain kinds (`all`: the mask of every subcluster). */
-export function fromSubclusters(host: number, copied: boolean, alloc: number, zero: number, all = ALL_SUBCLUSTERS): Mapping {
+export function fromSubclusters(
+  host: number,
+  copied: boolean,
+  alloc: number,
+  zero: number,
+  all = ALL_SUBCLUSTERS,
+): Mapping {
   if (alloc === all) return { kind: 'data', host, copied };
   if (zero === all) return { kind: 'zero', host, copied: copied && host !== 0 };
   if (!alloc && !zero && !host) return UNALLOCATED;
@@ -51,7 +57,9 @@ function decodeExtended(e: bigint, bitmap: bigint, clusterBits: number, where: (
   const zero = Number(bitmap >> 32n);
   if (alloc & zero) throw new BlockError('Corrupt', `${where()}: a subcluster is marked both allocated and zero`);
   if (m.kind === 'unallocated') {
-    if (alloc) throw new BlockError('Corrupt', `${where()}: subclusters are marked allocated in a cluster without a host offset`);
+    if (alloc) {
+      throw new BlockError('Corrupt', `${where()}: subclusters are marked allocated in a cluster without a host offset`);
+    }
     return fromSubclusters(0, false, 0, zero);
   }
   const { host, copied } = m as { host: number; copied: boolean };
@@ -59,7 +67,13 @@ function decodeExtended(e: bigint, bitmap: bigint, clusterBits: number, where: (
 }
 
 /** Decodes an L2 entry; `bitmap` is the second half of an extended entry (undefined: a standard entry). */
-export function decodeL2(e: bigint, clusterBits: number, version: number, where: () => string, bitmap?: bigint): Mapping {
+export function decodeL2(
+  e: bigint,
+  clusterBits: number,
+  version: number,
+  where: () => string,
+  bitmap?: bigint,
+): Mapping {
   if (bitmap !== undefined) return decodeExtended(e, bitmap, clusterBits, where);
   if (e === 0n) return UNALLOCATED;
   if (e & L.OFLAG_COMPRESSED) {

@@ -59,7 +59,8 @@ export function measureQcow2(
   }
   const prealloc = options.preallocation;
   if (prealloc === 'falloc' || prealloc === 'full') required = virtual;
-  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number, extended ? L2_EXTENDED_ENTRY_BYTES : L2_ENTRY_BYTES);
+  const entryBytes = extended ? L2_EXTENDED_ENTRY_BYTES : L2_ENTRY_BYTES;
+  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number, entryBytes);
   const m: Measurement = { required: fullyAllocated - virtual + required, fullyAllocated };
   if (sourceBitmaps !== undefined) m.bitmaps = sourceBitmaps;
   return m;

@@ -82,7 +82,9 @@ async function refreshCopiedFlags(img: Qcow2Image): Promise<void> {
       if (!host) continue;
       const e = table[j * img.l2Stride];
       const one = (await rc.get(host / cs)) === 1;
-      if (one !== (e & OFLAG_COPIED) > 0n) await img.rewriteL2Entry(offset, j, one ? e | OFLAG_COPIED : e & ~OFLAG_COPIED);
+      if (one !== (e & OFLAG_COPIED) > 0n) {
+        await img.rewriteL2Entry(offset, j, one ? e | OFLAG_COPIED : e & ~OFLAG_COPIED);
+      }
     }
     const one = (await rc.get(offset / cs)) === 1;
     const e = one ? l1[i] | OFLAG_COPIED : l1[i] & ~OFLAG_COPIED;
