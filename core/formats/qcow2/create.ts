@@ -108,6 +108,10 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     featureNames: version === 3 && clusterSize > 4096 ? STANDARD_FEATURE_NAMES : [],
   };
   if (typeof o.backing_file === 'string') {
+    // Standard preallocated clusters would hide the backing file.
+    if (o.preallocation !== 'off' && !extended) {
+      throw new BlockError('InvalidArgument', 'Backing file and preallocation can only be used at the same time if extended_l2 is on');
+    }
     header.backingFile = o.backing_file;
     if (typeof o.backing_fmt === 'string') header.backingFormat = o.backing_fmt;
   } else if (o.backing_fmt !== undefined) {

@@ -249,6 +249,43 @@ describe.skipIf(!HAS_QEMU)('qcow2 extended L2 entries', () => {
       }
     });
 
+    it.each(['metadata', 'falloc'])(
+      'preallocation=%s with a backing file: only with extended_l2 (as qemu-img), and the backing file shows through',
+      async (pre) => {
+        const dir = t.path(`prealloc-${pre}`);
+        mkdirSync(dir);
+        makeBase(`${dir}/base.qcow2`, 3 * MiB, prng(440));
+        const opts = `preallocation=${pre},backing_file=base.qcow2,backing_fmt=qcow2`;
+        const refused = await platter(['create', '-q', '-f', 'qcow2', '-o', opts, `${dir}/std.qcow2`, '4M']);
+        const why = 'Backing file and preallocation can only be used at the same time if extended_l2 is on';
+        expect(refused.stderr).toBe(`platter: ${dir}/std.qcow2: ${why}\n`);
+        expect(refused.code).toBe(1);
+        expect(shStatus('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', opts, `${dir}/std.qemu.qcow2`, '4M']).stderr).toContain(why);
+
+        const ours = `${dir}/ours.qcow2`;
+        const theirs = `${dir}/theirs.qcow2`;
+        expect((await platter(['create', '-q', '-f', 'qcow2', '-o', `${opts},extended_l2=on`, ours, '4M'])).code).toBe(0);
+        sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `${opts},extended_l2=on`, theirs, '4M']);
+        expectClean(ours);
+        expect(sh('qemu-img', ['map', '--output=json', ours])).toBe(sh('qemu-img', ['map', '--output=json', theirs]));
+        // Writes then go in place, subcluster by subcluster, in both.
+        const cmds = ['write -P 9 100000 5000', 'write -z 1M 40000', 'write -P 8 2000000 1'];
+        qemuIo(theirs, cmds);
+        const image = await openImage(ours, { readOnly: false });
+        try {
+          await image.write(new Uint8Array(5000).fill(9), 100000);
+          await image.writeZeroes(MiB, 40000, false);
+          await image.write(new Uint8Array(1).fill(8), 2000000);
+        } finally {
+          await image.close();
+        }
+        expectClean(ours);
+        expect(sh('qemu-img', ['compare', ours, theirs])).toBe('Images are identical.\n');
+        expect(statSync(ours).size).toBe(statSync(theirs).size);
+        expect(sh('qemu-img', ['map', '--output=json', ours])).toBe(sh('qemu-img', ['map', '--output=json', theirs]));
+      },
+    );
+
     it('measure equals qemu-img measure', async () => {
       for (const o of ['extended_l2=on', 'extended_l2=on,cluster_size=16K', 'extended_l2=on,cluster_size=2M,refcount_bits=1', 'extended_l2=on,preallocation=metadata']) {
         for (const size of ['0', '1M', '100M', '10G', '1T']) {

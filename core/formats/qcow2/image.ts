@@ -806,6 +806,8 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
    * Allocates every guest cluster up front (create's preallocation):
    * 'metadata' maps them to clusters that read as zeros from a sparse file,
    * 'falloc' also reserves the space, 'full' also writes the zeros.
+   * With extended L2 entries the clusters get no allocated subclusters (as
+   * QEMU does): the backing file shows through until written in place.
    */
   async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
     const cs = this.clusterSize;
@@ -817,7 +819,11 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
         const host = await this.refcounts.allocate(n);
         await this.setMappings(
           index,
-          Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
+          Array.from({ length: n }, (_, k): Mapping =>
+            this.extended
+              ? fromSubclusters(host + k * cs, true, 0, 0)
+              : { kind: 'data', host: host + k * cs, copied: true },
+          ),
         );
         // The file must reach past every cluster it maps (qemu-img check calls
         // clusters past the end corrupt); 'metadata' leaves the new space sparse.
