@@ -2,7 +2,7 @@
 import { BlockError } from '../../image/errors.js';
 import type { CreateRequest } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
-import type { OptionDecl } from '../../options/schema.js';
+import type { OptionDecl, OptionValues } from '../../options/schema.js';
 import { SIZE_OPTION } from '../../options/common.js';
 import { COMPRESSION_TYPES, type CompressionType } from './compression.js';
 import { featureTableFor, type Qcow2Header } from './header.js';
@@ -55,6 +55,8 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
     help: 'File name of an external data file',
   },
   { name: 'data_file_raw', type: 'bool', default: false, help: 'The external data file must stay valid as a raw image' },
+  // compat=1.1 and clusters of at least 16 KiB: checked by checkExtendedL2, with qemu-img's words.
+  { name: 'extended_l2', type: 'bool', default: false, help: 'Extended L2 tables' },
 ];
 
 const AMENDABLE = ['size', 'compat', 'backing_file', 'backing_fmt', 'lazy_refcounts', 'refcount_bits'];
@@ -68,9 +70,22 @@ export const QCOW2_AMEND_OPTIONS: readonly OptionDecl[] = QCOW2_CREATE_OPTIONS.f
   (d) => ({ ...d, default: undefined, requires: undefined }) as OptionDecl,
 );
 
+/** Refuses extended_l2 where qemu-img refuses it, with its messages. */
+export function checkExtendedL2(o: OptionValues): void {
+  if (!o.extended_l2) return;
+  if (o.compat === '0.10') {
+    throw new BlockError('InvalidArgument', 'Extended L2 entries are only supported with compatibility level 1.1 and above');
+  }
+  if ((o.cluster_size as number) < 2 ** L.MIN_EXTL2_CLUSTER_BITS) {
+    const min = 2 ** L.MIN_EXTL2_CLUSTER_BITS;
+    throw new BlockError('InvalidArgument', `Extended L2 entries are only supported with cluster sizes of at least ${min} bytes`);
+  }
+}
+
 /** L1 entries a guest of `size` bytes needs; refused past QEMU's 32 MiB L1 limit. */
-export function l1EntriesFor(size: number, clusterSize: number): number {
-  const entries = Math.ceil(size / clusterSize / (clusterSize / 8));
+export function l1EntriesFor(size: number, clusterSize: number, extended = false): number {
+  const l2Entries = clusterSize / (extended ? L.L2_EXTENDED_ENTRY_BYTES : L.L2_ENTRY_BYTES);
+  const entries = Math.ceil(size / clusterSize / l2Entries);
   if (entries * 8 > L.MAX_L1_BYTES) {
     throw new BlockError('InvalidArgument', 'the image size is too large for this cluster size (try a larger cluster_size)');
   }
@@ -90,6 +105,7 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
   if (version === 2 && compressionType !== 0) {
     throw new BlockError('InvalidArgument', `compression_type=${o.compression_type} needs compat=1.1`);
   }
+  checkExtendedL2(o);
   if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
   const dataFileName = typeof o.data_file === 'string' ? o.data_file : undefined;
   const rawData = o.data_file_raw === true;
@@ -98,7 +114,12 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     // Reads of unallocated clusters would show the backing file, not the raw data file.
     throw new BlockError('InvalidArgument', 'a backing file and data_file_raw cannot be used together');
   }
-  const l1Size = l1EntriesFor(req.size, clusterSize);
+  if (o.extended_l2 === true && dataFileName !== undefined) {
+    // Guest cluster 0 would sit at host offset 0, which extended entries cannot say.
+    throw new BlockError('Unsupported', 'extended_l2 with an external data file is not supported');
+  }
+  const extended = o.extended_l2 === true;
+  const l1Size = l1EntriesFor(req.size, clusterSize, extended);
   const header: Qcow2Header = {
     version,
     clusterBits,
@@ -110,7 +131,10 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     refcountTableClusters: 1,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: (compressionType ? L.INCOMPAT_COMPRESSION : 0n) | (dataFileName !== undefined ? L.INCOMPAT_DATA_FILE : 0n),
+    incompatible:
+      (compressionType ? L.INCOMPAT_COMPRESSION : 0n) |
+      (dataFileName !== undefined ? L.INCOMPAT_DATA_FILE : 0n) |
+      (extended ? L.INCOMPAT_EXTL2 : 0n),
     compatible: o.lazy_refcounts ? L.COMPAT_LAZY_REFCOUNTS : 0n,
     autoclear: rawData ? L.AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: Math.log2(refcountBits),
@@ -121,6 +145,10 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     dataFile: dataFileName,
   };
   if (typeof o.backing_file === 'string') {
+    // Standard preallocated clusters would hide the backing file.
+    if (o.preallocation !== 'off' && !extended) {
+      throw new BlockError('InvalidArgument', 'Backing file and preallocation can only be used at the same time if extended_l2 is on');
+    }
     header.backingFile = o.backing_file;
     if (typeof o.backing_fmt === 'string') header.backingFormat = o.backing_fmt;
   } else if (o.backing_fmt !== undefined) {

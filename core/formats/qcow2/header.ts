@@ -182,7 +182,14 @@ function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   if (h.autoclear & L.AUTOCLEAR_DATA_FILE_RAW && !(h.incompatible & L.INCOMPAT_DATA_FILE)) {
     throw corrupt('data-file-raw requires a data file');
   }
-  if (h.incompatible & L.INCOMPAT_EXTL2) throw unsupported('images with extended L2 entries (subclusters) are not supported yet');
+  const extended = (h.incompatible & L.INCOMPAT_EXTL2) !== 0n;
+  if (extended && h.clusterBits < L.MIN_EXTL2_CLUSTER_BITS) {
+    const sc = clusterSize / L.SUBCLUSTERS;
+    throw unsupported(`subclusters of ${sc} bytes are not supported (extended L2 entries need clusters of at least 16 KiB)`);
+  }
+  if (extended && h.incompatible & L.INCOMPAT_DATA_FILE) {
+    throw unsupported('extended L2 entries with an external data file are not supported');
+  }
   if (h.refcountOrder > 6) throw corrupt(`refcount_order ${h.refcountOrder} is too large (at most 6)`);
   if (h.cryptMethod !== 0) throw unsupported(`encrypted qcow2 images (method ${h.cryptMethod}) are not supported yet`);
   const compressionBit = (h.incompatible & L.INCOMPAT_COMPRESSION) !== 0n;
@@ -192,7 +199,7 @@ function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   if (h.compressionType > 1) throw unsupported(`unknown compression type ${h.compressionType}`);
 
   if (h.l1Size * 8 > L.MAX_L1_BYTES) throw corrupt(`the L1 table is too large (${h.l1Size} entries)`);
-  const l2Entries = clusterSize / 8;
+  const l2Entries = clusterSize / (extended ? L.L2_EXTENDED_ENTRY_BYTES : L.L2_ENTRY_BYTES);
   const needL1 = Math.ceil(h.size / clusterSize / l2Entries);
   if (h.l1Size < needL1) throw corrupt(`the L1 table (${h.l1Size} entries) is too small for the virtual size`);
   if (h.l1Size > 0) checkAligned(h.l1TableOffset, clusterSize, 'L1 table offset');

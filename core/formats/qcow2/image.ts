@@ -21,6 +21,7 @@ import type {
   FormatInfo,
   HasBacking,
   LayerExtent,
+  LayerState,
   RepairMode,
   Resizable,
   ResizePreallocation,
@@ -36,7 +37,17 @@ import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
-import { decodeL1, decodeL2, encodeL2, UNALLOCATED, type Mapping } from './l2.js';
+import {
+  ALL_SUBCLUSTERS,
+  decodeL1,
+  decodeL2,
+  encodeBitmap,
+  encodeL2,
+  fromSubclusters,
+  hostOf,
+  UNALLOCATED,
+  type Mapping,
+} from './l2.js';
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
 import { encodeTable, readTable } from './tables.js';
@@ -85,6 +96,14 @@ export class Qcow2Image
   readonly clusterBits: number;
   /** Entries per L2 table. */
   readonly l2Entries: number;
+  /** Extended L2 entries: 128 bits each, clusters split into 32 subclusters. */
+  readonly extended: boolean;
+  /** u64 words per L2 entry: 1, or 2 with extended L2 entries (entry, then subcluster bitmap). */
+  readonly l2Stride: 1 | 2;
+  /** The unit of allocation within a cluster: a subcluster, or the whole cluster without extended L2. */
+  readonly subclusterSize: number;
+  /** The mask of every subcluster of a cluster (a single bit without extended L2). */
+  private readonly allSubclusters: number;
   private l1: BigUint64Array;
   private readonly l2Cache = new Map<number, BigUint64Array>();
   private backing?: Backing;
@@ -108,7 +127,11 @@ export class Qcow2Image
     this.data = dataFile ?? proto;
     this.clusterBits = header.clusterBits;
     this.clusterSize = 2 ** header.clusterBits;
-    this.l2Entries = this.clusterSize / 8;
+    this.extended = (header.incompatible & L.INCOMPAT_EXTL2) !== 0n;
+    this.l2Stride = this.extended ? 2 : 1;
+    this.l2Entries = this.clusterSize / (8 * this.l2Stride);
+    this.subclusterSize = this.extended ? this.clusterSize / L.SUBCLUSTERS : this.clusterSize;
+    this.allSubclusters = this.extended ? ALL_SUBCLUSTERS : 1;
     this.l1 = l1;
     this.codec = codecFor(COMPRESSION_TYPES[header.compressionType]);
   }
@@ -230,7 +253,7 @@ export class Qcow2Image
     }
     const overlap = this.metadataOverlap(offset, this.clusterSize, false);
     if (overlap) throw new BlockError('Corrupt', `an L2 table at offset ${offset} overlaps the ${overlap}`);
-    t = await readTable(this.proto, offset, this.l2Entries);
+    t = await readTable(this.proto, offset, this.clusterSize / 8);
     this.l2Cache.set(offset, t);
     while (this.l2Cache.size * this.clusterSize > L2_CACHE_BYTES) this.l2Cache.delete(this.l2Cache.keys().next().value!);
     return t;
@@ -243,12 +266,66 @@ export class Qcow2Image
     const { offset } = decodeL1(this.l1[l1i], this.clusterSize, l1i);
     if (!offset) return UNALLOCATED;
     const t = await this.l2Table(offset);
-    const i = index % this.l2Entries;
-    const m = decodeL2(t[i], this.clusterBits, this.header.version, () => `L2 entry for guest cluster ${index}`, this.externalData);
+    const m = this.entryAt(t, index % this.l2Entries, () => `L2 entry for guest cluster ${index}`);
     if (m.kind === 'compressed' && this.externalData) {
       throw new BlockError('Corrupt', `guest cluster ${index} is compressed in an image with an external data file`);
     }
     return m;
+  }
+
+  /** Decodes entry `j` of an L2 table as readL2 returns it. */
+  entryAt(table: BigUint64Array, j: number, where: () => string): Mapping {
+    const w = this.l2Stride;
+    return decodeL2(table[j * w], this.clusterBits, this.header.version, where, w === 2 ? table[j * w + 1] : undefined, this.externalData);
+  }
+
+  // ---- subclusters ------------------------------------------------------
+
+  /** Subclusters [first, end) of a cluster as a mask. */
+  private static mask(first: number, end: number): number {
+    return end - first >= 32 ? ALL_SUBCLUSTERS : ((2 ** (end - first) - 1) * 2 ** first) >>> 0;
+  }
+
+  /** The subclusters bytes [from, to) of a cluster touch. */
+  private touched(from: number, to: number): number {
+    const sc = this.subclusterSize;
+    return Qcow2Image.mask(Math.floor(from / sc), Math.ceil(to / sc));
+  }
+
+  /** The subclusters bytes [from, to) of a cluster cover wholly. */
+  private covered(from: number, to: number): number {
+    const sc = this.subclusterSize;
+    const first = Math.ceil(from / sc);
+    const end = Math.floor(to / sc);
+    return end > first ? Qcow2Image.mask(first, end) : 0;
+  }
+
+  /** Which subclusters of `m` hold data and which read as zeros. */
+  private masks(m: Mapping): { alloc: number; zero: number } {
+    if (m.kind === 'subclusters') return m;
+    if (m.kind === 'data' || m.kind === 'compressed') return { alloc: this.allSubclusters, zero: 0 };
+    return { alloc: 0, zero: m.kind === 'zero' ? this.allSubclusters : 0 };
+  }
+
+  /**
+   * Splits bytes [from, to) of a cluster mapped by `m` into runs that each
+   * read one way, as plain mappings (data, zero or unallocated).
+   */
+  private spans(m: Mapping, from: number, to: number): { from: number; to: number; m: Mapping }[] {
+    if (m.kind !== 'subclusters') return [{ from, to, m }];
+    const sc = this.subclusterSize;
+    const out: { from: number; to: number; m: Mapping }[] = [];
+    const data: Mapping = { kind: 'data', host: m.host, copied: m.copied };
+    const zero: Mapping = { kind: 'zero', host: 0, copied: false };
+    const at = (i: number) => ((m.alloc >>> i) & 1 ? data : (m.zero >>> i) & 1 ? zero : UNALLOCATED);
+    for (let a = from; a < to; ) {
+      const kind = at(Math.floor(a / sc));
+      let b = Math.min(to, (Math.floor(a / sc) + 1) * sc);
+      while (b < to && at(b / sc) === kind) b = Math.min(to, b + sc);
+      out.push({ from: a, to: b, m: kind });
+      a = b;
+    }
+    return out;
   }
 
   /**
@@ -287,21 +364,32 @@ export class Qcow2Image
       const index = Math.floor(guest / cs);
       const inCluster = guest % cs;
       const len = Math.min(cs - inCluster, buf.length - done);
-      const m = await this.lookup(index);
-      if (m.kind === 'data') {
-        const host = m.host + inCluster;
-        if (run && run.host + run.len === host) run.len += len;
-        else {
+      for (const s of this.spans(await this.lookup(index), inCluster, inCluster + len)) {
+        const dst = done + s.from - inCluster;
+        if (s.m.kind === 'data') {
+          const host = s.m.host + s.from;
+          if (run && run.host + run.len === host) run.len += s.to - s.from;
+          else {
+            await flushRun();
+            run = { dst, host, len: s.to - s.from };
+          }
+        } else {
           await flushRun();
-          run = { dst: done, host, len };
+          await this.readOther(s.m, buf.subarray(dst, dst + s.to - s.from), guest + s.from - inCluster, s.from);
         }
-      } else {
-        await flushRun();
-        await this.readOther(m, buf.subarray(done, done + len), guest, inCluster);
       }
       done += len;
     }
     await flushRun();
+  }
+
+  /** Reads bytes of one guest cluster as `m` maps them, from `inCluster` on (for copy-on-write). */
+  private async readMapped(m: Mapping, dst: Uint8Array, guest: number, inCluster: number): Promise<void> {
+    for (const s of this.spans(m, inCluster, inCluster + dst.length)) {
+      const part = dst.subarray(s.from - inCluster, s.to - inCluster);
+      if (s.m.kind === 'data') await this.data.read(part, s.m.host + s.from);
+      else await this.readOther(s.m, part, guest + s.from - inCluster, s.from);
+    }
   }
 
   /** Reads a piece of one guest cluster that is not plain data. */
@@ -343,37 +431,53 @@ export class Qcow2Image
 
   async blockStatus(offset: number, length: number): Promise<LayerExtent> {
     const cs = this.clusterSize;
-    const first = await this.lookup(Math.floor(offset / cs));
     const inCluster = offset % cs;
-    const state = first.kind === 'data' || first.kind === 'compressed' ? 'data' : first.kind === 'zero' ? 'zero' : 'unallocated';
-    const host = first.kind === 'data' || (first.kind === 'zero' && first.host) ? first.host : undefined;
-    let len = Math.min(cs - inCluster, length);
-    // Extend over following clusters of the same kind (and contiguous host offsets).
-    while (len < length) {
-      const index = Math.floor((offset + len) / cs);
+    const first = this.runIn(await this.lookup(Math.floor(offset / cs)), inCluster, length);
+    let len = first.length;
+    // Extend over following clusters that start the same way (and contiguous host offsets).
+    while (len < length && (offset + len) % cs === 0 && !first.compressed) {
+      const index = (offset + len) / cs;
       const l1i = Math.floor(index / this.l2Entries);
-      if (first.kind === 'unallocated' && (l1i >= this.l1.length || !decodeL1(this.l1[l1i], cs, l1i).offset)) {
+      const noTable = l1i >= this.l1.length || !decodeL1(this.l1[l1i], cs, l1i).offset;
+      if (first.state === 'unallocated' && first.host === undefined && noTable) {
         // No L2 table: its whole range is unallocated, in one step (not one per cluster).
         len += Math.min(((l1i + 1) * this.l2Entries - index) * cs, length - len);
         continue;
       }
-      const m = await this.lookup(index);
-      if (m.kind !== first.kind) break;
-      if (m.kind === 'compressed') break;
-      if (host !== undefined) {
-        const h = m.kind === 'data' || m.kind === 'zero' ? m.host : undefined;
-        if (h !== host + (index * cs - (offset - inCluster))) break;
-      } else if (m.kind === 'zero' && m.host) break;
-      len += Math.min(cs, length - len);
+      const next = this.runIn(await this.lookup(index), 0, length - len);
+      if (next.state !== first.state || next.compressed) break;
+      if (first.host === undefined ? next.host !== undefined : next.host !== first.host + len) break;
+      len += next.length;
     }
     return {
       offset,
       length: len,
-      state,
-      hostOffset: host === undefined ? undefined : host + inCluster,
-      hostFile: host !== undefined && this.externalData ? this.data : undefined,
-      compressed: first.kind === 'compressed',
+      state: first.state,
+      hostOffset: first.host,
+      hostFile: first.host !== undefined && this.externalData ? this.data : undefined,
+      compressed: first.compressed,
     };
+  }
+
+  /**
+   * The run of bytes from `from` in a cluster mapped by `m` (at most `max`)
+   * that reads one way, and where it is stored. Like QEMU, a host offset is
+   * reported for unallocated subclusters of a cluster that has one.
+   */
+  private runIn(
+    m: Mapping,
+    from: number,
+    max: number,
+  ): { state: LayerState; length: number; host?: number; compressed: boolean } {
+    const cs = this.clusterSize;
+    if (m.kind === 'subclusters') {
+      const s = this.spans(m, from, Math.min(cs, from + max))[0];
+      const state = s.m.kind === 'data' ? 'data' : s.m.kind === 'zero' ? 'zero' : 'unallocated';
+      return { state, length: s.to - from, host: m.host ? m.host + from : undefined, compressed: false };
+    }
+    const state = m.kind === 'data' || m.kind === 'compressed' ? 'data' : m.kind;
+    const host = m.kind === 'data' || (m.kind === 'zero' && m.host) ? m.host + from : undefined;
+    return { state, length: Math.min(cs - from, max), host, compressed: m.kind === 'compressed' };
   }
 
   // ---- writing ----------------------------------------------------------
@@ -416,13 +520,19 @@ export class Qcow2Image
         done += len;
         continue;
       }
+      if (this.writableInPlace(m)) {
+        const len = Math.min(cs - (guest % cs), buf.length - done);
+        await this.writeSubclusters(m, index, buf.subarray(done, done + len), guest % cs);
+        done += len;
+        continue;
+      }
       // Allocate: every following cluster in this L2 table that also needs it.
       const l2End = (Math.floor(index / this.l2Entries) + 1) * this.l2Entries;
       const lastIndex = Math.min(Math.floor((offset + buf.length - 1) / cs), l2End - 1);
       const olds: Mapping[] = [m];
       for (let i = index + 1; i <= lastIndex; i++) {
         const n = await this.lookup(i);
-        if (n.kind === 'data' && n.copied) break;
+        if ((n.kind === 'data' && n.copied) || this.writableInPlace(n)) break;
         olds.push(n);
       }
       // Copy-on-write releases the old clusters: they must not be metadata.
@@ -430,25 +540,47 @@ export class Qcow2Image
       const count = olds.length;
       const start = index * cs;
       const end = Math.min(start + count * cs, offset + buf.length);
+      /** Bytes [from, to) of cluster k that this write covers. */
+      const part = (k: number): [number, number] => {
+        const c = start + k * cs;
+        return [Math.max(guest, c) - c, Math.min(end, c + cs) - c];
+      };
+      // The written subclusters become data, and so do the old data ones
+      // (copied); zero subclusters stay zeros, unallocated ones unallocated.
+      const news = olds.map((old, k) => {
+        const o = this.masks(old);
+        const alloc = (o.alloc | this.touched(...part(k))) >>> 0;
+        return { alloc, zero: (o.zero & ~alloc) >>> 0 };
+      });
+      // Host bytes written: from the first data subcluster to the end of the last.
+      const sc = this.subclusterSize;
+      const lo = (31 - Math.clz32(news[0].alloc & -news[0].alloc)) * sc;
+      const hi = (count - 1) * cs + (32 - Math.clz32(news[count - 1].alloc)) * sc;
       let data: Uint8Array;
-      if (guest === start && end === start + count * cs) {
-        // Whole clusters: written straight from the caller's buffer.
-        data = buf.subarray(done, done + count * cs);
+      if (guest === start + lo && end === start + hi) {
+        // Whole (sub)clusters: written straight from the caller's buffer.
+        data = buf.subarray(done, done + hi - lo);
       } else {
-        data = new Uint8Array(count * cs);
-        // Copy-on-write: the parts of the first and last cluster this write leaves alone.
-        if (guest > start) await this.readCluster(olds[0], data.subarray(0, cs), start);
-        if (end < start + count * cs) {
-          const lastStart = start + (count - 1) * cs;
-          if (count > 1 || guest === start) await this.readCluster(olds[count - 1], data.subarray((count - 1) * cs), lastStart);
+        data = new Uint8Array(hi - lo);
+        // Copy-on-write: data subclusters of the first and last cluster this write does not wholly cover.
+        for (const k of count > 1 ? [0, count - 1] : [0]) {
+          const keep = (news[k].alloc & ~this.covered(...part(k))) >>> 0;
+          for (let i = 0; i < 32; i++) {
+            if (!((keep >>> i) & 1)) continue;
+            let j = i + 1;
+            while (j < 32 && (keep >>> j) & 1) j++;
+            const at = k * cs + i * sc - lo;
+            await this.readMapped(olds[k], data.subarray(at, at + (j - i) * sc), start + k * cs + i * sc, i * sc);
+            i = j;
+          }
         }
-        data.set(buf.subarray(done, done + (end - guest)), guest - start);
+        data.set(buf.subarray(done, done + (end - guest)), guest - start - lo);
       }
       const host = await this.allocateData(index, count);
-      await this.data.write(data, host);
+      await this.data.write(data, host + lo);
       await this.setMappings(
         index,
-        olds.map((_, k) => ({ kind: 'data', host: host + k * cs, copied: true })),
+        news.map((n, k) => fromSubclusters(host + k * cs, true, n.alloc, n.zero, this.allSubclusters)),
       );
       for (const old of olds) await this.release(old);
       done += end - guest;
@@ -463,11 +595,52 @@ export class Qcow2Image
     return this.externalData ? Promise.resolve(index * this.clusterSize) : this.refcounts.allocate(count);
   }
 
+  /**
+   * Extended L2: a cluster whose host cluster is this image's alone (refcount
+   * one) but not all data can take writes in place, subcluster by subcluster.
+   */
+  private writableInPlace(m: Mapping): m is Mapping & { host: number } {
+    return this.extended && (m.kind === 'zero' || m.kind === 'subclusters') && m.host !== 0 && m.copied;
+  }
+
+  /**
+   * Writes `piece` at `from` in one such cluster: the data first, then the
+   * bitmap marks the subclusters allocated. A subcluster it covers only in
+   * part that held no data keeps the rest of its old content (zeros, or the
+   * backing file's).
+   */
+  private async writeSubclusters(
+    m: Mapping & { host: number },
+    index: number,
+    piece: Uint8Array,
+    from: number,
+  ): Promise<void> {
+    const cs = this.clusterSize;
+    const sc = this.subclusterSize;
+    const { alloc, zero } = this.masks(m);
+    const to = from + piece.length;
+    const lo = from % sc && !((alloc >>> Math.floor(from / sc)) & 1) ? from - (from % sc) : from;
+    const hi = to % sc && !((alloc >>> Math.floor(to / sc)) & 1) ? to - (to % sc) + sc : to;
+    let data = piece;
+    if (lo < from || hi > to) {
+      data = new Uint8Array(hi - lo);
+      if (lo < from) await this.readMapped(m, data.subarray(0, from - lo), index * cs + lo, lo);
+      if (hi > to) await this.readMapped(m, data.subarray(to - lo), index * cs + to, to);
+      data.set(piece, from - lo);
+    }
+    const overlap = this.externalData ? undefined : this.metadataOverlap(m.host + lo, hi - lo, true);
+    if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
+    await this.data.write(data, m.host + lo);
+    const next = (alloc | this.touched(from, to)) >>> 0;
+    if (next !== alloc) await this.setMappings(index, [fromSubclusters(m.host, true, next, (zero & ~next) >>> 0)]);
+  }
+
   /** Refuses to copy or release a guest cluster whose host cluster holds metadata. */
   private async refuseMetadataMapping(m: Mapping): Promise<void> {
-    if ((m.kind !== 'data' && m.kind !== 'zero') || !m.host || this.externalData) return;
-    const overlap = this.metadataOverlap(m.host, this.clusterSize, false);
-    if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
+    const host = hostOf(m);
+    if (!host || this.externalData) return;
+    const overlap = this.metadataOverlap(host, this.clusterSize, false);
+    if (overlap) await this.signalCorruption(`a data cluster at ${host} overlaps the ${overlap}`);
   }
 
   /**
@@ -493,18 +666,12 @@ export class Qcow2Image
     await this.proto.flush();
   }
 
-  /** The whole content of a guest cluster as `m` maps it (for copy-on-write). */
-  private async readCluster(m: Mapping, dst: Uint8Array, guest: number): Promise<void> {
-    if (m.kind === 'data') await this.data.read(dst, m.host);
-    else await this.readOther(m, dst, guest, 0);
-  }
-
   /** Drops the references an old mapping held. */
   private async release(m: Mapping): Promise<void> {
     const cs = this.clusterSize;
-    if (m.kind === 'data' || (m.kind === 'zero' && m.host)) {
+    if (hostOf(m)) {
       // Clusters of an external data file are not counted.
-      if (!this.externalData) await this.refcounts.free(m.host, 1);
+      if (!this.externalData) await this.refcounts.free(hostOf(m), 1);
     } else if (m.kind === 'compressed') {
       const first = Math.floor(m.host / cs);
       const last = Math.floor((m.host + m.length - 1) / cs);
@@ -521,11 +688,15 @@ export class Qcow2Image
     const l1i = Math.floor(index / this.l2Entries);
     if (l1i >= this.l1.length) throw new BlockError('OutOfBounds', `guest cluster ${index} is past the L1 table`);
     const table = await this.writableL2(l1i);
-    const first = index % this.l2Entries;
-    mappings.forEach((m, k) => (table.entries[first + k] = encodeL2(m, this.clusterBits)));
-    const raw = new Uint8Array(mappings.length * 8);
+    const w = this.l2Stride;
+    const first = (index % this.l2Entries) * w;
+    mappings.forEach((m, k) => {
+      table.entries[first + k * w] = encodeL2(m, this.clusterBits, this.extended);
+      if (this.extended) table.entries[first + k * w + 1] = encodeBitmap(m);
+    });
+    const raw = new Uint8Array(mappings.length * w * 8);
     const dv = new DataView(raw.buffer);
-    mappings.forEach((_, k) => dv.setBigUint64(k * 8, table.entries[first + k]));
+    for (let k = 0; k < mappings.length * w; k++) dv.setBigUint64(k * 8, table.entries[first + k]);
     await this.proto.write(raw, table.offset + first * 8);
   }
 
@@ -533,17 +704,14 @@ export class Qcow2Image
   private async writableL2(l1i: number): Promise<{ offset: number; entries: BigUint64Array }> {
     const cur = decodeL1(this.l1[l1i], this.clusterSize, l1i);
     if (cur.offset && cur.copied) return { offset: cur.offset, entries: await this.l2Table(cur.offset) };
-    const entries = new BigUint64Array(this.l2Entries);
+    const entries = new BigUint64Array(this.clusterSize / 8);
     if (cur.offset) {
       // Shared with a snapshot: copy it; entries whose clusters are shared lose COPIED.
-      const old = await this.l2Table(cur.offset);
-      for (let i = 0; i < old.length; i++) {
-        let e = old[i];
-        const m = decodeL2(e, this.clusterBits, this.header.version, () => `L2 entry ${i}`);
-        if ((m.kind === 'data' || m.kind === 'zero') && m.host && (await this.refcounts.get(m.host / this.clusterSize)) !== 1) {
-          e &= ~L.OFLAG_COPIED;
-        }
-        entries[i] = e;
+      entries.set(await this.l2Table(cur.offset));
+      for (let i = 0; i < this.l2Entries; i++) {
+        const host = hostOf(this.entryAt(entries, i, () => `L2 entry ${i}`));
+        const shared = host !== 0 && (await this.refcounts.get(host / this.clusterSize)) !== 1;
+        if (shared) entries[i * this.l2Stride] &= ~L.OFLAG_COPIED;
       }
     }
     const offset = await this.refcounts.allocate(1);
@@ -562,13 +730,13 @@ export class Qcow2Image
     return this.setL1(i, e);
   }
 
-  /** Rewrites one entry of the L2 table at `offset` (check's flag repair). */
+  /** Rewrites the first 64 bits of entry `i` of the L2 table at `offset` (check's flag repair). */
   async rewriteL2Entry(offset: number, i: number, e: bigint): Promise<void> {
     const table = await this.l2Table(offset);
-    table[i] = e;
+    table[i * this.l2Stride] = e;
     const raw = new Uint8Array(8);
     new DataView(raw.buffer).setBigUint64(0, e);
-    await this.proto.write(raw, offset + i * 8);
+    await this.proto.write(raw, offset + i * this.l2Stride * 8);
   }
 
   check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
@@ -627,25 +795,29 @@ export class Qcow2Image
       await this.bitmaps?.track(offset, length);
       // A raw data file must read as the guest does: the zeros go there, at guest offsets.
       if (this.rawData) return this.data.writeZeroes(offset, length, mayUnmap);
-      const cs = this.clusterSize;
-      const head = Math.min(length, (cs - (offset % cs)) % cs);
-      const tail = (offset + length) % cs;
-      const fullStart = offset + head;
-      const fullEnd = offset + length - (length - head > 0 ? tail : 0);
       const canFlag = this.header.version >= 3 || !this.backing;
       if (!canFlag) return this.writeZeroBytes(offset, length);
-      if (head) await this.writeZeroBytes(offset, head);
-      if (fullEnd > fullStart) {
-        await this.remap(fullStart / cs, (fullEnd - fullStart) / cs, (old) => {
-          // Version 2 without a backing file: unallocated reads as zeros.
-          if (this.header.version < 3) return UNALLOCATED;
-          if (!mayUnmap && (old.kind === 'data' || old.kind === 'zero') && old.host && old.copied) {
-            return { kind: 'zero', host: old.host, copied: true };
-          }
-          return { kind: 'zero', host: 0, copied: false };
-        });
-      }
-      if (tail && fullEnd >= fullStart && offset + length > fullEnd) await this.writeZeroBytes(fullEnd, offset + length - fullEnd);
+      // Whole (sub)clusters get the zero flag or bits; the bytes of partial ones are written.
+      const sc = this.subclusterSize;
+      const first = Math.ceil(offset / sc) * sc;
+      const last = Math.floor((offset + length) / sc) * sc;
+      if (last <= first) return this.writeZeroBytes(offset, length);
+      if (first > offset) await this.writeZeroBytes(offset, first - offset);
+      await this.remap(first, last, (old, covered) => {
+        // Version 2 without a backing file: unallocated reads as zeros.
+        if (this.header.version < 3) return UNALLOCATED;
+        if (covered !== this.allSubclusters) {
+          // Part of an extended cluster: those subclusters read as zeros, the host cluster stays.
+          if (old.kind === 'compressed') return undefined;
+          const o = this.masks(old);
+          const alloc = (o.alloc & ~covered) >>> 0;
+          return fromSubclusters(hostOf(old), 'copied' in old && old.copied, alloc, (o.zero | covered) >>> 0);
+        }
+        const host = hostOf(old);
+        if (!mayUnmap && host && 'copied' in old && old.copied) return { kind: 'zero', host, copied: true };
+        return { kind: 'zero', host: 0, copied: false };
+      });
+      if (offset + length > last) await this.writeZeroBytes(last, offset + length - last);
     });
   }
 
@@ -658,42 +830,74 @@ export class Qcow2Image
 
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
-    const cs = this.clusterSize;
-    const first = Math.ceil(offset / cs);
-    const last = Math.floor((offset + length) / cs);
+    const sc = this.subclusterSize;
+    const first = Math.ceil(offset / sc) * sc;
+    const last = Math.floor((offset + length) / sc) * sc;
+    // With a backing file, a discarded (sub)cluster must not show the backing data.
+    const toZero = this.backing !== undefined && this.header.version >= 3;
     await this.modify(async () => {
       // Like QEMU, the whole request counts as written, even the parts kept.
       await this.bitmaps?.track(offset, length);
       if (last <= first) return;
-      if (this.rawData) return this.data.writeZeroes(first * cs, (last - first) * cs, true);
-      // With a backing file, a discarded cluster must not show the backing data.
-      await this.remap(first, last - first, () =>
-        this.backing && this.header.version >= 3 ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED,
-      );
+      if (this.rawData) return this.data.writeZeroes(first, last - first, true);
+      await this.remap(first, last, (old, covered) => {
+        if (covered === this.allSubclusters) return toZero ? { kind: 'zero', host: 0, copied: false } : UNALLOCATED;
+        if (old.kind === 'compressed') return undefined;
+        const o = this.masks(old);
+        const zero = toZero ? o.zero | covered : o.zero & ~covered;
+        return fromSubclusters(hostOf(old), 'copied' in old && old.copied, (o.alloc & ~covered) >>> 0, zero >>> 0);
+      });
       // Nothing maps that part of a data file any more: give the space back.
-      if (this.externalData) await this.data.discard(first * cs, Math.min(last * cs, await this.data.size()) - first * cs);
+      if (this.externalData) await this.data.discard(first, Math.min(last, await this.data.size()) - first);
     });
   }
 
-  /** Sets each cluster in the range to `next(old)` and releases what the old mapping held. */
-  private async remap(index: number, count: number, next: (old: Mapping) => Mapping): Promise<void> {
-    for (let at = index; at < index + count; ) {
-      const l2End = (Math.floor(at / this.l2Entries) + 1) * this.l2Entries;
-      const n = Math.min(l2End, index + count) - at;
+  /**
+   * Sets guest bytes [start, end) (whole subclusters) to `next(old, covered)`
+   * per cluster, `covered` being the mask of its subclusters in the range,
+   * and releases what old mappings no longer hold. Where `next` gives
+   * nothing (a compressed cluster only partly covered), zero bytes are
+   * written instead.
+   */
+  private async remap(
+    start: number,
+    end: number,
+    next: (old: Mapping, covered: number) => Mapping | undefined,
+  ): Promise<void> {
+    const cs = this.clusterSize;
+    const byBytes: [number, number][] = [];
+    for (let at = start; at < end; ) {
+      const index = Math.floor(at / cs);
+      const stop = Math.min(end, (Math.floor(index / this.l2Entries) + 1) * this.l2Entries * cs);
       const olds: Mapping[] = [];
-      for (let i = 0; i < n; i++) olds.push(await this.lookup(at + i));
-      for (const old of olds) await this.refuseMetadataMapping(old);
-      const news = olds.map(next);
-      const changed = olds.some((o, i) => encodeL2(o, this.clusterBits) !== encodeL2(news[i], this.clusterBits));
-      if (changed) {
-        await this.setMappings(at, news);
-        for (let i = 0; i < n; i++) {
-          const kept = (news[i].kind === 'zero' || news[i].kind === 'data') && (news[i] as { host: number }).host;
-          if (!kept) await this.release(olds[i]);
-        }
+      const news: Mapping[] = [];
+      for (let c = at; c < stop; ) {
+        const i = Math.floor(c / cs);
+        const cEnd = Math.min(stop, (i + 1) * cs);
+        const old = await this.lookup(i);
+        const n = next(old, this.covered(c - i * cs, cEnd - i * cs));
+        if (!n) byBytes.push([c, cEnd]);
+        olds.push(old);
+        news.push(n ?? old);
+        c = cEnd;
       }
-      at += n;
+      for (const old of olds) await this.refuseMetadataMapping(old);
+      const same = olds.map((o, i) => this.sameEntry(o, news[i]));
+      if (same.includes(false)) {
+        await this.setMappings(index, news);
+        for (let i = 0; i < olds.length; i++) if (!same[i] && !hostOf(news[i])) await this.release(olds[i]);
+      }
+      at = stop;
     }
+    for (const [a, b] of byBytes) await this.writeZeroBytes(a, b - a);
+  }
+
+  /** Whether two mappings encode to the same L2 entry. */
+  private sameEntry(a: Mapping, b: Mapping): boolean {
+    return (
+      encodeL2(a, this.clusterBits, this.extended) === encodeL2(b, this.clusterBits, this.extended) &&
+      (!this.extended || encodeBitmap(a) === encodeBitmap(b))
+    );
   }
 
   /**
@@ -703,12 +907,13 @@ export class Qcow2Image
   async makeEmpty(): Promise<void> {
     this.checkWritable();
     await this.modify(async () => {
-      const total = Math.ceil(this.size / this.clusterSize);
+      const cs = this.clusterSize;
+      const total = Math.ceil(this.size / cs);
       for (let l1i = 0; l1i < this.l1.length && l1i * this.l2Entries < total; l1i++) {
         // Tables never allocated hold nothing: no lookup per cluster there.
-        if (!decodeL1(this.l1[l1i], this.clusterSize, l1i).offset) continue;
+        if (!decodeL1(this.l1[l1i], cs, l1i).offset) continue;
         const first = l1i * this.l2Entries;
-        await this.remap(first, Math.min(this.l2Entries, total - first), () => UNALLOCATED);
+        await this.remap(first * cs, (first + Math.min(this.l2Entries, total - first)) * cs, () => UNALLOCATED);
       }
     });
   }
@@ -732,7 +937,7 @@ export class Qcow2Image
       const olds: Mapping[] = [];
       for (let i = index; i < l2End; i++) {
         const m = await this.lookup(i);
-        if (m.kind !== 'unallocated' && !(m.kind === 'zero' && !m.host)) break;
+        if (m.kind === 'compressed' || hostOf(m)) break;
         olds.push(m);
       }
       const n = olds.length;
@@ -751,7 +956,13 @@ export class Qcow2Image
       if (fileSize < end) await this.data.truncate(end, mode === 'metadata' ? 'off' : mode);
       await this.setMappings(
         index,
-        Array.from({ length: n }, (_, k): Mapping => ({ kind: 'data', host: host + k * cs, copied: true })),
+        // With extended L2 entries no subcluster is allocated (as QEMU does):
+        // the backing file shows through until written in place.
+        olds.map((old, k): Mapping =>
+          this.extended
+            ? fromSubclusters(host + k * cs, true, 0, this.masks(old).zero)
+            : { kind: 'data', host: host + k * cs, copied: true },
+        ),
       );
       for (const old of olds) await this.release(old);
       index += n;
@@ -863,7 +1074,7 @@ export class Qcow2Image
       if (size < old) {
         const first = Math.ceil(size / cs);
         const last = Math.ceil(old / cs);
-        if (last > first) await this.remap(first, last - first, () => UNALLOCATED);
+        if (last > first) await this.remap(first * cs, last * cs, () => UNALLOCATED);
       }
       const needL1 = Math.ceil(size / cs / this.l2Entries);
       if (needL1 > this.l1.length) await this.growL1(needL1);
@@ -872,7 +1083,7 @@ export class Qcow2Image
         if (zeroStart > old) await this.writeZeroBytes(old, zeroStart - old);
         const first = zeroStart / cs;
         const last = Math.ceil(size / cs);
-        if (last > first) await this.remap(first, last - first, () => ({ kind: 'zero', host: 0, copied: false }));
+        if (last > first) await this.remap(first * cs, last * cs, () => ({ kind: 'zero', host: 0, copied: false }));
       }
       this.header.size = size;
       await this.writeHeader();
@@ -936,7 +1147,7 @@ export class Qcow2Image
     }
     if (h.version === 3) {
       data.corrupt = (h.incompatible & L.INCOMPAT_CORRUPT) !== 0n;
-      data['extended-l2'] = false;
+      data['extended-l2'] = this.extended;
     }
     return {
       clusterSize: this.clusterSize,

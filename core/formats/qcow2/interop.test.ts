@@ -153,7 +153,10 @@ function qemuInfo(image: string) {
 }
 
 /** The header fields qemu-img info reports that the create options set. */
-function expectInfo(image: string, want: { size: number; clusterSize: number; compat: string; refcountBits: number; lazy: boolean }) {
+function expectInfo(
+  image: string,
+  want: { size: number; clusterSize: number; compat: string; refcountBits: number; lazy: boolean; extendedL2?: boolean },
+) {
   const info = qemuInfo(image);
   expect({
     format: info.format,
@@ -170,7 +173,7 @@ function expectInfo(image: string, want: { size: number; clusterSize: number; co
     'compression-type': 'zlib',
     'refcount-bits': want.refcountBits,
     // Version 3 only:
-    ...(want.compat === '1.1' ? { 'lazy-refcounts': want.lazy, corrupt: false, 'extended-l2': false } : {}),
+    ...(want.compat === '1.1' ? { 'lazy-refcounts': want.lazy, corrupt: false, 'extended-l2': want.extendedL2 ?? false } : {}),
   });
 }
 
@@ -187,7 +190,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
   });
 
   describe('images Platter creates and fills check clean and read identically in qemu', () => {
-    type Combo = { compat: '0.10' | '1.1'; cs: string; rb: number; pre: 'off' | 'metadata' | 'falloc' | 'full'; lazy: boolean };
+    type Combo = { compat: '0.10' | '1.1'; cs: string; rb: number; pre: 'off' | 'metadata' | 'falloc' | 'full'; lazy: boolean; xl2?: boolean };
     /*
      * A subset of compat {0.10, 1.1} x cluster_size {512, 4K, 64K, 2M} x
      * refcount_bits {1, 16, 64} x preallocation {off, metadata, falloc, full}
@@ -197,6 +200,8 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
      * 4096 clusters per refcount block, 512/64 only 64 so the refcount table
      * must move), falloc and full on a few. refcount_bits other than 16 with
      * compat=0.10 is refused (next test); lazy_refcounts needs compat=1.1.
+     * extended_l2 where qemu-img allows it (compat=1.1, clusters of at least
+     * 16 KiB), with every preallocation mode.
      */
     const MATRIX: Combo[] = [
       { compat: '1.1', cs: '512', rb: 1, pre: 'off', lazy: false },
@@ -217,15 +222,21 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       { compat: '1.1', cs: '2M', rb: 16, pre: 'metadata', lazy: true },
       { compat: '1.1', cs: '2M', rb: 64, pre: 'full', lazy: false },
       { compat: '0.10', cs: '2M', rb: 16, pre: 'off', lazy: false },
+      { compat: '1.1', cs: '64K', rb: 16, pre: 'off', lazy: false, xl2: true },
+      { compat: '1.1', cs: '64K', rb: 1, pre: 'metadata', lazy: true, xl2: true },
+      { compat: '1.1', cs: '2M', rb: 64, pre: 'falloc', lazy: false, xl2: true },
+      { compat: '1.1', cs: '2M', rb: 16, pre: 'full', lazy: false, xl2: true },
     ];
-    it.each(MATRIX.map((c) => [`compat=${c.compat} cluster_size=${c.cs} refcount_bits=${c.rb} preallocation=${c.pre} lazy_refcounts=${c.lazy ? 'on' : 'off'}`, c] as const))(
+    const comboName = (c: Combo) =>
+      `compat=${c.compat} cluster_size=${c.cs} refcount_bits=${c.rb} preallocation=${c.pre} lazy_refcounts=${c.lazy ? 'on' : 'off'}${c.xl2 ? ' extended_l2=on' : ''}`;
+    it.each(MATRIX.map((c) => [comboName(c), c] as const))(
       '%s',
       async (name, c) => {
         const img = t.path(`m-${name.replace(/[ =]/g, '_')}.qcow2`);
         const created = await platter(['create', '-q', '-f', 'qcow2', '-o', name.replace(/ /g, ','), img, String(SRC_SIZE)]);
         expect(created.stderr).toBe('');
         expect(created.code).toBe(0);
-        const want = { size: SRC_SIZE, clusterSize: SIZES[c.cs], compat: c.compat, refcountBits: c.rb, lazy: c.lazy };
+        const want = { size: SRC_SIZE, clusterSize: SIZES[c.cs], compat: c.compat, refcountBits: c.rb, lazy: c.lazy, extendedL2: c.xl2 };
         expectInfo(img, want);
         // Clean before any data, too (preallocated clusters must lie inside the file).
         const empty = expectClean(img);
@@ -249,11 +260,13 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       },
     );
 
-    it('refuses refcount_bits other than 16 and lazy_refcounts with compat=0.10, creating nothing', async () => {
+    it('refuses refcount_bits other than 16, lazy_refcounts and extended_l2 with compat=0.10 (and small clusters), creating nothing', async () => {
       for (const [opts, why] of [
         ['compat=0.10,refcount_bits=1', 'refcount_bits other than 16 needs compat=1.1'],
         ['compat=0.10,refcount_bits=64', 'refcount_bits other than 16 needs compat=1.1'],
         ['compat=0.10,lazy_refcounts=on', 'option lazy_refcounts needs compat=1.1'],
+        ['compat=0.10,extended_l2=on', 'Extended L2 entries are only supported with compatibility level 1.1 and above'],
+        ['cluster_size=4K,extended_l2=on', 'Extended L2 entries are only supported with cluster sizes of at least 16384 bytes'],
       ]) {
         const img = t.path(`refused-${opts.replace(/[,=]/g, '_')}.qcow2`);
         const r = await platter(['create', '-f', 'qcow2', '-o', opts, img, '1M']);
@@ -271,14 +284,16 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       ['cluster_size=4K,refcount_bits=64', 4096, '1.1', 64],
       ['cluster_size=64K,compat=0.10', 65536, '0.10', 16],
       ['cluster_size=2M,refcount_bits=1', 2 * MiB, '1.1', 1],
+      ['cluster_size=64K,extended_l2=on', 65536, '1.1', 16],
+      ['cluster_size=16K,extended_l2=on,refcount_bits=64', 16384, '1.1', 64],
     ] as const)('convert -O qcow2 -o %s straight from raw: clean, identical, as sparse as qemu-img convert', async (opts, cs, compat, rb) => {
-      const out = t.path(`conv-${cs}.qcow2`);
+      const out = t.path(`conv-${opts.replace(/[,=]/g, '_')}.qcow2`);
       const r = await platter(['convert', '-f', 'raw', '-O', 'qcow2', '-o', opts, src, out]);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       const ours = expectClean(out);
       expectIdentical(src, out);
-      expectInfo(out, { size: SRC_SIZE, clusterSize: cs, compat, refcountBits: rb, lazy: false });
+      expectInfo(out, { size: SRC_SIZE, clusterSize: cs, compat, refcountBits: rb, lazy: false, extendedL2: opts.includes('extended_l2=on') });
       // The same clusters allocated as in qemu-img's own copy (holes and zero runs left out).
       const theirs = `${out}.qemu.qcow2`;
       sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', opts, src, theirs]);

@@ -10,15 +10,77 @@ export type Mapping =
   /** Stored at `host`; `copied` means its refcount is exactly one (writable in place). */
   | { kind: 'data'; host: number; copied: boolean }
   /** Deflated, `length` bytes from `host` (not aligned). */
-  | { kind: 'compressed'; host: number; length: number };
+  | { kind: 'compressed'; host: number; length: number }
+  /**
+   * Extended L2 only, a cluster whose subclusters differ: bit i of `alloc`
+   * means subcluster i is data at `host` + its offset, bit i of `zero` that it
+   * reads as zeros, neither that it is unallocated. `host` may be 0 (no host
+   * cluster: then only zero bits). Uniform clusters decode to the kinds above.
+   */
+  | { kind: 'subclusters'; host: number; copied: boolean; alloc: number; zero: number };
 
 export const UNALLOCATED: Mapping = { kind: 'unallocated' };
 
+/** All 32 subclusters. */
+export const ALL_SUBCLUSTERS = 0xffffffff;
+
+/** The host cluster a standard (not compressed) mapping holds, 0 if none. */
+export function hostOf(m: Mapping): number {
+  return m.kind === 'data' || m.kind === 'zero' || m.kind === 'subclusters' ? m.host : 0;
+}
+
+/** The mapping with these subcluster bits, uniform ones as the plain kinds (`all`: the mask of every subcluster). */
+export function fromSubclusters(
+  host: number,
+  copied: boolean,
+  alloc: number,
+  zero: number,
+  all = ALL_SUBCLUSTERS,
+): Mapping {
+  if (alloc === all) return { kind: 'data', host, copied };
+  if (zero === all) return { kind: 'zero', host, copied: copied && host !== 0 };
+  if (!alloc && !zero && !host) return UNALLOCATED;
+  return { kind: 'subclusters', host, copied: copied && host !== 0, alloc, zero };
+}
+
 /**
- * What an L2 entry maps. With an external data file (`externalData`), host
- * offset 0 is a real place (guest cluster 0) when the entry is marked copied.
+ * `decodeL2` for extended L2 entries. Bit 0 (the zero flag of standard
+ * entries) means nothing here and is ignored, as QEMU ignores it.
  */
-export function decodeL2(e: bigint, clusterBits: number, version: number, where: () => string, externalData = false): Mapping {
+function decodeExtended(e: bigint, bitmap: bigint, clusterBits: number, where: () => string): Mapping {
+  if (e & L.OFLAG_COMPRESSED) {
+    if (bitmap) throw new BlockError('Corrupt', `${where()}: a compressed cluster has a nonzero subcluster bitmap`);
+    return decodeL2(e, clusterBits, 3, where);
+  }
+  const m = decodeL2(e & ~L.OFLAG_ZERO, clusterBits, 3, where);
+  const alloc = Number(bitmap & 0xffffffffn);
+  const zero = Number(bitmap >> 32n);
+  if (alloc & zero) throw new BlockError('Corrupt', `${where()}: a subcluster is marked both allocated and zero`);
+  if (m.kind === 'unallocated') {
+    if (alloc) {
+      throw new BlockError('Corrupt', `${where()}: subclusters are marked allocated in a cluster without a host offset`);
+    }
+    return fromSubclusters(0, false, 0, zero);
+  }
+  const { host, copied } = m as { host: number; copied: boolean };
+  return fromSubclusters(host, copied, alloc, zero);
+}
+
+/**
+ * Decodes an L2 entry; `bitmap` is the second half of an extended entry
+ * (undefined: a standard entry). With an external data file
+ * (`externalData`), host offset 0 is a real place (guest cluster 0) when the
+ * entry is marked copied.
+ */
+export function decodeL2(
+  e: bigint,
+  clusterBits: number,
+  version: number,
+  where: () => string,
+  bitmap?: bigint,
+  externalData = false,
+): Mapping {
+  if (bitmap !== undefined) return decodeExtended(e, bitmap, clusterBits, where);
   if (e === 0n) return UNALLOCATED;
   if (e & L.OFLAG_COMPRESSED) {
     if (e & L.OFLAG_COPIED) throw new BlockError('Corrupt', `${where()}: a compressed cluster is marked copied`);
@@ -45,12 +107,14 @@ export function decodeL2(e: bigint, clusterBits: number, version: number, where:
   return { kind: 'data', host, copied };
 }
 
-export function encodeL2(m: Mapping, clusterBits: number): bigint {
+/** The first (or only) 64 bits of an L2 entry for `m`; `extended` images keep zeros in the bitmap instead. */
+export function encodeL2(m: Mapping, clusterBits: number, extended = false): bigint {
   switch (m.kind) {
     case 'unallocated':
       return 0n;
     case 'zero':
-      return L.OFLAG_ZERO | BigInt(m.host) | (m.copied && m.host ? L.OFLAG_COPIED : 0n);
+    case 'subclusters':
+      return (extended ? 0n : L.OFLAG_ZERO) | BigInt(m.host) | (m.copied && m.host ? L.OFLAG_COPIED : 0n);
     case 'data':
       return BigInt(m.host) | (m.copied ? L.OFLAG_COPIED : 0n);
     case 'compressed': {
@@ -58,6 +122,20 @@ export function encodeL2(m: Mapping, clusterBits: number): bigint {
       const sectors = BigInt(Math.ceil((m.host % 512 + m.length) / 512) - 1);
       return L.OFLAG_COMPRESSED | (sectors << x) | BigInt(m.host);
     }
+  }
+}
+
+/** The subcluster bitmap of an extended L2 entry for `m` (compressed clusters have none). */
+export function encodeBitmap(m: Mapping): bigint {
+  switch (m.kind) {
+    case 'data':
+      return 0xffffffffn;
+    case 'zero':
+      return 0xffffffff00000000n;
+    case 'subclusters':
+      return (BigInt(m.zero) << 32n) | BigInt(m.alloc);
+    default:
+      return 0n;
   }
 }
 

@@ -67,6 +67,13 @@ export const OFFSET_MASK = 0x00fffffffffffe00n;
 export const L1_RESERVED_MASK = 0x7f000000000001ffn;
 /** Bits that must be zero in a standard L2 entry (1-8 and 56-61). */
 export const L2_STANDARD_RESERVED_MASK = 0x3f000000000001fen;
+/** Extended L2 entries: each cluster is split into this many subclusters. */
+export const SUBCLUSTERS = 32;
+/** Same as QEMU: subclusters are at least 512 bytes, so extended L2 needs clusters of at least 16 KiB. */
+export const MIN_EXTL2_CLUSTER_BITS = 14;
+/** Bytes per L2 entry: 8, or 16 with extended L2 entries (entry + subcluster bitmap). */
+export const L2_ENTRY_BYTES = 8;
+export const L2_EXTENDED_ENTRY_BYTES = 16;
 /** Bits that must be zero in a refcount table entry (0-8). */
 export const REFT_RESERVED_MASK = 0x1ffn;
 

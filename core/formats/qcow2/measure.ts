@@ -2,7 +2,8 @@
 import type { Measurement, PersistentBitmap } from '../../image/driver.js';
 import type { OptionValues } from '../../options/schema.js';
 import { bitmapDataClusters, bitmapDirectoryEntrySize } from './bitmaps.js';
-import { l1EntriesFor } from './create.js';
+import { checkExtendedL2, l1EntriesFor } from './create.js';
+import { L2_ENTRY_BYTES, L2_EXTENDED_ENTRY_BYTES } from './limits.js';
 
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
 
@@ -24,12 +25,12 @@ function refcountMetadataSize(clusters: number, clusterSize: number, refcountBit
 }
 
 /** Header, L1, L2 and refcount metadata plus every data cluster. */
-function fullSize(size: number, clusterSize: number, refcountBits: number): number {
+function fullSize(size: number, clusterSize: number, refcountBits: number, l2EntryBytes: number): number {
   const aligned = roundUp(size, clusterSize);
   let meta = clusterSize;
-  const l2Entries = roundUp(aligned / clusterSize, clusterSize / 8);
-  meta += l2Entries * 8;
-  const l1Entries = roundUp((l2Entries * 8) / clusterSize, clusterSize / 8);
+  const l2Entries = roundUp(aligned / clusterSize, clusterSize / l2EntryBytes);
+  meta += l2Entries * l2EntryBytes;
+  const l1Entries = roundUp((l2Entries * l2EntryBytes) / clusterSize, clusterSize / 8);
   meta += l1Entries * 8;
   meta += refcountMetadataSize((meta + aligned) / clusterSize, clusterSize, refcountBits);
   return meta + aligned;
@@ -58,7 +59,9 @@ export function measureQcow2(
   sourceBitmaps?: readonly PersistentBitmap[],
 ): Measurement {
   const cs = options.cluster_size as number;
-  l1EntriesFor(size, cs);
+  checkExtendedL2(options);
+  const extended = options.extended_l2 === true;
+  l1EntriesFor(size, cs, extended);
   const virtual = roundUp(size, cs);
   // Data clusters the copy needs, each counted once.
   let required = 0;
@@ -73,7 +76,8 @@ export function measureQcow2(
   }
   const prealloc = options.preallocation;
   if (prealloc === 'falloc' || prealloc === 'full') required = virtual;
-  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number);
+  const entryBytes = extended ? L2_EXTENDED_ENTRY_BYTES : L2_ENTRY_BYTES;
+  const fullyAllocated = fullSize(size, cs, options.refcount_bits as number, entryBytes);
   const m: Measurement = { required: fullyAllocated - virtual + required, fullyAllocated };
   // Version 2 images cannot hold bitmaps.
   if (sourceBitmaps !== undefined && options.compat !== '0.10') m.bitmaps = bitmapsSize(sourceBitmaps, size, cs);

@@ -8,8 +8,9 @@
  * The semantics asserted (what Platter's qcow2 driver is specified to do):
  * - write: the bytes written, anywhere, at any alignment.
  * - writeZeroes (mayUnmap either way): the range reads as zeros.
- * - discard: only the clusters wholly inside the range change; partial
- *   clusters at either end keep their content. A discarded cluster reads as
+ * - discard: only the clusters (with extended L2 entries: subclusters)
+ *   wholly inside the range change; partial ones at either end keep their
+ *   content. A discarded cluster reads as
  *   zeros, except in a version 2 (compat=0.10) image with a backing file,
  *   where it becomes unallocated and reads the backing file again (qemu does
  *   the same: v2 has no zero flag). Past the backing file's end, zeros.
@@ -51,6 +52,8 @@ interface Config {
   creator?: 'qemu-img';
   /** Write the whole image first (in random pieces), so the file outgrows its first refcount table. */
   fill?: boolean;
+  /** extended_l2=on: 32 subclusters per cluster. */
+  extendedL2?: boolean;
 }
 
 const KiB = 1024;
@@ -76,6 +79,10 @@ const CONFIGS: Config[] = [
   { seed: 8, clusterSize: 4 * KiB, refcountBits: 16, compat: '0.10', backing: { format: 'raw', size: 3 * MiB }, size: 3 * MiB, ops: 1000 },
   { seed: 9, clusterSize: 512, refcountBits: 64, compat: '1.1', size: 5 * MiB / 2, ops: 1000, fill: true },
   { seed: 10, clusterSize: 512, refcountBits: 16, compat: '0.10', size: 9 * MiB, ops: 1000, fill: true },
+  // Extended L2 entries (clusters of at least 16 KiB): subcluster writes, zeros and discards over a backing file.
+  { seed: 11, clusterSize: 16 * KiB, refcountBits: 16, compat: '1.1', backing: { format: 'qcow2', size: 5 * MiB }, size: 4 * MiB, ops: 1000, extendedL2: true },
+  { seed: 12, clusterSize: 64 * KiB, refcountBits: 64, compat: '1.1', backing: { format: 'raw', size: 5 * MiB + 512 }, size: 8 * MiB - 512, ops: 1000, extendedL2: true },
+  { seed: 13, clusterSize: 32 * KiB, refcountBits: 1, compat: '1.1', size: 3 * MiB, ops: 1000, extendedL2: true, fill: true },
   ];
 
 /** Operations between checkpoints (close, qemu-img check and compare, reopen). */
@@ -137,7 +144,7 @@ async function makeBacking(cfg: Config, rng: Rng, dir: string): Promise<Uint8Arr
 }
 
 describe.skipIf(!HAS_QEMU)('qcow2 driver against a model of the guest content', () => {
-  it.each(CONFIGS.map((c) => [`seed ${c.seed}: cluster ${c.clusterSize}, refcount ${c.refcountBits}, compat ${c.compat}, backing ${c.backing ? `${c.backing.format} ${c.backing.size}` : 'none'}`, c] as const))(
+  it.each(CONFIGS.map((c) => [`seed ${c.seed}: cluster ${c.clusterSize}${c.extendedL2 ? ' (extended L2)' : ''}, refcount ${c.refcountBits}, compat ${c.compat}, backing ${c.backing ? `${c.backing.format} ${c.backing.size}` : 'none'}`, c] as const))(
     '%s',
     async (_name, cfg) => {
       const rng = prng(cfg.seed);
@@ -149,6 +156,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 driver against a model of the guest content', 
       const img = `${dir}/img.qcow2`;
       const opts = [`compat=${cfg.compat}`, `cluster_size=${cfg.clusterSize}`, `refcount_bits=${cfg.refcountBits}`];
       if (cfg.backing) opts.push(`backing_file=base.${cfg.backing.format}`, `backing_fmt=${cfg.backing.format}`);
+      if (cfg.extendedL2) opts.push('extended_l2=on');
       if (cfg.creator === 'qemu-img') {
         const created = shStatus('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', opts.join(','), img, String(cfg.size)]);
         expect(created.stderr).toBe('');
@@ -161,6 +169,8 @@ describe.skipIf(!HAS_QEMU)('qcow2 driver against a model of the guest content', 
 
       const model = new Model(cfg.size, backing);
       const cs = cfg.clusterSize;
+      /** What discard works in: clusters, or subclusters with extended L2 entries. */
+      const unit = cfg.extendedL2 ? cs / 32 : cs;
       const v2WithBacking = cfg.compat === '0.10' && backing !== undefined;
       const log: string[] = [];
       const where = () => `seed ${cfg.seed}, after: ${log.slice(-6).join('; ')}`;
@@ -171,12 +181,13 @@ describe.skipIf(!HAS_QEMU)('qcow2 driver against a model of the guest content', 
         const size = model.size;
         let off: number;
         const r = rng.next();
-        if (r < 0.3) off = rng.int(0, Math.ceil(size / cs)) * cs;
-        else if (r < 0.4) off = Math.max(0, rng.int(0, Math.ceil(size / cs)) * cs - rng.int(1, 16));
+        // On or next to (sub)cluster boundaries.
+        if (r < 0.3) off = rng.int(0, Math.ceil(size / unit)) * unit;
+        else if (r < 0.4) off = Math.max(0, rng.int(0, Math.ceil(size / unit)) * unit - rng.int(1, 16));
         else off = rng.int(0, size);
         off = Math.min(off, size - 1);
         let len = rng.next() < 0.1 ? rng.int(1, 64 * cs) : rng.int(1, maxLen);
-        if (rng.next() < 0.2) len = Math.max(1, Math.round(len / cs) * cs);
+        if (rng.next() < 0.2) len = Math.max(1, Math.round(len / unit) * unit);
         return [off, Math.min(len, size - off)];
       };
 
@@ -236,11 +247,11 @@ describe.skipIf(!HAS_QEMU)('qcow2 driver against a model of the guest content', 
           return {
             promise: image.discard(off, len),
             apply: () => {
-              const first = Math.ceil(off / cs);
-              const last = Math.floor((off + len) / cs);
+              const first = Math.ceil(off / unit);
+              const last = Math.floor((off + len) / unit);
               for (let c = first; c < last; c++) {
-                if (v2WithBacking) model.fillFromBacking(c * cs, cs);
-                else model.bytes.fill(0, c * cs, (c + 1) * cs);
+                if (v2WithBacking) model.fillFromBacking(c * unit, unit);
+                else model.bytes.fill(0, c * unit, (c + 1) * unit);
               }
             },
           };

@@ -6,7 +6,7 @@
  */
 import type { SnapshotInfo } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
-import { decodeL1, decodeL2 } from './l2.js';
+import { decodeL1, hostOf } from './l2.js';
 import type { Qcow2Image } from './image.js';
 import { OFLAG_COPIED } from './limits.js';
 import { MAX_SNAPSHOTS } from './limits.js';
@@ -43,12 +43,12 @@ async function reachable(img: Qcow2Image, l1: BigUint64Array): Promise<Map<numbe
     if (!offset) continue;
     add(offset / cs);
     const table = await img.readL2(offset);
-    for (let j = 0; j < table.length; j++) {
-      const m = decodeL2(table[j], img.clusterBits, img.header.version, () => `L2 entry ${j} at ${offset}`);
+    for (let j = 0; j < img.l2Entries; j++) {
+      const m = img.entryAt(table, j, () => `L2 entry ${j} at ${offset}`);
       if (m.kind === 'compressed') {
         for (let c = Math.floor(m.host / cs); c <= Math.floor((m.host + m.length - 1) / cs); c++) add(c);
-      } else if ((m.kind === 'data' || m.kind === 'zero') && m.host) {
-        add(m.host / cs);
+      } else if (hostOf(m)) {
+        add(hostOf(m) / cs);
       }
     }
   }
@@ -77,11 +77,14 @@ async function refreshCopiedFlags(img: Qcow2Image): Promise<void> {
     const { offset } = decodeL1(l1[i], cs, i);
     if (!offset) continue;
     const table = await img.readL2(offset);
-    for (let j = 0; j < table.length; j++) {
-      const m = decodeL2(table[j], img.clusterBits, img.header.version, () => `L2 entry ${j} at ${offset}`);
-      if (!((m.kind === 'data' || m.kind === 'zero') && m.host)) continue;
-      const one = (await rc.get(m.host / cs)) === 1;
-      if (one !== m.copied) await img.rewriteL2Entry(offset, j, one ? table[j] | OFLAG_COPIED : table[j] & ~OFLAG_COPIED);
+    for (let j = 0; j < img.l2Entries; j++) {
+      const host = hostOf(img.entryAt(table, j, () => `L2 entry ${j} at ${offset}`));
+      if (!host) continue;
+      const e = table[j * img.l2Stride];
+      const one = (await rc.get(host / cs)) === 1;
+      if (one !== (e & OFLAG_COPIED) > 0n) {
+        await img.rewriteL2Entry(offset, j, one ? e | OFLAG_COPIED : e & ~OFLAG_COPIED);
+      }
     }
     const one = (await rc.get(offset / cs)) === 1;
     const e = one ? l1[i] | OFLAG_COPIED : l1[i] & ~OFLAG_COPIED;
