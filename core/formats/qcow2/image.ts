@@ -89,6 +89,21 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     this.clusterSize = 2 ** header.clusterBits;
     this.l2Entries = this.clusterSize / 8;
     this.l1 = l1;
+    // Read-only views (a snapshot's) share the refcounts but never free anything.
+    if (!readOnly) refcounts.onFreed = (c) => this.forgetCluster(c);
+  }
+
+  /**
+   * Host cluster `c` is free and may be handed out again as anything: a
+   * table cached at it would be stale (and would make data written there
+   * look like it overwrites an L2 table), and compressed data must no longer
+   * be packed into it or read back from memory.
+   */
+  private forgetCluster(c: number): void {
+    const cs = this.clusterSize;
+    this.l2Cache.delete(c * cs);
+    if (this.compressedTail && Math.floor(this.compressedTail / cs) === c) this.compressedTail = 0;
+    if (this.lastCompressed && Math.floor(this.lastCompressed.host / cs) === c) this.lastCompressed = undefined;
   }
 
   get size(): number {
@@ -434,7 +449,6 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
       const first = Math.floor(m.host / cs);
       const last = Math.floor((m.host + m.length - 1) / cs);
       for (let c = first; c <= last; c++) await this.refcounts.free(c * cs, 1);
-      if (this.lastCompressed?.host === m.host) this.lastCompressed = undefined;
     }
   }
 
@@ -475,10 +489,7 @@ export class Qcow2Image implements FormatImage, Resizable, HasBacking, Compresse
     await this.proto.write(encodeTable(entries, this.clusterSize), offset);
     this.l2Cache.set(offset, entries);
     await this.setL1(l1i, BigInt(offset) | L.OFLAG_COPIED);
-    if (cur.offset) {
-      await this.refcounts.free(cur.offset, 1);
-      this.l2Cache.delete(cur.offset);
-    }
+    if (cur.offset) await this.refcounts.free(cur.offset, 1);
     return { offset, entries };
   }
 
