@@ -2,11 +2,12 @@
  * The process the qcow2 crash test kills (bundled and run by
  * core/formats/qcow2/crash.test.ts). It opens a qcow2 image read-write and
  * runs the seeded operations of crash-ops.ts forever, flushing after each and
- * only then printing its number, so every number printed is a finished
- * operation. With killAt = {op, write} it SIGKILLs itself just before the
- * write-th write to the image file of operation number op (or right after
- * that operation, if it writes less): a kill at an exact moment, the same on
- * every run.
+ * only then printing its number (and how many writes to the image file it
+ * made), so every number printed is a finished operation. With
+ * killAt = {op, write} it SIGKILLs itself just before the write-th write of
+ * operation number op (or right after that operation, if it writes less): a
+ * kill at an exact moment, the same on every run, as the engine makes the
+ * same writes for the same operations.
  *
  * argv: IMAGE JSON where JSON is {seed, variant, killAt?}.
  */
@@ -56,14 +57,13 @@ const report = (line: string) => writeSync(1, `${line}\n`);
 const die = () => process.kill(process.pid, 'SIGKILL');
 let current = -1;
 let writes = 0;
-if (killAt) {
-  const proto = img.protocol;
-  const write = proto.write.bind(proto);
-  proto.write = (buf, offset) => {
-    if (current === killAt.op && ++writes === killAt.write) die();
-    return write(buf, offset);
-  };
-}
+const proto = img.protocol;
+const write = proto.write.bind(proto);
+proto.write = (buf, offset) => {
+  if (current === killAt?.op && writes + 1 === killAt.write) die();
+  writes++;
+  return write(buf, offset);
+};
 report('ready');
 for (const op of crashOps(seed, variant)) {
   current++;
@@ -72,5 +72,5 @@ for (const op of crashOps(seed, variant)) {
   await img.flush();
   // An operation with fewer writes dies once it is done, before saying so.
   if (current === killAt?.op) die();
-  report(String(current));
+  report(`${current} ${writes}`);
 }
