@@ -23,7 +23,7 @@
  * The run prints its seed; CRASH_SEED=<seed> replays it.
  */
 import { spawn } from 'node:child_process';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync } from 'node:fs';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
@@ -325,7 +325,9 @@ describe.skipIf(!HAS_QEMU)('qcow2 crash safety', () => {
     await pool(sequences, async (sq, i) => {
       // Killed once operation KILL_OPS is done (its write 0 never comes).
       const killAt = { op: KILL_OPS, write: 0 };
-      sq.writes = await runUntilKilled({ index: -1 - i, ...sq, killAt, delay: 0 }, t.path(`calibrate-${i}.qcow2`));
+      const image = t.path(`calibrate-${i}.qcow2`);
+      sq.writes = await runUntilKilled({ index: -1 - i, ...sq, killAt, delay: 0 }, image);
+      rmSync(image);
     });
     const kills: Kill[] = Array.from({ length: KILLS }, (_, index) => {
       const { variant, opsSeed, writes } = sequences[index % sequences.length];
@@ -353,6 +355,8 @@ describe.skipIf(!HAS_QEMU)('qcow2 crash safety', () => {
       const how = k.killAt ? `before its write ${k.killAt.write}` : `after ${k.delay} ms`;
       const what = `kill ${k.index} (${k.variant.name}, ${how}, during operation ${done}: ${kind})`;
       for (const w of verdict.wrong) failures.push(`${what}: ${w}`);
+      // 200 images and their exports would take a gigabyte.
+      for (const f of [image, `${image}.window.raw`, `${image}.repaired.qcow2`]) rmSync(f, { force: true });
     });
     console.log('operations interrupted:', Object.fromEntries(interrupted));
     console.log(`snapshot operations cut between refcount and COPIED updates: ${copiedMismatches}`);
