@@ -140,6 +140,9 @@ beforeAll(async () => {
     format: 'esm',
     target: 'node20',
     external: ['koffi'],
+    // native.ts loads koffi relative to itself: from the temporary folder it
+    // would not find it, and the worker would run without the FFI calls.
+    define: { 'import.meta.url': JSON.stringify(new URL('../../io/native.ts', import.meta.url).href) },
     logLevel: 'warning',
   });
   for (const v of VARIANTS) {
