@@ -1,8 +1,10 @@
 /** convert -c: compressed qcow2 clusters that qemu-img checks clean and reads back. */
 import { randomBytes } from 'node:crypto';
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
+import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 
 const MiB = 1 << 20;
@@ -68,6 +70,29 @@ describe.skipIf(!HAS_QEMU)('convert -c', () => {
   it('zstd needs compat=1.1, as in qemu-img', async () => {
     const r = await platter(['create', '-f', 'qcow2', '-o', 'compat=0.10,compression_type=zstd', t.path('z.qcow2'), '1M']);
     expect(r.stderr).toBe(`platter: ${t.path('z.qcow2')}: compression_type=zstd needs compat=1.1\n`);
+  });
+
+  it('never packs compressed data into a cluster freed and reused since', async () => {
+    // Found by crash.test.ts: the next compressed cluster was appended after
+    // the previous one even when that host cluster had been freed and handed
+    // out again as a data cluster, overwriting the data there.
+    const p = t.path('tail.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '1M']);
+    const img = await openImage(p, { format: 'qcow2', readOnly: false });
+    const cs = 65536;
+    const text = new Uint8Array(Buffer.from('compressible '.repeat(cs / 13 + 1)).subarray(0, cs));
+    await (await img.compressClusters(text, 0))();
+    await img.write(new Uint8Array(cs).fill(1), 0); // frees the compressed cluster's host cluster
+    await img.write(new Uint8Array(cs).fill(2), cs); // takes it again, as data
+    await (await img.compressClusters(text, 2 * cs))();
+    await img.close();
+    expect(problems(qemuCheck(p))).toEqual(CLEAN);
+    const raw = t.path('tail.raw');
+    sh('qemu-img', ['convert', '-O', 'raw', p, raw]);
+    const data = readFileSync(raw);
+    expect(data.subarray(0, cs).every((b) => b === 1)).toBe(true);
+    expect(data.subarray(cs, 2 * cs).every((b) => b === 2)).toBe(true);
+    expect(data.subarray(2 * cs, 3 * cs).equals(text)).toBe(true);
   });
 
   it('refuses a target format that cannot compress', async () => {

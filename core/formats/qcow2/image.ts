@@ -134,6 +134,31 @@ export class Qcow2Image
     this.allSubclusters = this.extended ? ALL_SUBCLUSTERS : 1;
     this.l1 = l1;
     this.codec = codecFor(COMPRESSION_TYPES[header.compressionType]);
+    this.watchFrees(refcounts);
+  }
+
+  /** Switches to new refcount structures (amend's change of refcount width). */
+  replaceRefcounts(refcounts: Refcounts): void {
+    this.refcounts = refcounts;
+    this.watchFrees(refcounts);
+  }
+
+  private watchFrees(refcounts: Refcounts): void {
+    // Read-only views (a snapshot's) share the refcounts but never free anything.
+    if (!this.readOnly) refcounts.onFreed = (c) => this.forgetCluster(c);
+  }
+
+  /**
+   * Host cluster `c` is free and may be handed out again as anything: a
+   * table cached at it would be stale (and would make data written there
+   * look like it overwrites an L2 table), and compressed data must no longer
+   * be packed into it or read back from memory.
+   */
+  private forgetCluster(c: number): void {
+    const cs = this.clusterSize;
+    this.l2Cache.delete(c * cs);
+    if (this.compressedTail && Math.floor(this.compressedTail / cs) === c) this.compressedTail = 0;
+    if (this.lastCompressed && Math.floor(this.lastCompressed.host / cs) === c) this.lastCompressed = undefined;
   }
 
   private readonly codec: Codec;
@@ -676,7 +701,6 @@ export class Qcow2Image
       const first = Math.floor(m.host / cs);
       const last = Math.floor((m.host + m.length - 1) / cs);
       for (let c = first; c <= last; c++) await this.refcounts.free(c * cs, 1);
-      if (this.lastCompressed?.host === m.host) this.lastCompressed = undefined;
     }
   }
 
@@ -718,10 +742,7 @@ export class Qcow2Image
     await this.proto.write(encodeTable(entries, this.clusterSize), offset);
     this.l2Cache.set(offset, entries);
     await this.setL1(l1i, BigInt(offset) | L.OFLAG_COPIED);
-    if (cur.offset) {
-      await this.refcounts.free(cur.offset, 1);
-      this.l2Cache.delete(cur.offset);
-    }
+    if (cur.offset) await this.refcounts.free(cur.offset, 1);
     return { offset, entries };
   }
 

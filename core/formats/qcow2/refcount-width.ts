@@ -115,7 +115,7 @@ export async function changeRefcountWidth(
     Object.assign(h, before);
     throw err;
   }
-  img.refcounts = await loadRefcounts(img.proto, h);
+  img.replaceRefcounts(await loadRefcounts(img.proto, h));
 
   // 5. The old structures are counted by the new blocks: release them.
   const oldTable = old.tableLocation;

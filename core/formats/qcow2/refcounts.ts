@@ -76,6 +76,8 @@ export class Refcounts {
   private freeHint = 0;
   /** Clusters at or past this index are free and past the end of the file. */
   private end: number;
+  /** Told of every cluster whose refcount drops to zero (its user forgets what it cached about it). */
+  onFreed?: (index: number) => void;
 
   constructor(
     private readonly proto: Protocol,
@@ -175,6 +177,7 @@ export class Refcounts {
         if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${bi * this.perBlock + i} would drop below zero`);
         if (v > this.max) throw new BlockError('Unsupported', `refcount of cluster ${bi * this.perBlock + i} would exceed ${this.max}`);
         writeRefcount(b, i, this.bits, v);
+        if (v === 0) this.onFreed?.(bi * this.perBlock + i);
       }
       await this.writeEntries(bi, b, first, n);
       if (delta < 0) this.freeHint = Math.min(this.freeHint, at);
