@@ -201,13 +201,26 @@ export class FileProtocol implements Protocol {
   async blockStatus(offset: number, length: number): Promise<ProtocolExtent> {
     const end = Math.min(offset + length, this.length);
     if (offset >= end) return { offset, length, data: false };
+    let known = this.lastExtent;
+    if (!known || offset < known.start || offset >= known.end) {
+      known = this.extentAt(offset);
+      // A copy asks about every chunk of an extent; each lseek costs tens of
+      // microseconds on ext4. Only a file no one here writes keeps its answer.
+      if (this.readOnly) this.lastExtent = known;
+    }
+    return { offset, length: Math.min(known.end, end) - offset, data: known.data };
+  }
+
+  private lastExtent?: { start: number; end: number; data: boolean };
+
+  /** The data or hole run at `offset` (which is inside the file), to its end. */
+  private extentAt(offset: number): { start: number; end: number; data: boolean } {
     const nextData = seekData(this.fd, offset, false);
-    if (nextData === undefined) return { offset, length: end - offset, data: true };
-    if (nextData === -1 || nextData >= end) return { offset, length: end - offset, data: false };
-    if (nextData > offset) return { offset, length: nextData - offset, data: false };
+    if (nextData === undefined) return { start: offset, end: this.length, data: true };
+    if (nextData === -1) return { start: offset, end: this.length, data: false };
+    if (nextData > offset) return { start: offset, end: nextData, data: false };
     const nextHole = seekData(this.fd, offset, true);
-    const dataEnd = nextHole === undefined || nextHole < 0 ? end : Math.min(nextHole, end);
-    return { offset, length: dataEnd - offset, data: true };
+    return { start: offset, end: nextHole === undefined || nextHole < 0 ? this.length : nextHole, data: true };
   }
 
   async allocatedSize(): Promise<number | undefined> {

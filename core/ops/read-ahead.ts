@@ -3,6 +3,7 @@
  * compare need (they consume in order, but the disk should never wait).
  */
 import type { Image } from '../image/image.js';
+import { giveBuffer, takeBuffer } from '../io/buffers.js';
 
 export interface Chunk {
   offset: number;
@@ -26,10 +27,11 @@ export async function* readAhead<T>(
   const pending: { promise: Promise<T>; buf: Uint8Array }[] = [];
   const spare: Uint8Array[] = [];
   let next = start;
+  let stoppedOnHead = false;
   const fill = () => {
     while (pending.length < depth && next < end) {
       const length = Math.min(chunkSize, end - next);
-      const buf = spare.pop() ?? new Uint8Array(bufferSize);
+      const buf = spare.pop() ?? takeBuffer(bufferSize);
       const promise = load({ offset: next, length }, buf);
       // Rejections are seen when consumed; don't report them as unhandled.
       promise.catch(() => undefined);
@@ -42,7 +44,9 @@ export async function* readAhead<T>(
     while (pending.length > 0) {
       const head = pending[0];
       const value = await head.promise;
+      stoppedOnHead = true;
       yield value;
+      stoppedOnHead = false;
       pending.shift();
       spare.push(head.buf);
       fill();
@@ -51,6 +55,9 @@ export async function* readAhead<T>(
     // Stopped early (a mismatch, an error): let loads in flight settle before
     // the caller closes the images under them.
     await Promise.allSettled(pending.map((p) => p.promise));
+    // The consumer may still look at the value it stopped on; keep that buffer out of the pool.
+    spare.forEach(giveBuffer);
+    pending.slice(stoppedOnHead ? 1 : 0).forEach((p) => giveBuffer(p.buf));
   }
 }
 
