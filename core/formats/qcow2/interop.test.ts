@@ -184,13 +184,33 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
   const SRC_SIZE = 12 * MiB - 3584;
   let src: string;
   let srcHash: string;
+  /** Compressible data, for convert -c. */
+  let textSrc: string;
+  let textHash: string;
+  /** A base with other data, under the images made with a backing file. */
+  let base: string;
   beforeAll(() => {
     src = t.path('src.raw');
     srcHash = sha256(makeRaw(src, SRC_SIZE, prng(42)));
+    textSrc = t.path('text-src.raw');
+    textHash = sha256(makeRaw(textSrc, SRC_SIZE, prng(43), { compressible: true }));
+    base = t.path('matrix-base.raw');
+    makeRaw(base, SRC_SIZE, prng(44));
   });
 
   describe('images Platter creates and fills check clean and read identically in qemu', () => {
-    type Combo = { compat: '0.10' | '1.1'; cs: string; rb: number; pre: 'off' | 'metadata' | 'falloc' | 'full'; lazy: boolean; xl2?: boolean };
+    type Combo = {
+      compat: '0.10' | '1.1';
+      cs: string;
+      rb: number;
+      pre: 'off' | 'metadata' | 'falloc' | 'full';
+      lazy: boolean;
+      xl2?: boolean;
+      /** Filled with convert -c (compressible data). */
+      comp?: boolean;
+      /** Made over a backing file (-b), whose data the fill must hide. */
+      backing?: boolean;
+    };
     /*
      * A subset of compat {0.10, 1.1} x cluster_size {512, 4K, 64K, 2M} x
      * refcount_bits {1, 16, 64} x preallocation {off, metadata, falloc, full}
@@ -201,7 +221,9 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
      * must move), falloc and full on a few. refcount_bits other than 16 with
      * compat=0.10 is refused (next test); lazy_refcounts needs compat=1.1.
      * extended_l2 where qemu-img allows it (compat=1.1, clusters of at least
-     * 16 KiB), with every preallocation mode.
+     * 16 KiB), with every preallocation mode. Compressed fills and backing
+     * files across both compat levels, every cluster size and refcount width
+     * (a backing file with preallocation needs extended_l2, as in qemu-img).
      */
     const MATRIX: Combo[] = [
       { compat: '1.1', cs: '512', rb: 1, pre: 'off', lazy: false },
@@ -226,21 +248,36 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       { compat: '1.1', cs: '64K', rb: 1, pre: 'metadata', lazy: true, xl2: true },
       { compat: '1.1', cs: '2M', rb: 64, pre: 'falloc', lazy: false, xl2: true },
       { compat: '1.1', cs: '2M', rb: 16, pre: 'full', lazy: false, xl2: true },
+      { compat: '1.1', cs: '512', rb: 16, pre: 'off', lazy: false, comp: true },
+      { compat: '0.10', cs: '64K', rb: 16, pre: 'off', lazy: false, comp: true },
+      { compat: '1.1', cs: '4K', rb: 64, pre: 'metadata', lazy: true, comp: true },
+      { compat: '1.1', cs: '2M', rb: 64, pre: 'off', lazy: false, xl2: true, comp: true },
+      { compat: '1.1', cs: '512', rb: 1, pre: 'off', lazy: true, backing: true },
+      { compat: '0.10', cs: '4K', rb: 16, pre: 'off', lazy: false, backing: true },
+      { compat: '1.1', cs: '64K', rb: 64, pre: 'off', lazy: false, backing: true, comp: true },
+      { compat: '1.1', cs: '2M', rb: 16, pre: 'off', lazy: true, backing: true },
+      { compat: '1.1', cs: '64K', rb: 16, pre: 'metadata', lazy: false, xl2: true, backing: true },
+      { compat: '1.1', cs: '2M', rb: 1, pre: 'falloc', lazy: false, xl2: true, backing: true, comp: true },
     ];
-    const comboName = (c: Combo) =>
+    const comboOptions = (c: Combo) =>
       `compat=${c.compat} cluster_size=${c.cs} refcount_bits=${c.rb} preallocation=${c.pre} lazy_refcounts=${c.lazy ? 'on' : 'off'}${c.xl2 ? ' extended_l2=on' : ''}`;
+    const comboName = (c: Combo) => `${comboOptions(c)}${c.comp ? ' (convert -c)' : ''}${c.backing ? ' (backing file)' : ''}`;
     it.each(MATRIX.map((c) => [comboName(c), c] as const))(
       '%s',
       async (name, c) => {
-        const img = t.path(`m-${name.replace(/[ =]/g, '_')}.qcow2`);
-        const created = await platter(['create', '-q', '-f', 'qcow2', '-o', name.replace(/ /g, ','), img, String(SRC_SIZE)]);
+        const img = t.path(`m-${name.replace(/[ =()]/g, '_')}.qcow2`);
+        const backingArgs = c.backing ? ['-b', base, '-F', 'raw'] : [];
+        const created = await platter(['create', '-q', '-f', 'qcow2', '-o', comboOptions(c).replace(/ /g, ','), ...backingArgs, img, String(SRC_SIZE)]);
         expect(created.stderr).toBe('');
         expect(created.code).toBe(0);
         const want = { size: SRC_SIZE, clusterSize: SIZES[c.cs], compat: c.compat, refcountBits: c.rb, lazy: c.lazy, extendedL2: c.xl2 };
         expectInfo(img, want);
         // Clean before any data, too (preallocated clusters must lie inside the file).
         const empty = expectClean(img);
-        if (c.pre === 'off') {
+        if (c.backing) {
+          // Before the fill, the base shows through.
+          expectIdentical(base, img);
+        } else if (c.pre === 'off') {
           expect(sh('qemu-img', ['map', '--output=json', img])).toBe(
             `[{ "start": 0, "length": ${SRC_SIZE}, "depth": 0, "present": false, "zero": true, "data": false}]\n`,
           );
@@ -250,13 +287,21 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
           if (c.pre !== 'metadata') expect(statSync(img).blocks * 512).toBeGreaterThanOrEqual(SRC_SIZE);
         }
 
-        const filled = await platter(['convert', '-n', '-f', 'raw', '-O', 'qcow2', src, img]);
+        const from = c.comp ? textSrc : src;
+        const filled = await platter(['convert', '-n', ...(c.comp ? ['-c'] : []), '-f', 'raw', '-O', 'qcow2', from, img]);
         expect(filled.stderr).toBe('');
         expect(filled.code).toBe(0);
-        expectClean(img);
-        expectIdentical(src, img);
+        const check = expectClean(img);
+        expectIdentical(from, img);
         expectInfo(img, want);
-        expect((await platter(['hash', img])).stdout).toBe(`${srcHash}  ${img}\n`);
+        expect((await platter(['hash', img])).stdout).toBe(`${c.comp ? textHash : srcHash}  ${img}\n`);
+        // Compressed clusters land where nothing was allocated (preallocated ones are written plainly).
+        if (c.comp && c.pre === 'off') {
+          expect(JSON.parse(sh('qemu-img', ['check', '--output=json', img]))['compressed-clusters']).toBeGreaterThan(0);
+        }
+        // Platter's check agrees with qemu-img's.
+        const ours = JSON.parse((await platter(['check', '--output=json', img])).stdout);
+        expect(ours['allocated-clusters']).toBe(check.allocatedClusters);
       },
     );
 
