@@ -1,7 +1,9 @@
 /** The codecs on their own: round trips, trailing bytes, and hostile zstd frames. */
 import { randomBytes } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
-import { codecFor, zstdFrame } from './compression.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { codecFor, loadZstd, zstdFrame } from './compression.js';
+
+beforeAll(() => loadZstd());
 
 const CLUSTER = 65536;
 const text = () => new Uint8Array(Buffer.from('a cluster of guest text\n'.repeat(3000)).subarray(0, CLUSTER));

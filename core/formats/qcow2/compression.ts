@@ -7,7 +7,6 @@
  */
 import { promisify } from 'node:util';
 import { deflateRaw, inflateRawSync } from 'node:zlib';
-import { compress as zstdCompress, decompress as zstdDecompress, init as zstdInit } from '@bokuweb/zstd-wasm';
 import { BlockError } from '../../image/errors.js';
 
 export const COMPRESSION_TYPES = ['zlib', 'zstd'] as const;
@@ -87,17 +86,31 @@ export function zstdFrame(buf: Uint8Array): { length: number; contentSize?: numb
   return { length: at, contentSize, skippable: false };
 }
 
+type ZstdModule = typeof import('@bokuweb/zstd-wasm');
+let zstd: ZstdModule | undefined;
 let zstdReady: Promise<void> | undefined;
-/** Loads the zstd WebAssembly module (once; images using zstd call it on open). */
+/**
+ * Loads the zstd WebAssembly module (once; images using zstd call it on
+ * open). Imported only then: loading it costs ~40 ms, which every other
+ * command would pay at start.
+ */
 export function loadZstd(): Promise<void> {
-  zstdReady ??= zstdInit();
+  zstdReady ??= import('@bokuweb/zstd-wasm').then(async (m) => {
+    await m.init();
+    zstd = m;
+  });
   return zstdReady;
+}
+
+function zstdModule(): ZstdModule {
+  if (!zstd) throw new BlockError('Unsupported', 'zstd is not loaded (open the image through openQcow2)');
+  return zstd;
 }
 
 const zstdCodec: Codec = {
   async compress(cluster) {
     await loadZstd();
-    const z = zstdCompress(cluster, ZSTD_LEVEL);
+    const z = zstdModule().compress(cluster, ZSTD_LEVEL);
     return z.length < cluster.length ? z : undefined;
   },
   decompress(raw, clusterSize) {
@@ -116,7 +129,7 @@ const zstdCodec: Codec = {
       }
       let data: Uint8Array;
       try {
-        data = zstdDecompress(bytes, { defaultHeapSize: room });
+        data = zstdModule().decompress(bytes, { defaultHeapSize: room });
       } catch (err) {
         throw new BlockError('Corrupt', 'zstd data does not decompress', {}, err);
       }
