@@ -108,7 +108,8 @@ export async function startWebHost(opts: WebHostOptions): Promise<WebHost> {
     server,
     path: '/ws',
     maxPayload: MAX_MESSAGE,
-    verifyClient: ({ req }: { req: IncomingMessage }) => req.headers.origin === origin && req.headers.host === host,
+    verifyClient: ({ req }: { req: IncomingMessage }, done: (ok: boolean, status?: number) => void) =>
+      done(req.headers.origin === origin && req.headers.host === host, 403),
   });
   const authed = new Set<WebSocket>();
 
