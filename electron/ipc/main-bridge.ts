@@ -9,15 +9,7 @@ import { ipcMain, type BrowserWindow, type IpcMainInvokeEvent } from 'electron';
 import type { EventName, EventPayload } from './contract.js';
 import type { Handlers, Reply } from './handlers.js';
 import { CHANNEL_PREFIX, EVENT_CHANNEL, METHOD_NAMES } from './methods.js';
-
-/** Whether `url` is the renderer at `rendererUrl`: same file for file://, same origin for a dev server. */
-export function isRendererUrl(url: string, rendererUrl: string): boolean {
-  if (!URL.canParse(url)) return false;
-  const got = new URL(url);
-  const want = new URL(rendererUrl);
-  if (want.protocol === 'file:') return got.protocol === 'file:' && got.pathname === want.pathname;
-  return got.origin === want.origin;
-}
+import { isRendererUrl } from './sender.js';
 
 const FORBIDDEN: Reply = { ok: false, error: { kind: 'Forbidden', message: 'this page may not call the engine' } };
 
