@@ -116,6 +116,7 @@ describe('handlers', () => {
       [{ path: p, format: 'raw', size: 1.5, options: {} }, 'input.size'],
       [{ path: p, format: 'raw', options: {} }, 'input.size'],
       [{ path: `${p}\0x`, format: 'raw', size: MiB, options: {} }, 'input.path'],
+      [{ path: 'relative.img', format: 'raw', size: MiB, options: {} }, 'input.path'],
       [{ path: p, format: 'raw', size: MiB, options: { 'Bad Key': 'x' } }, 'input.options.Bad Key'],
       [{ path: p, format: 'raw', size: MiB, options: { preallocation: 3 } }, 'input.options.preallocation'],
       ['not an object', 'input'],
