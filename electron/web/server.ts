@@ -120,6 +120,8 @@ export async function startWebHost(opts: WebHostOptions): Promise<WebHost> {
       authed.add(ws);
     };
     const timer = setTimeout(reject, AUTH_TIMEOUT_MS);
+    // A malformed frame (or an oversized one) must end that socket, not the host.
+    ws.on('error', () => ws.terminate());
     ws.on('close', () => {
       clearTimeout(timer);
       authed.delete(ws);
@@ -166,7 +168,7 @@ export async function startWebHost(opts: WebHostOptions): Promise<WebHost> {
     token,
     publish(event, payload) {
       const text = JSON.stringify({ event, payload });
-      for (const ws of authed) ws.send(text);
+      for (const ws of authed) if (ws.readyState === ws.OPEN) ws.send(text);
     },
     async close() {
       for (const ws of wss.clients) ws.terminate();
