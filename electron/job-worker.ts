@@ -22,8 +22,9 @@ const post = (m: WorkerMessage) => port.postMessage(m);
 
 async function run(): Promise<void> {
   try {
+    const { sources, target, targetFormat, options, compress } = job;
     await convert(
-      { sources: job.sources, target: job.target, targetFormat: job.targetFormat, options: job.options, compress: job.compress },
+      { sources, target, targetFormat, options, compress },
       { signal: controller.signal, onProgress: ({ done, total }) => post({ type: 'progress', done, total }) },
     );
     post({ type: 'done' });

@@ -69,7 +69,11 @@ describe('JobManager', () => {
     delay.disable();
     const seconds = (Date.now() - started) / 1000;
     const p99 = delay.percentile(99) / 1e6;
-    console.log(`compressed convert of 2 GiB (320 MiB data) in ${seconds.toFixed(2)} s; event-loop delay p99 ${p99.toFixed(1)} ms, max ${(delay.max / 1e6).toFixed(1)} ms; ${events.length} events`);
+    const max = delay.max / 1e6;
+    console.log(
+      `compressed convert of 2 GiB (320 MiB data) in ${seconds.toFixed(2)} s; ` +
+        `event-loop delay p99 ${p99.toFixed(1)} ms, max ${max.toFixed(1)} ms; ${events.length} events`,
+    );
 
     expect(end).toMatchObject({ id, state: 'done', done: 2 * GiB, total: 2 * GiB });
     expect(p99).toBeLessThan(50);

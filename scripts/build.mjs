@@ -46,7 +46,11 @@ await build({
     build({ ...electronBundle, entryPoints: { preload: 'electron/preload.ts' } }),
     build({
       ...electronBundle,
-      entryPoints: { main: 'electron/main.ts', 'job-worker': 'electron/job-worker.ts', 'web-host': 'electron/web/start.ts' },
+      entryPoints: {
+        main: 'electron/main.ts',
+        'job-worker': 'electron/job-worker.ts',
+        'web-host': 'electron/web/start.ts',
+      },
       define: { ...electronBundle.define, 'import.meta.url': '__platterModuleUrl' },
       banner: { js: "var __platterModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
     }),

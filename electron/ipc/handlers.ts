@@ -94,7 +94,8 @@ function implement(deps: HandlerDeps): Impl {
       (await map({ filename })).map(({ filename: _file, ...extent }) => extent),
     measure: async ({ format, options, size, source }) => {
       const m = await measure({ targetFormat: format, options, size, filename: source });
-      return { required: m.required, fullyAllocated: m['fully-allocated'], ...(m.bitmaps !== undefined && { bitmaps: m.bitmaps }) };
+      const bitmaps = m.bitmaps !== undefined && { bitmaps: m.bitmaps };
+      return { required: m.required, fullyAllocated: m['fully-allocated'], ...bitmaps };
     },
     freeSpace: async ({ path: p }) => ({ bytes: await freeBytes(p) }),
     create: async ({ path: filename, format, size, options }) => {
@@ -121,7 +122,8 @@ export function createHandlers(deps: HandlerDeps): Handlers {
   return {
     async call(method, input) {
       if (typeof method !== 'string' || !isMethod(method)) {
-        return { ok: false, error: { kind: 'Validation', message: `method: unknown method '${String(method).slice(0, 64)}'` } };
+        const message = `method: unknown method '${String(method).slice(0, 64)}'`;
+        return { ok: false, error: { kind: 'Validation', message } };
       }
       const schema = contract[method];
       const parsed = schema.input.safeParse(input);

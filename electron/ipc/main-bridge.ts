@@ -18,7 +18,8 @@ export function registerIpc(window: () => BrowserWindow | undefined, handlers: H
   const trusted = (event: IpcMainInvokeEvent) => {
     const win = window();
     const frame = event.senderFrame;
-    return win !== undefined && frame !== null && frame === win.webContents.mainFrame && isRendererUrl(frame.url, rendererUrl);
+    if (win === undefined || frame === null) return false;
+    return frame === win.webContents.mainFrame && isRendererUrl(frame.url, rendererUrl);
   };
   for (const method of METHOD_NAMES) {
     ipcMain.handle(CHANNEL_PREFIX + method, (event, input: unknown) =>
@@ -28,6 +29,10 @@ export function registerIpc(window: () => BrowserWindow | undefined, handlers: H
 }
 
 /** Pushes an event to the window's renderer. */
-export function sendEvent<E extends EventName>(win: BrowserWindow | undefined, event: E, payload: EventPayload<E>): void {
+export function sendEvent<E extends EventName>(
+  win: BrowserWindow | undefined,
+  event: E,
+  payload: EventPayload<E>,
+): void {
   if (win && !win.isDestroyed()) win.webContents.send(EVENT_CHANNEL, { event, payload });
 }

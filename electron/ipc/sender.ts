@@ -8,6 +8,8 @@ export function isRendererUrl(url: string, rendererUrl: string): boolean {
   if (!URL.canParse(url) || !URL.canParse(rendererUrl)) return false;
   const got = new URL(url);
   const want = new URL(rendererUrl);
-  if (want.protocol === 'file:') return got.protocol === 'file:' && got.host === want.host && got.pathname === want.pathname;
+  if (want.protocol === 'file:') {
+    return got.protocol === 'file:' && got.host === want.host && got.pathname === want.pathname;
+  }
   return got.origin === want.origin;
 }
