@@ -58,5 +58,17 @@ describe('desktop app', () => {
     expect(await page.evaluate(() => window.platter?.version)).toBe(pkg.version);
     expect(await page.evaluate(() => typeof (globalThis as Record<string, unknown>).require)).toBe('undefined');
     expect(await page.evaluate(() => typeof (globalThis as Record<string, unknown>).process)).toBe('undefined');
+
+    // The contract's methods answer through the preload; a refused call rejects with its kind.
+    type Bridge = Record<string, (input: unknown) => Promise<unknown>>;
+    const formats = await page.evaluate(() => (window as unknown as { platter: Bridge }).platter.formats!({}));
+    expect((formats as { name: string }[]).map((f) => f.name)).toContain('qcow2');
+    const refused = await page.evaluate(() =>
+      (window as unknown as { platter: Bridge }).platter.create!({ path: 'x' }).then(
+        () => 'resolved',
+        (e: { kind?: string }) => e.kind,
+      ),
+    );
+    expect(refused).toBe('Validation');
   });
 });

@@ -1,15 +1,20 @@
 // Electron main process: one window, locked down. The renderer is untrusted
 // (see shared ARCHITECTURE.md, "Security principles"): it runs sandboxed with
 // context isolation and no Node, can't navigate or open windows, and gets no
-// permissions. The typed IPC contract arrives in a later issue; until then the
-// preload exposes only the app version.
+// permissions. It talks to the engine only through the typed contract
+// (electron/ipc/contract.ts): ipc/main-bridge.ts checks each call's sender, and
+// the shared handlers re-validate its input; converts run as jobs in worker
+// threads so this process stays responsive.
 //
 // Bundled by scripts/build.mjs to dist/electron/main.cjs (CommonJS), so
 // __dirname is dist/electron at run time, both from the source tree and
 // inside the packaged app.asar.
-import { app, BrowserWindow, Menu, session, type MenuItemConstructorOptions } from 'electron';
+import { app, BrowserWindow, dialog, Menu, session, type MenuItemConstructorOptions } from 'electron';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { createHandlers, type HandlerDeps } from './ipc/handlers.js';
+import { registerIpc, sendEvent } from './ipc/main-bridge.js';
+import { JobManager } from './jobs.js';
 
 const isMac = process.platform === 'darwin';
 
@@ -79,6 +84,30 @@ function denyAllPermissions(): void {
   session.defaultSession.setPermissionCheckHandler(() => false);
 }
 
+/** The app's window, if open. */
+const currentWindow = () => BrowserWindow.getAllWindows()[0];
+
+/** Native file dialogs, parented to the window; a cancelled dialog answers null. */
+const dialogs: Pick<HandlerDeps, 'openDialog' | 'saveDialog'> = {
+  async openDialog({ title }) {
+    const win = currentWindow();
+    const options = { title, properties: ['openFile' as const] };
+    const r = win ? await dialog.showOpenDialog(win, options) : await dialog.showOpenDialog(options);
+    return { path: r.canceled ? null : (r.filePaths[0] ?? null) };
+  },
+  async saveDialog({ title, defaultPath }) {
+    const win = currentWindow();
+    const options = { title, defaultPath };
+    const r = win ? await dialog.showSaveDialog(win, options) : await dialog.showSaveDialog(options);
+    return { path: r.canceled ? null : (r.filePath ?? null) };
+  },
+};
+
+const jobs = new JobManager({
+  workerPath: path.join(__dirname, 'job-worker.cjs'),
+  onEvent: (info) => sendEvent(currentWindow(), 'job', info),
+});
+
 function buildMenu(): Menu {
   const template: MenuItemConstructorOptions[] = [
     ...(isMac ? [{ role: 'appMenu' } as MenuItemConstructorOptions] : []),
@@ -123,8 +152,18 @@ if (!app.requestSingleInstanceLock()) {
     if (!isMac) app.quit();
   });
 
+  // Running jobs are cancelled (their targets never appear) before the app quits.
+  let jobsStopped = false;
+  app.on('will-quit', (event) => {
+    if (jobsStopped || !jobs.list().some((j) => j.state === 'running')) return;
+    event.preventDefault();
+    jobsStopped = true;
+    void jobs.shutdown().then(() => app.quit());
+  });
+
   void app.whenReady().then(() => {
     denyAllPermissions();
+    registerIpc(currentWindow, createHandlers({ jobs, ...dialogs }), rendererUrl());
     Menu.setApplicationMenu(buildMenu());
     createWindow();
     app.on('activate', () => {

@@ -129,12 +129,21 @@ describe('electron/main.ts keeps the renderer locked down', () => {
 });
 
 describe('electron/preload.ts stays sandbox-compatible', () => {
-  it('imports nothing but electron', () => {
+  const importsOf = (sf: ts.SourceFile) => findAll(sf, ts.isImportDeclaration).map((d) => (d.moduleSpecifier as ts.StringLiteral).text);
+  const requiresOf = (sf: ts.SourceFile) => findAll(sf, ts.isCallExpression).filter((c) => c.expression.getText() === 'require');
+
+  it('imports nothing but electron and the method names, which import nothing', () => {
     const preload = parse('electron/preload.ts');
-    const imports = findAll(preload, ts.isImportDeclaration).map((d) => (d.moduleSpecifier as ts.StringLiteral).text);
-    expect(imports).toEqual(['electron']);
-    const requires = findAll(preload, ts.isCallExpression).filter((c) => c.expression.getText() === 'require');
-    expect(requires).toEqual([]);
+    expect(importsOf(preload)).toEqual(['electron', './ipc/methods.js']);
+    expect(requiresOf(preload)).toEqual([]);
+    const methods = parse('electron/ipc/methods.ts');
+    expect(importsOf(methods)).toEqual([]);
+    expect(requiresOf(methods)).toEqual([]);
+  });
+
+  it('exposes one object, window.platter', () => {
+    const calls = methodCalls(parse('electron/preload.ts'), 'exposeInMainWorld');
+    expect(calls.map((c) => c.arguments[0]?.getText())).toEqual(["'platter'"]);
   });
 });
 

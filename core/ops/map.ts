@@ -13,6 +13,8 @@ export interface MapEntry {
   zero: boolean;
   data: boolean;
   offset?: number;
+  /** Stored compressed; not printed by the CLI (qemu-img has no such key), shown by the app. */
+  compressed: boolean;
   /** Not printed; the human output names the file. */
   filename: string;
 }
@@ -34,6 +36,7 @@ function mergeable(a: MapEntry, b: BlockStatus): boolean {
     a.present === b.present &&
     a.zero === b.zero &&
     a.data === b.data &&
+    a.compressed === b.compressed &&
     a.filename === b.filename &&
     (a.offset === undefined) === (b.hostOffset === undefined) &&
     (a.offset === undefined || a.offset + a.length === b.hostOffset)
@@ -61,6 +64,7 @@ export async function map(opts: MapOptions, ctx: JobContext = {}): Promise<MapEn
           present: st.present,
           zero: st.zero,
           data: st.data,
+          compressed: st.compressed,
           filename: st.filename,
         };
         if (st.hostOffset !== undefined) e.offset = st.hostOffset;
@@ -72,7 +76,8 @@ export async function map(opts: MapOptions, ctx: JobContext = {}): Promise<MapEn
     meter.finish();
     // Nothing in range: qemu-img still prints one empty, absent entry there.
     if (entries.length === 0) {
-      entries.push({ start, length: 0, depth: 0, present: false, zero: false, data: false, filename: image.filename });
+      const absent = { depth: 0, present: false, zero: false, data: false, compressed: false };
+      entries.push({ start, length: 0, ...absent, filename: image.filename });
     }
     return entries;
   } finally {

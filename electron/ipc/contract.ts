@@ -16,7 +16,9 @@ const Path = z
   .string()
   .min(1)
   .max(4096)
-  .refine((p) => !p.includes('\0'), 'a path cannot contain NUL');
+  .refine((p) => !p.includes('\0'), 'a path cannot contain NUL')
+  // Relative paths would resolve against the host process's folder, not anything the user sees.
+  .refine((p) => /^(\/|[A-Za-z]:[\\/]|\\\\)/.test(p), 'a path must be absolute');
 const FormatName = z.string().regex(/^[a-z0-9]{1,16}$/, 'a format name is lower-case letters and digits');
 /** `-o` options as text, exactly as the CLI takes them: name -> value. */
 const OptionTexts = z.record(z.string().regex(/^[a-z][a-z0-9_.-]{0,63}$/), z.string().max(4096));
