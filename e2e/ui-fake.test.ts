@@ -158,7 +158,7 @@ describe.skipIf(!run)('renderer in Chromium (fake bridge)', () => {
     await page.getByRole('button', { name: 'Convert' }).click();
     await page.getByLabel('Source images').fill('/images/a.raw');
     await page.getByLabel('Target path').fill('/images/a.qcow2');
-    await page.getByLabel('Compress').check();
+    await page.getByLabel('Compress', { exact: true }).check();
     await page.getByRole('button', { name: 'Next' }).click();
     await page.getByText('only 2 GiB is free there').waitFor();
     await screenshot(page, 'fake-convert-preflight');
