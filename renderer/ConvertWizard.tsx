@@ -197,7 +197,7 @@ function ConvertJob({ jobId, target, onAgain }: { jobId: string; target: string;
         <h2 id="progress-title">Converting to {target}</h2>
         <progress id="convert-progress" max={100} value={pct} aria-label="Convert progress" />
         <p role="status" data-testid="progress-text">
-          {pct.toFixed(0)}% — {job ? `${formatSize(job.done)} of ${formatSize(job.total)}` : 'starting'}
+          {job && job.total > 0 ? `${pct.toFixed(0)}% — ${formatSize(job.done)} of ${formatSize(job.total)}` : 'Starting…'}
           {job && job.bytesPerSecond > 0 ? `, ${formatSize(job.bytesPerSecond)}/s, ${duration(left)} left` : ''}
         </p>
         {cancelError ? <p className="error" role="alert">{cancelError}</p> : null}
