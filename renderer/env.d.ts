@@ -1,12 +1,8 @@
 /// <reference types="vite/client" />
 
-// What the preload (electron/preload.ts) exposes. Optional because the same
-// renderer also runs in a plain browser (tests, the web host) without it.
-// The typed client generated from the IPC contract replaces this later.
-interface PlatterApi {
-  readonly version: string;
-}
-
+// Under Electron the preload exposes the typed API (electron/ipc/contract.ts);
+// absent in a plain browser (the web host, tests), where renderer/api.ts
+// speaks WebSocket instead.
 interface Window {
-  readonly platter?: PlatterApi;
+  readonly platter?: import('../electron/ipc/contract.js').PlatterApi & { readonly version?: string };
 }

@@ -32,6 +32,13 @@ export default defineConfig({
     // Electron ships a current Chromium.
     target: 'chrome130',
     reportCompressedSize: false,
+    rollupOptions: {
+      // TanStack Table marks its hooks 'use client' for React Server Components,
+      // which a client-only bundle has no use for.
+      onwarn(warning, warn) {
+        if (warning.code !== 'MODULE_LEVEL_DIRECTIVE') warn(warning);
+      },
+    },
   },
   server: {
     host: '127.0.0.1',

@@ -1,0 +1,128 @@
+// One image: its info, backing chain, snapshots and allocation map.
+import { useEffect, useMemo, useState } from 'react';
+import { createColumnHelper, tableFeatures, useTable } from '@tanstack/react-table';
+import type { ImageInfo, MapExtent } from '../electron/ipc/contract.js';
+import { formatSize } from '../core/options/size.js';
+import { api, errorText } from './api.js';
+import { formatBytes, MapCanvas } from './MapCanvas.js';
+
+type Loaded<T> = { value?: T; error?: string };
+
+function useLoad<T>(load: () => Promise<T>, key: string): Loaded<T> {
+  const [state, setState] = useState<Loaded<T>>({});
+  useEffect(() => {
+    let live = true;
+    setState({});
+    load().then(
+      (value) => live && setState({ value }),
+      (e) => live && setState({ error: errorText(e) }),
+    );
+    return () => {
+      live = false;
+    };
+    // `key` names what load() reads.
+  }, [key]);
+  return state;
+}
+
+const show = (v: unknown) => (typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v));
+
+type Snapshot = NonNullable<ImageInfo['snapshots']>[number];
+const features = tableFeatures({});
+const snap = createColumnHelper<typeof features, Snapshot>();
+const snapshotColumns = snap.columns([
+  snap.accessor('id', { header: 'ID' }),
+  snap.accessor('name', { header: 'Tag' }),
+  snap.accessor('vm-state-size', { header: 'VM state', cell: (c) => formatSize(c.getValue()) }),
+  snap.accessor('date-sec', { header: 'Date', cell: (c) => new Date(c.getValue() * 1000).toISOString().replace('T', ' ').slice(0, 19) }),
+  snap.accessor('vm-clock-nsec', { header: 'VM clock', cell: (c) => `${(c.getValue() / 1e9).toFixed(3)} s` }),
+]);
+
+function SnapshotTable({ snapshots }: { snapshots: Snapshot[] }) {
+  const table = useTable({ features, columns: snapshotColumns, data: snapshots });
+  if (snapshots.length === 0) return <p className="muted">No internal snapshots.</p>;
+  return (
+    <table className="grid">
+      <caption className="visually-hidden">Snapshots</caption>
+      <thead>
+        {table.getHeaderGroups().map((g) => (
+          <tr key={g.id}>
+            {g.headers.map((h) => (
+              <th key={h.id} scope="col">{h.isPlaceholder ? null : <table.FlexRender header={h} />}</th>
+            ))}
+          </tr>
+        ))}
+      </thead>
+      <tbody>
+        {table.getRowModel().rows.map((r) => (
+          <tr key={r.id}>
+            {r.getAllCells().map((c) => (
+              <td key={c.id}><table.FlexRender cell={c} /></td>
+            ))}
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
+export function Inspector({ path }: { path: string }) {
+  const info = useLoad(() => api().info({ path, backingChain: true }), path);
+  const map = useLoad<MapExtent[]>(() => api().map({ path }), path);
+  const top = info.value?.[0];
+  const snapshots = useMemo(() => top?.snapshots ?? [], [top]);
+
+  return (
+    <article className="inspector" aria-labelledby="inspector-title">
+      <h2 id="inspector-title" className="path">{path}</h2>
+      {info.error ? <p className="error" role="alert">{info.error}</p> : null}
+      {!top && !info.error ? <p className="muted" role="status">Reading the image…</p> : null}
+      {top ? (
+        <>
+          <section aria-labelledby="info-title">
+            <h3 id="info-title">Image</h3>
+            <dl className="facts">
+              <dt>Virtual size</dt><dd data-testid="virtual-size">{formatBytes(top['virtual-size'])}</dd>
+              <dt>Format</dt><dd>{top.format}</dd>
+              <dt>Disk size</dt><dd>{top['actual-size'] !== undefined ? formatBytes(top['actual-size']) : '—'}</dd>
+              <dt>Cluster size</dt><dd>{top['cluster-size'] !== undefined ? formatBytes(top['cluster-size']) : '—'}</dd>
+              <dt>Dirty</dt><dd>{top['dirty-flag'] ? 'yes' : 'no'}</dd>
+              {top['backing-filename'] ? (<><dt>Backing file</dt><dd>{top['backing-filename']}</dd></>) : null}
+            </dl>
+            {top['format-specific'] ? (
+              <table className="grid kv">
+                <caption>Format-specific ({top['format-specific'].type})</caption>
+                <tbody>
+                  {Object.entries(top['format-specific'].data).map(([k, v]) => (
+                    <tr key={k}><th scope="row">{k}</th><td>{show(v)}</td></tr>
+                  ))}
+                </tbody>
+              </table>
+            ) : null}
+          </section>
+          <section aria-labelledby="chain-title">
+            <h3 id="chain-title">Backing chain</h3>
+            {info.value!.length > 1 ? (
+              <ol className="chain">
+                {info.value!.map((img, i) => (
+                  <li key={i}>{img.filename} <span className="muted">({img.format}, {formatSize(img['virtual-size'])})</span></li>
+                ))}
+              </ol>
+            ) : (
+              <p className="muted">No backing file.</p>
+            )}
+          </section>
+          <section aria-labelledby="snap-title">
+            <h3 id="snap-title">Snapshots</h3>
+            <SnapshotTable snapshots={snapshots} />
+          </section>
+          <section aria-labelledby="map-title">
+            <h3 id="map-title">Allocation map</h3>
+            {map.error ? <p className="error" role="alert">{map.error}</p> : null}
+            {map.value ? <MapCanvas extents={map.value} size={top['virtual-size']} /> : map.error ? null : <p className="muted">Mapping…</p>}
+          </section>
+        </>
+      ) : null}
+    </article>
+  );
+}
