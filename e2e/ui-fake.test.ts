@@ -82,7 +82,12 @@ function installFakeBridge() {
     openDialog: async () => ({ path: null }),
     saveDialog: async () => ({ path: null }),
   };
-  w.platter = { ...api, on: (_e: string, l: (j: unknown) => void) => (listeners.push(l), () => undefined) };
+  w.platter = {
+    ...api,
+    on: (_e: string, l: (j: unknown) => void) => (listeners.push(l), () => undefined),
+    // As the preload does with webUtils.getPathForFile.
+    pathForFile: (f: File) => `/dropped/${f.name}`,
+  };
 }
 
 describe.skipIf(!run)('renderer in Chromium (fake bridge)', () => {
@@ -109,6 +114,16 @@ describe.skipIf(!run)('renderer in Chromium (fake bridge)', () => {
   afterAll(async () => {
     await browser?.close();
     await new Promise((r) => server?.close(r));
+  });
+
+  it('a file dropped on the window opens in the inspector', async () => {
+    const dt = await page.evaluateHandle(() => {
+      const d = new DataTransfer();
+      d.items.add(new File(['x'], 'dropped.qcow2'));
+      return d;
+    });
+    await page.dispatchEvent('.frame', 'drop', { dataTransfer: dt });
+    await page.getByRole('heading', { name: '/dropped/dropped.qcow2' }).waitFor();
   });
 
   it('inspector: size, format-specific table, backing chain, snapshots, and a map with a hover tooltip', async () => {

@@ -2,9 +2,10 @@
 // few modules ('electron' among them), so scripts/build.mjs bundles this file
 // to CommonJS and it imports nothing but electron and the zod-free list of
 // method names. It exposes `window.platter`: one function per contract method
-// (ipcRenderer.invoke on `platter:<method>`), `on(event, listener)`, and the
-// app version; nothing else.
-import { contextBridge, ipcRenderer } from 'electron';
+// (ipcRenderer.invoke on `platter:<method>`), `on(event, listener)`, the app
+// version, and `pathForFile` (the path of a file the user dropped on the
+// window; sandboxed pages cannot see paths otherwise); nothing else.
+import { contextBridge, ipcRenderer, webUtils } from 'electron';
 import { CHANNEL_PREFIX, EVENT_CHANNEL, METHOD_NAMES } from './ipc/methods.js';
 
 // Replaced at build time by esbuild's `define` with package.json's version
@@ -37,4 +38,6 @@ function on(event: string, listener: (payload: unknown) => void): () => void {
   };
 }
 
-contextBridge.exposeInMainWorld('platter', Object.freeze({ ...methods, on, version: __PLATTER_VERSION__ }));
+const pathForFile = (file: File): string => webUtils.getPathForFile(file);
+
+contextBridge.exposeInMainWorld('platter', Object.freeze({ ...methods, on, pathForFile, version: __PLATTER_VERSION__ }));

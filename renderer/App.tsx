@@ -1,6 +1,6 @@
 // The app frame: sidebar (Images, the images opened, Jobs), a toolbar (open a
 // path, Create, Convert) and the current screen.
-import { useEffect, useState, type FormEvent } from 'react';
+import { useEffect, useState, type DragEvent, type FormEvent } from 'react';
 import { api, errorText, hasNativeDialogs } from './api.js';
 import { ConvertWizard } from './ConvertWizard.js';
 import { CreateWizard } from './CreateWizard.js';
@@ -91,16 +91,46 @@ function Sidebar() {
   );
 }
 
+/**
+ * Image files dropped on the window open in the inspector. Only the desktop
+ * app can tell where a dropped file lives; a browser is told to type the path.
+ */
+function useDropToOpen(openImage: (path: string) => void): { onDragOver: (e: DragEvent) => void; onDrop: (e: DragEvent) => void; notice: string | null } {
+  const [notice, setNotice] = useState<string | null>(null);
+  return {
+    notice,
+    onDragOver: (e) => {
+      if (e.dataTransfer.types.includes('Files')) e.preventDefault();
+    },
+    onDrop: (e) => {
+      e.preventDefault();
+      const files = Array.from({ length: e.dataTransfer.files.length }, (_, i) => e.dataTransfer.files[i]!);
+      const toPath = window.platter?.pathForFile;
+      if (!toPath) {
+        setNotice('Dropping files works in the desktop app; here, type the path in the toolbar.');
+        return;
+      }
+      setNotice(null);
+      for (const f of files.reverse()) {
+        const p = toPath(f);
+        if (p) openImage(p);
+      }
+    },
+  };
+}
+
 export function App() {
-  const { view, images } = useApp();
+  const { view, images, openImage } = useApp();
   const feedError = useJobFeed();
+  const drop = useDropToOpen(openImage);
   return (
-    <div className="frame">
+    <div className="frame" onDragOver={drop.onDragOver} onDrop={drop.onDrop}>
       <Sidebar />
       <div className="workspace">
         <Toolbar />
         <main className="content" id="main">
           {feedError ? <p className="error" role="alert">{feedError}</p> : null}
+          {drop.notice ? <p className="muted" role="status">{drop.notice}</p> : null}
           {view === 'images' ? (
             images[0] ? <Inspector key={images[0]} path={images[0]} /> : (
               <section className="empty" aria-labelledby="empty-title">

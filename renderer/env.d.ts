@@ -4,5 +4,9 @@
 // absent in a plain browser (the web host, tests), where renderer/api.ts
 // speaks WebSocket instead.
 interface Window {
-  readonly platter?: import('../electron/ipc/contract.js').PlatterApi & { readonly version?: string };
+  readonly platter?: import('../electron/ipc/contract.js').PlatterApi & {
+    readonly version?: string;
+    /** The path of a dropped file (Electron only). */
+    readonly pathForFile?: (file: File) => string;
+  };
 }

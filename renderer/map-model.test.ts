@@ -24,6 +24,9 @@ describe('extentKind', () => {
     expect(extentKind(extent(0, 1, 'data'))).toBe('data');
     expect(extentKind(extent(0, 1, 'compressed'))).toBe('compressed');
     expect(extentKind(extent(0, 1, 'backing'))).toBe('backing');
+    // Each backing depth its own colour; the third and deeper share one.
+    expect(extentKind({ ...extent(0, 1, 'backing'), depth: 2 })).toBe('backing2');
+    expect(extentKind({ ...extent(0, 1, 'backing'), depth: 7 })).toBe('backing3');
     expect(extentKind(extent(0, 1, 'zero'))).toBe('zero');
     expect(extentKind({ ...extent(0, 1, 'hole'), zero: false })).toBe('unallocated');
     expect(extentKind(extent(0, 1, 'hole'))).toBe('zero');

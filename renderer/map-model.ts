@@ -7,24 +7,29 @@
 import type { MapExtent } from '../electron/ipc/contract.js';
 
 /** What a range of the image is, in the order the legend lists them. */
-export const KINDS = ['data', 'compressed', 'backing', 'zero', 'unallocated'] as const;
+export const KINDS = ['data', 'compressed', 'backing', 'backing2', 'backing3', 'zero', 'unallocated'] as const;
 export type ExtentKind = (typeof KINDS)[number];
 
 export const KIND_LABEL: Record<ExtentKind, string> = {
   data: 'Data',
   compressed: 'Compressed',
-  backing: 'From a backing file',
+  backing: 'From the backing file',
+  backing2: 'From its backing file',
+  backing3: 'From deeper in the chain',
   zero: 'Zero',
   unallocated: 'Unallocated',
 };
 
-/** Index into KINDS of what an extent holds (compressed and backing win over plain data). */
+/**
+ * Index into KINDS of what an extent holds: compressed and backing win over
+ * plain data, and each backing depth has its colour (depth 3 and below share one).
+ */
 export function kindIndex(e: MapExtent): number {
   if (e.compressed) return 1;
-  if (e.depth > 0 && e.present) return 2;
-  if (e.zero) return 3;
+  if (e.depth > 0 && e.present) return 1 + Math.min(e.depth, 3);
+  if (e.zero) return 5;
   if (e.data) return 0;
-  return 4;
+  return 6;
 }
 
 export function extentKind(e: MapExtent): ExtentKind {
