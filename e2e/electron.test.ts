@@ -5,8 +5,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { _electron as electron, type ElectronApplication } from 'playwright-core';
-import { afterAll, describe, expect, it } from 'vitest';
+import { _electron as electron, type ElectronApplication, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hasTool, tempDir } from '../core/test/tmp.js';
+import { appScenarios } from './scenarios.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const require = createRequire(import.meta.url);
@@ -32,7 +34,17 @@ function findElectron(): { path?: string; reason?: string } {
 
 const found = findElectron();
 const hasElectron = found.path !== undefined;
-if (!hasElectron) console.warn(`SKIPPED electron launch test: ${found.reason}`);
+if (!hasElectron) console.warn(`SKIPPED electron launch test and app scenarios: ${found.reason}`);
+
+/** Starts the app as a user would (root needs Chromium's OS sandbox off, as in containers and CI). */
+function launchApp(): Promise<ElectronApplication> {
+  const env = { ...process.env } as Record<string, string>;
+  delete env.ELECTRON_RUN_AS_NODE;
+  // Chromium refuses to start as root with its OS sandbox (containers, CI);
+  // the renderer sandbox under test (sandbox: true) is Electron's own setting.
+  const args = process.getuid?.() === 0 ? ['--no-sandbox', root] : [root];
+  return electron.launch({ executablePath: found.path!, args, env, cwd: root });
+}
 
 describe('desktop app', () => {
   let app: ElectronApplication | undefined;
@@ -41,12 +53,7 @@ describe('desktop app', () => {
   });
 
   it.skipIf(!hasElectron)('opens one locked-down window titled Platter', async () => {
-    const env = { ...process.env } as Record<string, string>;
-    delete env.ELECTRON_RUN_AS_NODE;
-    // Chromium refuses to start as root with its OS sandbox (containers, CI);
-    // the renderer sandbox under test (sandbox: true) is Electron's own setting.
-    const args = process.getuid?.() === 0 ? ['--no-sandbox', root] : [root];
-    app = await electron.launch({ executablePath: found.path!, args, env, cwd: root });
+    app = await launchApp();
     const page = await app.firstWindow();
     await page.waitForLoadState('domcontentloaded');
     await expect.poll(() => page.title()).toBe('Platter');
@@ -71,4 +78,24 @@ describe('desktop app', () => {
     );
     expect(refused).toBe('Validation');
   });
+});
+
+// The same scenarios as the web host runs, in the desktop app.
+describe.skipIf(!hasElectron || !hasTool('qemu-img', 'apt-get install qemu-utils'))('desktop app scenarios', () => {
+  let app: ElectronApplication;
+  let page: Page;
+  let tmp: ReturnType<typeof tempDir>;
+  beforeAll(async () => {
+    tmp = tempDir('platter-e2e-electron-');
+    app = await launchApp();
+    page = await app.firstWindow();
+    page.setDefaultTimeout(20_000);
+    await page.getByRole('heading', { name: 'No image open' }).waitFor();
+  });
+  afterAll(async () => {
+    await app?.close();
+    tmp?.cleanup();
+  });
+
+  appScenarios({ page: () => page, get tmp() { return tmp; }, prefix: 'electron' });
 });
