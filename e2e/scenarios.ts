@@ -6,10 +6,12 @@ import { existsSync } from 'node:fs';
 import type { Page } from 'playwright-core';
 import { expect, it } from 'vitest';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../core/test/qemu.js';
-import { sh, type tempDir } from '../core/test/tmp.js';
+import { hasTool, sh, type tempDir } from '../core/test/tmp.js';
 import { canvasHasColours, screenshot, seriousA11yViolations } from './browser.js';
 
 const MiB = 2 ** 20;
+/** Loop devices stand in for drives (root only). */
+const canLoop = process.getuid?.() === 0 && hasTool('losetup', 'apt-get install mount');
 
 export interface ScenarioContext {
   /** The app's page, once the host is up (set in the caller's beforeAll). */
@@ -119,9 +121,26 @@ export function appScenarios(ctx: ScenarioContext): void {
     expect(existsSync(target)).toBe(false);
   });
 
+  it.skipIf(!canLoop)('lists the drives, and sees a loop device come and go', async () => {
+    const img = ctx.tmp.path('drive.img');
+    sh('truncate', ['-s', '16M', img]);
+    await ctx.page().getByRole('button', { name: 'Devices' }).click();
+    await ctx.page().getByRole('heading', { name: 'Devices' }).waitFor();
+    const dev = sh('losetup', ['-f', '--show', '-r', img]).trim();
+    try {
+      // Arrives as a `devices` event (the host looks every 2 s).
+      await ctx.page().getByTestId('devices-table').getByText(dev, { exact: true }).waitFor({ timeout: 10_000 });
+      await expect.poll(() => ctx.page().getByTestId('devices-table').textContent()).toContain(`file ${img}`);
+      await screenshot(ctx.page(), `${ctx.prefix}-devices`);
+    } finally {
+      sh('losetup', ['-d', dev]);
+    }
+    await ctx.page().getByTestId('devices-table').getByText(dev, { exact: true }).waitFor({ state: 'detached', timeout: 10_000 });
+  });
+
   it.each(['light', 'dark'] as const)('has no serious or critical axe violations (%s)', async (scheme) => {
     await ctx.page().emulateMedia({ colorScheme: scheme });
-    for (const name of ['Jobs', 'Create', 'Convert']) {
+    for (const name of ['Devices', 'Jobs', 'Create', 'Convert']) {
       await ctx.page().getByRole('button', { name: new RegExp(`^${name}`) }).first().click();
       expect(await seriousA11yViolations(ctx.page()), `${name} (${scheme})`).toEqual([]);
     }

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createHandlers, type HandlerDeps } from './ipc/handlers.js';
 import { registerIpc, sendEvent } from './ipc/main-bridge.js';
+import { watchDevices } from './devices-watch.js';
 import { JobManager } from './jobs.js';
 
 const isMac = process.platform === 'darwin';
@@ -109,6 +110,8 @@ const jobs = new JobManager({
   workerPath: path.join(__dirname, 'job-worker.cjs'),
   onEvent: (info) => sendEvent(currentWindow(), 'job', info),
 });
+watchDevices((list) => sendEvent(currentWindow(), 'devices', list));
+
 
 function buildMenu(): Menu {
   const template: MenuItemConstructorOptions[] = [

@@ -4,6 +4,7 @@ import { useEffect, useState, type DragEvent, type FormEvent } from 'react';
 import { api, errorText, hasNativeDialogs } from './api.js';
 import { ConvertWizard } from './ConvertWizard.js';
 import { CreateWizard } from './CreateWizard.js';
+import { DevicesView } from './DevicesView.js';
 import { Inspector } from './Inspector.js';
 import { JobsView } from './JobsView.js';
 import { useApp, type View } from './store.js';
@@ -85,6 +86,7 @@ function Sidebar() {
             </ul>
           ) : null}
         </li>
+        <li>{item('devices', 'Devices')}</li>
         <li>{item('jobs', 'Jobs', running ? `${running} running` : undefined)}</li>
       </ul>
     </nav>
@@ -139,6 +141,7 @@ export function App() {
               </section>
             )
           ) : null}
+          {view === 'devices' ? <DevicesView /> : null}
           {view === 'jobs' ? <JobsView /> : null}
           {view === 'create' ? <CreateWizard /> : null}
           {view === 'convert' ? <ConvertWizard /> : null}

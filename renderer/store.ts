@@ -2,7 +2,7 @@
 import { create } from 'zustand';
 import type { JobInfo } from '../electron/ipc/contract.js';
 
-export type View = 'images' | 'jobs' | 'create' | 'convert';
+export type View = 'images' | 'devices' | 'jobs' | 'create' | 'convert';
 
 interface AppState {
   view: View;

@@ -113,6 +113,20 @@ export const JobInfo = z.object({
 });
 export type JobInfo = z.infer<typeof JobInfo>;
 
+/** A block device of the machine (core/io/devices.ts). */
+export const Device = z.object({
+  name: z.string(),
+  path: z.string(),
+  size: Bytes,
+  kind: z.enum(['disk', 'cdrom', 'loop']),
+  removable: z.boolean(),
+  readOnly: z.boolean(),
+  model: z.string().optional(),
+  backingFile: z.string().optional(),
+});
+export const DeviceList = z.object({ supported: z.boolean(), devices: z.array(Device) });
+export type DeviceList = z.infer<typeof DeviceList>;
+
 const method = <I extends z.ZodType, O extends z.ZodType>(input: I, output: O) => ({ input, output });
 
 export const contract = {
@@ -144,6 +158,8 @@ export const contract = {
   ),
   cancelJob: method(z.object({ jobId: z.string().max(64) }), z.object({ cancelled: z.boolean() })),
   listJobs: method(z.object({}), z.array(JobInfo)),
+  /** The machine's drives (the start of drive imaging); changes come as `devices` events. */
+  devices: method(z.object({}), DeviceList),
   /** Native dialogs (Electron only; the web host answers null and the UI asks for a typed path). */
   openDialog: method(z.object({ title: z.string().max(200).optional() }), z.object({ path: z.string().nullable() })),
   saveDialog: method(z.object({ title: z.string().max(200).optional(), defaultPath: z.string().max(4096).optional() }), z.object({ path: z.string().nullable() })),
@@ -158,6 +174,8 @@ export type Output<M extends MethodName> = z.infer<Contract[M]['output']>;
 export const events = {
   /** A job changed: progress (a few times a second at most), or its end. */
   job: JobInfo,
+  /** A drive came or went (or changed its media). */
+  devices: DeviceList,
 } as const;
 export type EventName = keyof typeof events;
 export type EventPayload<E extends EventName> = z.infer<(typeof events)[E]>;

@@ -9,6 +9,7 @@ import { statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { snapshotJson } from '../../core/cli/snapshot-list.js';
 import { createOptionsOf, DRIVERS } from '../../core/image/registry.js';
+import { listDevices } from '../../core/io/devices.js';
 import { check } from '../../core/ops/check.js';
 import { create } from '../../core/ops/create.js';
 import { info } from '../../core/ops/info.js';
@@ -110,6 +111,7 @@ function implement(deps: HandlerDeps): Impl {
     startConvert: async (input) => ({ jobId: deps.jobs.startConvert(input) }),
     cancelJob: async ({ jobId }) => ({ cancelled: deps.jobs.cancel(jobId) }),
     listJobs: async () => deps.jobs.list(),
+    devices: () => listDevices(),
     openDialog: (input) => deps.openDialog(input),
     saveDialog: (input) => deps.saveDialog(input),
   };

@@ -15,6 +15,7 @@ export const METHOD_NAMES = [
   'startConvert',
   'cancelJob',
   'listJobs',
+  'devices',
   'openDialog',
   'saveDialog',
 ] as const;

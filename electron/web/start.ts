@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { createHandlers, noDialogs } from '../ipc/handlers.js';
+import { watchDevices } from '../devices-watch.js';
 import { JobManager } from '../jobs.js';
 import { startWebHost, type WebHost } from './server.js';
 
@@ -20,6 +21,7 @@ async function main(): Promise<void> {
     rendererDir: path.join(__dirname, '..', 'renderer'),
     port: Number.isInteger(port) && port >= 0 && port < 65536 ? port : 0,
   });
+  watchDevices((list) => host?.publish('devices', list));
   process.stdout.write(`Platter is at ${host.url}\n(Ctrl-C stops it)\n`);
   let stopping = false;
   const stop = async () => {
