@@ -97,6 +97,29 @@ export function appScenarios(ctx: ScenarioContext): void {
     await screenshot(ctx.page(), `${ctx.prefix}-jobs`);
   });
 
+  // Every source format with a driver: qcow2 (with a backing file, compressed and zero clusters) to raw.
+  it('converts a qcow2 chain to raw through the wizard', async () => {
+    const base = ctx.tmp.path('chain-base.qcow2');
+    const top = ctx.tmp.path('chain-top.qcow2');
+    const target = ctx.tmp.path('chain.raw');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', base, '32M']);
+    qemuIo(base, ['write -P 0x31 0 8M', 'write -c -P 0x32 16M 1M']);
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    qemuIo(top, ['write -P 0x33 4M 2M', 'write -z 6M 1M']);
+    await ctx.page().getByRole('button', { name: 'Convert' }).click();
+    const again = ctx.page().getByRole('button', { name: 'Convert another' });
+    if (await again.isVisible()) await again.click();
+    await ctx.page().getByLabel('Source images').fill(top);
+    await ctx.page().getByLabel('Target path').fill(target);
+    await ctx.page().getByLabel('Target format').selectOption('raw');
+    await ctx.page().getByRole('button', { name: 'Next' }).click();
+    await ctx.page().getByRole('button', { name: 'Start convert' }).click();
+    await ctx.page().getByRole('heading', { name: 'Convert finished' }).waitFor({ timeout: 60_000 });
+    expect(qemuCompare(top, target)).toBe('Images are identical.');
+    await ctx.page().getByRole('button', { name: /^Jobs/ }).click();
+    await ctx.page().getByTestId('jobs-table').getByText(target).waitFor();
+  });
+
   it('cancels a long convert and leaves no target', async () => {
     const source = ctx.tmp.path('big.raw');
     const target = ctx.tmp.path('big.qcow2');
