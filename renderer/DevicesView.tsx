@@ -1,16 +1,15 @@
 // The machine's drives, kept current by `devices` events: the start of drive
 // imaging (reading a drive into an image comes with its own issue).
 import { useEffect, useState } from 'react';
-import { createColumnHelper, tableFeatures, useTable } from '@tanstack/react-table';
 import type { DeviceList } from '../electron/ipc/contract.js';
 import { formatSize } from '../core/options/size.js';
 import { api, errorText } from './api.js';
+import { columnsFor, DataTable } from './DataTable.js';
 
 type Device = DeviceList['devices'][number];
 const KIND: Record<Device['kind'], string> = { disk: 'Disk', cdrom: 'CD/DVD drive', loop: 'Loop device' };
 
-const features = tableFeatures({});
-const col = createColumnHelper<typeof features, Device>();
+const col = columnsFor<Device>();
 const columns = col.columns([
   col.accessor('path', { header: 'Device' }),
   col.accessor('kind', { header: 'Kind', cell: (c) => KIND[c.getValue()] }),
@@ -33,7 +32,6 @@ export function DevicesView() {
     api().devices({}).then(setList, (e: unknown) => setError(errorText(e)));
     return api().on('devices', setList);
   }, []);
-  const table = useTable({ features, columns, data: list?.devices ?? [] });
   return (
     <section aria-labelledby="devices-title">
       <h2 id="devices-title">Devices</h2>
@@ -41,26 +39,7 @@ export function DevicesView() {
       {list && !list.supported ? <p className="muted">Listing drives is not supported on this system yet.</p> : null}
       {list?.supported && list.devices.length === 0 ? <p className="muted">No drives found.</p> : null}
       {list?.devices.length ? (
-        <table className="grid" data-testid="devices-table">
-          <thead>
-            {table.getHeaderGroups().map((g) => (
-              <tr key={g.id}>
-                {g.headers.map((h) => (
-                  <th key={h.id} scope="col">{h.isPlaceholder ? null : <table.FlexRender header={h} />}</th>
-                ))}
-              </tr>
-            ))}
-          </thead>
-          <tbody>
-            {table.getRowModel().rows.map((r) => (
-              <tr key={r.id}>
-                {r.getAllCells().map((c) => (
-                  <td key={c.id}><table.FlexRender cell={c} /></td>
-                ))}
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <DataTable columns={columns} data={list.devices} testId="devices-table" />
       ) : null}
     </section>
   );

@@ -1,9 +1,9 @@
 // One image: its info, backing chain, snapshots and allocation map.
 import { useEffect, useMemo, useState } from 'react';
-import { createColumnHelper, tableFeatures, useTable } from '@tanstack/react-table';
 import type { ImageInfo, MapExtent } from '../electron/ipc/contract.js';
 import { formatSize } from '../core/options/size.js';
 import { api, errorText } from './api.js';
+import { columnsFor, DataTable } from './DataTable.js';
 import { formatBytes, MapCanvas } from './MapCanvas.js';
 
 type Loaded<T> = { value?: T; error?: string };
@@ -28,8 +28,7 @@ function useLoad<T>(load: () => Promise<T>, key: string): Loaded<T> {
 const show = (v: unknown) => (typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v));
 
 type Snapshot = NonNullable<ImageInfo['snapshots']>[number];
-const features = tableFeatures({});
-const snap = createColumnHelper<typeof features, Snapshot>();
+const snap = columnsFor<Snapshot>();
 const snapshotColumns = snap.columns([
   snap.accessor('id', { header: 'ID' }),
   snap.accessor('name', { header: 'Tag' }),
@@ -39,30 +38,9 @@ const snapshotColumns = snap.columns([
 ]);
 
 function SnapshotTable({ snapshots }: { snapshots: Snapshot[] }) {
-  const table = useTable({ features, columns: snapshotColumns, data: snapshots });
   if (snapshots.length === 0) return <p className="muted">No internal snapshots.</p>;
   return (
-    <table className="grid">
-      <caption className="visually-hidden">Snapshots</caption>
-      <thead>
-        {table.getHeaderGroups().map((g) => (
-          <tr key={g.id}>
-            {g.headers.map((h) => (
-              <th key={h.id} scope="col">{h.isPlaceholder ? null : <table.FlexRender header={h} />}</th>
-            ))}
-          </tr>
-        ))}
-      </thead>
-      <tbody>
-        {table.getRowModel().rows.map((r) => (
-          <tr key={r.id}>
-            {r.getAllCells().map((c) => (
-              <td key={c.id}><table.FlexRender cell={c} /></td>
-            ))}
-          </tr>
-        ))}
-      </tbody>
-    </table>
+    <DataTable columns={snapshotColumns} data={snapshots} caption="Snapshots" />
   );
 }
 

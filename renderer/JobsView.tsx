@@ -1,13 +1,12 @@
 // Every job the engine runs or ran, updated live from `job` events (App subscribes).
 import { useMemo } from 'react';
-import { createColumnHelper, tableFeatures, useTable } from '@tanstack/react-table';
 import type { JobInfo } from '../electron/ipc/contract.js';
 import { formatSize } from '../core/options/size.js';
 import { api } from './api.js';
+import { columnsFor, DataTable } from './DataTable.js';
 import { useApp } from './store.js';
 
-const features = tableFeatures({});
-const col = createColumnHelper<typeof features, JobInfo>();
+const col = columnsFor<JobInfo>();
 const columns = col.columns([
   col.accessor('title', { header: 'Job' }),
   col.accessor('target', { header: 'Target' }),
@@ -38,33 +37,13 @@ const columns = col.columns([
 export function JobsView() {
   const jobs = useApp((s) => s.jobs);
   const data = useMemo(() => Object.values(jobs).sort((a, b) => b.startedAt - a.startedAt), [jobs]);
-  const table = useTable({ features, columns, data });
   return (
     <section aria-labelledby="jobs-title">
       <h2 id="jobs-title">Jobs</h2>
       {data.length === 0 ? (
         <p className="muted">No jobs yet: a convert shows here while it runs.</p>
       ) : (
-        <table className="grid" data-testid="jobs-table">
-          <thead>
-            {table.getHeaderGroups().map((g) => (
-              <tr key={g.id}>
-                {g.headers.map((h) => (
-                  <th key={h.id} scope="col">{h.isPlaceholder ? null : <table.FlexRender header={h} />}</th>
-                ))}
-              </tr>
-            ))}
-          </thead>
-          <tbody>
-            {table.getRowModel().rows.map((r) => (
-              <tr key={r.id}>
-                {r.getAllCells().map((c) => (
-                  <td key={c.id}><table.FlexRender cell={c} /></td>
-                ))}
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <DataTable columns={columns} data={data} testId="jobs-table" />
       )}
     </section>
   );
