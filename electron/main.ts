@@ -112,8 +112,6 @@ const jobs = new JobManager({
   workerPath: path.join(__dirname, 'job-worker.cjs'),
   onEvent: (info) => sendEvent(currentWindow(), 'job', info),
 });
-watchDevices((list) => sendEvent(currentWindow(), 'devices', list));
-
 
 function buildMenu(): Menu {
   const template: MenuItemConstructorOptions[] = [
@@ -172,6 +170,8 @@ if (!app.requestSingleInstanceLock()) {
     denyAllPermissions();
     registerIpc(currentWindow, createHandlers({ jobs, ...dialogs }), rendererUrl());
     Menu.setApplicationMenu(buildMenu());
+    // Only the instance that owns the window watches the drives.
+    watchDevices((list) => sendEvent(currentWindow(), 'devices', list));
     createWindow();
     app.on('activate', () => {
       if (BrowserWindow.getAllWindows().length === 0) createWindow();

@@ -35,9 +35,12 @@ export interface OpenOptions {
 /** Backing chains deeper than this are refused (they are loops or mistakes). */
 export const MAX_BACKING_DEPTH = 64;
 
-/** Where a backing file named in `image`'s header is, as qemu-img resolves it. */
-export function resolveBackingPath(imagePath: string, backing: string): string {
-  return isAbsolute(backing) ? backing : join(dirname(imagePath), backing);
+/**
+ * Where a file named in an image's header (its backing file, its data file)
+ * is: relative names against the image's folder, as qemu-img resolves backing files.
+ */
+export function resolveNamedFile(imagePath: string, name: string): string {
+  return isAbsolute(name) ? name : join(dirname(imagePath), name);
 }
 
 /**
@@ -79,9 +82,9 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
       throw new BlockError('InvalidArgument', 'a snapshot can only be opened read-only', { path: name });
     }
     const openFile = async (file: string, o: { readOnly: boolean; what: string }) => {
-      const path = resolveBackingPath(filename, file);
+      const path = resolveNamedFile(filename, file);
       await checkFileAllowed(name, o.what, file, path, opts.allowExternalFiles ?? false);
-      return openProtocol(path, { readOnly: o.readOnly, displayName: resolveBackingPath(name, file), cache: opts.cache });
+      return openProtocol(path, { readOnly: o.readOnly, displayName: resolveNamedFile(name, file), cache: opts.cache });
     };
     const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair, openFile });
     if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
@@ -92,7 +95,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
     try {
       const ref = layer.backingRef;
       if (ref && !opts.noBacking && hasBacking(layer)) {
-        const path = resolveBackingPath(filename, ref.filename);
+        const path = resolveNamedFile(filename, ref.filename);
         await checkFileAllowed(name, 'backing file', ref.filename, path, opts.allowExternalFiles ?? false);
         const real = await realpath(path).catch(() => path);
         const chain = [...above, await realpath(filename).catch(() => filename)];
@@ -102,7 +105,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
         }
         backing = await openChain(
           path,
-          { format: ref.format, readOnly: true, allowExternalFiles: opts.allowExternalFiles, displayName: resolveBackingPath(name, ref.filename) },
+          { format: ref.format, readOnly: true, allowExternalFiles: opts.allowExternalFiles, displayName: resolveNamedFile(name, ref.filename) },
           chain,
         );
         layer.setBacking(backing);
@@ -168,10 +171,10 @@ export async function createImage(
   const extra: Protocol[] = [];
   const removeExtra = () => Promise.all(extra.map((p) => rm(p.name, { force: true }).catch(() => undefined)));
   const createFile = async (name: string) => {
-    const proto = await openProtocol(resolveBackingPath(pending.tempPath, name), {
+    const proto = await openProtocol(resolveNamedFile(pending.tempPath, name), {
       readOnly: false,
       create: true,
-      displayName: resolveBackingPath(path, name),
+      displayName: resolveNamedFile(path, name),
       nocow: options.nocow === true,
       cache,
     });

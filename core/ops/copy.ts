@@ -88,7 +88,6 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
   // Compressed chunks are whole clusters of the target.
   const chunkSize = cluster ? Math.ceil(opts.chunkSize / cluster) * cluster : opts.chunkSize;
   const chunks = chunksOf(spans, chunkSize);
-  const buffers: Uint8Array[] = [];
   const throttle = new Throttle(opts.rateLimit);
   // Writes wait for the previous chunk's writes unless out-of-order is allowed.
   let lastWrite: Promise<void> = Promise.resolve();
@@ -97,64 +96,60 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
     if (!opts.targetIsZero) await target.writeZeroes(offset, length, opts.sparseSize > 0);
   };
 
-  try {
-    await runWorkers(
-      Math.max(1, opts.parallel),
-      () => {
-        const r = chunks.next();
-        return r.done ? undefined : r.value;
-      },
-      async (chunk) => {
-        const prev = lastWrite;
-        let release!: () => void;
-        lastWrite = new Promise<void>((resolve) => (release = resolve));
-        const buf = buffers.pop() ?? takeBuffer(chunkSize);
-        try {
-          await throttle.admit(chunk.length, ctx.signal);
-          const writes: (() => Promise<void>)[] = [];
-          if (cluster) {
-            // Compression happens here, in parallel; only the stores wait their turn.
-            const data = buf.subarray(0, chunk.length);
-            await readGuest(chunk.source, data, chunk.sourceOffset);
-            for (const run of zeroRuns(data, chunk.targetOffset, cluster)) {
-              const dst = chunk.targetOffset + run.start;
-              if (run.zero) writes.push(() => zeroTarget(dst, run.length));
-              else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
-            }
+  await runWorkers(
+    Math.max(1, opts.parallel),
+    () => {
+      const r = chunks.next();
+      return r.done ? undefined : r.value;
+    },
+    async (chunk) => {
+      const prev = lastWrite;
+      let release!: () => void;
+      lastWrite = new Promise<void>((resolve) => (release = resolve));
+      const buf = takeBuffer(chunkSize);
+      try {
+        await throttle.admit(chunk.length, ctx.signal);
+        const writes: (() => Promise<void>)[] = [];
+        if (cluster) {
+          // Compression happens here, in parallel; only the stores wait their turn.
+          const data = buf.subarray(0, chunk.length);
+          await readGuest(chunk.source, data, chunk.sourceOffset);
+          for (const run of zeroRuns(data, chunk.targetOffset, cluster)) {
+            const dst = chunk.targetOffset + run.start;
+            if (run.zero) writes.push(() => zeroTarget(dst, run.length));
+            else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
           }
-          for (let at = cluster ? chunk.length : 0; at < chunk.length; ) {
-            const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
-            const len = st.length;
-            const dst = chunk.targetOffset + at;
-            if (st.zero) {
-              writes.push(() => zeroTarget(dst, len));
+        }
+        for (let at = cluster ? chunk.length : 0; at < chunk.length; ) {
+          const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
+          const len = st.length;
+          const dst = chunk.targetOffset + at;
+          if (st.zero) {
+            writes.push(() => zeroTarget(dst, len));
+          } else {
+            const data = buf.subarray(at, at + len);
+            await chunk.source.read(data, chunk.sourceOffset + at);
+            if (opts.sparseSize === 0) {
+              writes.push(() => target.write(data, dst));
             } else {
-              const data = buf.subarray(at, at + len);
-              await chunk.source.read(data, chunk.sourceOffset + at);
-              if (opts.sparseSize === 0) {
-                writes.push(() => target.write(data, dst));
-              } else {
-                for (const run of zeroRuns(data, dst, opts.sparseSize)) {
-                  const piece = data.subarray(run.start, run.start + run.length);
-                  writes.push(run.zero ? () => zeroTarget(dst + run.start, run.length) : () => target.write(piece, dst + run.start));
-                }
+              for (const run of zeroRuns(data, dst, opts.sparseSize)) {
+                const piece = data.subarray(run.start, run.start + run.length);
+                writes.push(run.zero ? () => zeroTarget(dst + run.start, run.length) : () => target.write(piece, dst + run.start));
               }
             }
-            at += len;
           }
-          if (!opts.outOfOrder) await prev;
-          for (const w of writes) await w();
-          meter.add(chunk.length);
-        } finally {
-          release();
-          buffers.push(buf);
+          at += len;
         }
-      },
-      ctx.signal,
-    );
-  } finally {
-    // Every worker has settled: no I/O uses them any more.
-    buffers.forEach(giveBuffer);
-  }
+        if (!opts.outOfOrder) await prev;
+        for (const w of writes) await w();
+        meter.add(chunk.length);
+      } finally {
+        release();
+        // This chunk's I/O has settled: the buffer can serve another.
+        giveBuffer(buf);
+      }
+    },
+    ctx.signal,
+  );
   meter.finish();
 }

@@ -1,6 +1,6 @@
 /** create: a new, empty image. */
 import { BlockError, toBlockError } from '../image/errors.js';
-import { createImage, openImage, resolveBackingPath } from '../image/open.js';
+import { createImage, openImage, resolveNamedFile } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
 import { parseSize } from '../options/size.js';
 import { resolveOptions, type OptionValues } from '../options/schema.js';
@@ -38,7 +38,7 @@ async function createFile(opts: CreateOptions): Promise<{ size: number; options:
     }
     if (!opts.unsafe) {
       // The backing file must open, and gives the size when none was given.
-      const base = await openImage(resolveBackingPath(opts.filename, backing), {
+      const base = await openImage(resolveNamedFile(opts.filename, backing), {
         format: String(values.backing_fmt),
         allowExternalFiles: opts.allowExternalFiles,
       });

@@ -1,5 +1,5 @@
 /** info: what an image is, in qemu-img's key names and order. */
-import { openImage, resolveBackingPath, type OpenOptions } from '../image/open.js';
+import { openImage, resolveNamedFile, type OpenOptions } from '../image/open.js';
 import type { Image } from '../image/image.js';
 import type { SnapshotInfo } from '../image/driver.js';
 import type { JobContext } from './job.js';
@@ -59,7 +59,7 @@ async function describe(image: Image): Promise<ImageInfo> {
   if (actual !== undefined) out['actual-size'] = actual;
   if (details.specific) out['format-specific'] = details.specific;
   if (ref) {
-    out['full-backing-filename'] = resolveBackingPath(image.filename, ref.filename);
+    out['full-backing-filename'] = resolveNamedFile(image.filename, ref.filename);
     out['backing-filename'] = ref.filename;
   }
   out['dirty-flag'] = details.dirty ?? false;

@@ -10,7 +10,7 @@ import { realpath } from 'node:fs/promises';
 import { changesBacking } from '../image/driver.js';
 import { BlockError, throwIfAborted, toBlockError } from '../image/errors.js';
 import type { Image } from '../image/image.js';
-import { openImage, resolveBackingPath } from '../image/open.js';
+import { openImage, resolveNamedFile } from '../image/open.js';
 import { ProgressMeter, type JobContext } from './job.js';
 import type { CacheMode } from '../io/protocol.js';
 import { readGuest } from './read-ahead.js';
@@ -77,7 +77,7 @@ export async function rebase(opts: RebaseOptions, ctx: JobContext = {}): Promise
  */
 async function openNewBacking(image: Image, backing: string, opts: RebaseOptions): Promise<Image> {
   const where = { path: image.filename, op: 'rebase' };
-  const path = resolveBackingPath(image.filename, backing);
+  const path = resolveNamedFile(image.filename, backing);
   let target: Image;
   try {
     target = await openImage(path, { format: opts.backingFormat, allowExternalFiles: opts.allowExternalFiles });
