@@ -65,7 +65,12 @@ export interface PersistentBitmap {
   granularity: number;
 }
 
-/** One open layer: the object a driver's `open` returns. */
+/**
+ * One open layer: the object a driver's `open` returns. Several requests may
+ * be in flight at once (the copy pipeline, the app, servers): requests on
+ * different bytes must all take effect even when they share a cluster or
+ * block, so drivers serialise what shares one (see RangeLock).
+ */
 export interface FormatImage {
   readonly size: number;
   readonly readOnly: boolean;

@@ -25,7 +25,11 @@ export interface CopyOptions {
   sparseSize: number;
   /** Chunks in flight (qemu-img's -m). */
   parallel: number;
-  /** Let writes land out of order (qemu-img's -W); faster, layout less linear. */
+  /**
+   * Let writes start out of order (qemu-img's -W). In order, each chunk's
+   * writes start once the previous chunk's have started, so the target is
+   * laid out in guest order; they may still be in flight together.
+   */
   outOfOrder: boolean;
   /** The target already reads as zeros (a new image, or --target-is-zero). */
   targetIsZero: boolean;
@@ -89,8 +93,8 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
   const chunkSize = cluster ? Math.ceil(opts.chunkSize / cluster) * cluster : opts.chunkSize;
   const chunks = chunksOf(spans, chunkSize);
   const throttle = new Throttle(opts.rateLimit);
-  // Writes wait for the previous chunk's writes unless out-of-order is allowed.
-  let lastWrite: Promise<void> = Promise.resolve();
+  // Writes wait for the previous chunk's writes to start unless out-of-order is allowed.
+  let lastIssued: Promise<void> = Promise.resolve();
 
   const zeroTarget = async (offset: number, length: number) => {
     if (!opts.targetIsZero) await target.writeZeroes(offset, length, opts.sparseSize > 0);
@@ -103,9 +107,9 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
       return r.done ? undefined : r.value;
     },
     async (chunk) => {
-      const prev = lastWrite;
-      let release!: () => void;
-      lastWrite = new Promise<void>((resolve) => (release = resolve));
+      const prev = lastIssued;
+      let issued!: () => void;
+      lastIssued = new Promise<void>((resolve) => (issued = resolve));
       const buf = takeBuffer(chunkSize);
       try {
         await throttle.admit(chunk.length, ctx.signal);
@@ -141,10 +145,16 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
           at += len;
         }
         if (!opts.outOfOrder) await prev;
-        for (const w of writes) await w();
+        // A chunk's writes cover distinct bytes: they go out together, and
+        // the buffer is only given back once every one has settled.
+        const pending = writes.map((w) => w());
+        issued();
+        const results = await Promise.allSettled(pending);
+        const failed = results.find((r) => r.status === 'rejected');
+        if (failed) throw failed.reason;
         meter.add(chunk.length);
       } finally {
-        release();
+        issued();
         // This chunk's I/O has settled: the buffer can serve another.
         giveBuffer(buf);
       }

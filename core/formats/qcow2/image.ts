@@ -34,6 +34,7 @@ import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check.js';
 import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
+import { Mutex, RangeLock } from '../../image/range-lock.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
@@ -70,21 +71,23 @@ async function zeroStoredData(file: Protocol, offset: number, length: number): P
   }
 }
 
-/** A simple async mutex: metadata changes happen one at a time. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise((r) => (release = r));
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
+/** The next piece of a write, as planned under the metadata lock. */
+type WriteStep =
+  | { kind: 'in-place'; host: number; length: number }
+  | { kind: 'subclusters'; mapping: Mapping & { host: number } }
+  | {
+      kind: 'allocate';
+      olds: Mapping[];
+      /** Subcluster masks of each new cluster. */
+      news: { alloc: number; zero: number }[];
+      host: number;
+      /** Guest bytes [start, end) of the clusters; host bytes [host + lo, host + hi) are written. */
+      start: number;
+      end: number;
+      lo: number;
+      hi: number;
+      part: (k: number) => [number, number];
+    };
 
 /** Clusters one compressClusters call deflates at once. */
 const COMPRESS_CONCURRENCY = 4;
@@ -107,7 +110,10 @@ export class Qcow2Image
   private l1: BigUint64Array;
   private readonly l2Cache = new Map<number, BigUint64Array>();
   private backing?: Backing;
+  /** Metadata changes happen one at a time... */
   private readonly lock = new Mutex();
+  /** ...while requests on different clusters move data at the same time. */
+  private readonly ranges = new RangeLock();
   private lastCompressed?: { host: number; data: Uint8Array };
   /** Where the next compressed cluster may be packed (0: start a new host cluster). */
   private compressedTail = 0;
@@ -202,13 +208,23 @@ export class Qcow2Image
   /** Set once this session has marked the image dirty (lazy refcounts). */
   private markedDirty = false;
 
-  /**
-   * Runs a change under the lock. With lazy refcounts the image is marked
-   * dirty first (QEMU's contract: refcounts may lag until a clean close, and
-   * a dirty image has them rebuilt on its next read-write open). Platter's
-   * own refcount updates are never lazy, so the mark only tells others.
-   */
+  /** Runs a change with the whole image to itself (no request in flight). */
   private modify<T>(fn: () => Promise<T>): Promise<T> {
+    return this.ranges.all(() => this.metadata(fn));
+  }
+
+  /** Runs a change to guest clusters [first, last] only; requests elsewhere go on. */
+  private modifyClusters<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
+    return this.ranges.hold(first, last, () => this.metadata(fn));
+  }
+
+  /**
+   * Runs a metadata change under the lock. With lazy refcounts the image is
+   * marked dirty first (QEMU's contract: refcounts may lag until a clean
+   * close, and a dirty image has them rebuilt on its next read-write open).
+   * Platter's own refcount updates are never lazy, so the mark only tells others.
+   */
+  private metadata<T>(fn: () => Promise<T>): Promise<T> {
     return this.lock.run(async () => {
       if (!this.markedDirty && this.header.compatible & L.COMPAT_LAZY_REFCOUNTS) {
         this.header.incompatible |= L.INCOMPAT_DIRTY;
@@ -514,73 +530,53 @@ export class Qcow2Image
     }
   }
 
+  /** The first and last guest cluster of a (non-empty) byte range. */
+  private clustersOf(offset: number, length: number): [number, number] {
+    return [Math.floor(offset / this.clusterSize), Math.floor((offset + length - 1) / this.clusterSize)];
+  }
+
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
-    await this.modify(async () => {
-      await this.bitmaps?.track(offset, buf.length);
-      await this.writeLocked(buf, offset);
+    if (!buf.length) return;
+    await this.ranges.hold(...this.clustersOf(offset, buf.length), async () => {
+      await this.metadata(async () => this.bitmaps?.track(offset, buf.length));
+      await this.writeClusters(buf, offset, (fn) => this.metadata(fn));
     });
   }
 
-  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+  /** A write from a caller that already holds the whole image (zero writes, compressed writes). */
+  private writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+    return this.writeClusters(buf, offset, (fn) => fn());
+  }
+
+  /**
+   * Writes guest bytes whose clusters the caller holds. Metadata is looked
+   * up and changed inside `meta` (the metadata lock, or nothing when the
+   * caller holds it already); the data itself moves outside it, so requests
+   * on other clusters go on meanwhile. Order for a crash: the new clusters
+   * are counted, then the data is written, then the L2 entries point at it,
+   * then the old clusters are released.
+   */
+  private async writeClusters(buf: Uint8Array, offset: number, meta: <T>(fn: () => Promise<T>) => Promise<T>): Promise<void> {
     const cs = this.clusterSize;
     let done = 0;
     while (done < buf.length) {
       const guest = offset + done;
       const index = Math.floor(guest / cs);
-      const m = await this.lookup(index);
-      if (m.kind === 'data' && m.copied) {
-        // In place: as many following clusters as are in place and contiguous.
-        const inCluster = guest % cs;
-        let len = Math.min(cs - inCluster, buf.length - done);
-        while (done + len < buf.length) {
-          const next = await this.lookup(index + (inCluster + len) / cs);
-          if (next.kind !== 'data' || !next.copied || next.host !== m.host + inCluster + len) break;
-          len += Math.min(cs, buf.length - done - len);
-        }
-        const host = m.host + (guest % cs);
-        const overlap = this.externalData ? undefined : this.metadataOverlap(host, len, true);
-        if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
-        await this.data.write(buf.subarray(done, done + len), host);
-        done += len;
+      const step = await meta(() => this.planWrite(buf, offset, done));
+      if (step.kind === 'in-place') {
+        await this.data.write(buf.subarray(done, done + step.length), step.host);
+        done += step.length;
         continue;
       }
-      if (this.writableInPlace(m)) {
+      if (step.kind === 'subclusters') {
         const len = Math.min(cs - (guest % cs), buf.length - done);
-        await this.writeSubclusters(m, index, buf.subarray(done, done + len), guest % cs);
+        await this.writeSubclusters(step.mapping, index, buf.subarray(done, done + len), guest % cs, meta);
         done += len;
         continue;
       }
-      // Allocate: every following cluster in this L2 table that also needs it.
-      const l2End = (Math.floor(index / this.l2Entries) + 1) * this.l2Entries;
-      const lastIndex = Math.min(Math.floor((offset + buf.length - 1) / cs), l2End - 1);
-      const olds: Mapping[] = [m];
-      for (let i = index + 1; i <= lastIndex; i++) {
-        const n = await this.lookup(i);
-        if ((n.kind === 'data' && n.copied) || this.writableInPlace(n)) break;
-        olds.push(n);
-      }
-      // Copy-on-write releases the old clusters: they must not be metadata.
-      for (const old of olds) await this.refuseMetadataMapping(old);
+      const { olds, news, host, start, end, lo, hi, part } = step;
       const count = olds.length;
-      const start = index * cs;
-      const end = Math.min(start + count * cs, offset + buf.length);
-      /** Bytes [from, to) of cluster k that this write covers. */
-      const part = (k: number): [number, number] => {
-        const c = start + k * cs;
-        return [Math.max(guest, c) - c, Math.min(end, c + cs) - c];
-      };
-      // The written subclusters become data, and so do the old data ones
-      // (copied); zero subclusters stay zeros, unallocated ones unallocated.
-      const news = olds.map((old, k) => {
-        const o = this.masks(old);
-        const alloc = (o.alloc | this.touched(...part(k))) >>> 0;
-        return { alloc, zero: (o.zero & ~alloc) >>> 0 };
-      });
-      // Host bytes written: from the first data subcluster to the end of the last.
-      const sc = this.subclusterSize;
-      const lo = (31 - Math.clz32(news[0].alloc & -news[0].alloc)) * sc;
-      const hi = (count - 1) * cs + (32 - Math.clz32(news[count - 1].alloc)) * sc;
       let data: Uint8Array;
       if (guest === start + lo && end === start + hi) {
         // Whole (sub)clusters: written straight from the caller's buffer.
@@ -588,6 +584,7 @@ export class Qcow2Image
       } else {
         data = new Uint8Array(hi - lo);
         // Copy-on-write: data subclusters of the first and last cluster this write does not wholly cover.
+        const sc = this.subclusterSize;
         for (const k of count > 1 ? [0, count - 1] : [0]) {
           const keep = (news[k].alloc & ~this.covered(...part(k))) >>> 0;
           for (let i = 0; i < 32; i++) {
@@ -601,15 +598,75 @@ export class Qcow2Image
         }
         data.set(buf.subarray(done, done + (end - guest)), guest - start - lo);
       }
-      const host = await this.allocateData(index, count);
       await this.data.write(data, host + lo);
-      await this.setMappings(
-        index,
-        news.map((n, k) => fromSubclusters(host + k * cs, true, n.alloc, n.zero, this.allSubclusters)),
-      );
-      for (const old of olds) await this.release(old);
+      await meta(async () => {
+        await this.setMappings(
+          index,
+          news.map((n, k) => fromSubclusters(host + k * cs, true, n.alloc, n.zero, this.allSubclusters)),
+        );
+        for (const old of olds) await this.release(old);
+      });
       done += end - guest;
     }
+  }
+
+  /**
+   * What the next piece of a write (from `buf[done]` on) does: go in place
+   * into clusters it owns, into the subclusters of one, or to new clusters,
+   * which are allocated (counted) here.
+   */
+  private async planWrite(buf: Uint8Array, offset: number, done: number): Promise<WriteStep> {
+    const cs = this.clusterSize;
+    const guest = offset + done;
+    const index = Math.floor(guest / cs);
+    const m = await this.lookup(index);
+    if (m.kind === 'data' && m.copied) {
+      // In place: as many following clusters as are in place and contiguous.
+      const inCluster = guest % cs;
+      let len = Math.min(cs - inCluster, buf.length - done);
+      while (done + len < buf.length) {
+        const next = await this.lookup(index + (inCluster + len) / cs);
+        if (next.kind !== 'data' || !next.copied || next.host !== m.host + inCluster + len) break;
+        len += Math.min(cs, buf.length - done - len);
+      }
+      const host = m.host + inCluster;
+      const overlap = this.externalData ? undefined : this.metadataOverlap(host, len, true);
+      if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
+      return { kind: 'in-place', host, length: len };
+    }
+    if (this.writableInPlace(m)) return { kind: 'subclusters', mapping: m };
+    // Allocate: every following cluster in this L2 table that also needs it.
+    const l2End = (Math.floor(index / this.l2Entries) + 1) * this.l2Entries;
+    const lastIndex = Math.min(Math.floor((offset + buf.length - 1) / cs), l2End - 1);
+    const olds: Mapping[] = [m];
+    for (let i = index + 1; i <= lastIndex; i++) {
+      const n = await this.lookup(i);
+      if ((n.kind === 'data' && n.copied) || this.writableInPlace(n)) break;
+      olds.push(n);
+    }
+    // Copy-on-write releases the old clusters: they must not be metadata.
+    for (const old of olds) await this.refuseMetadataMapping(old);
+    const count = olds.length;
+    const start = index * cs;
+    const end = Math.min(start + count * cs, offset + buf.length);
+    /** Bytes [from, to) of cluster k that this write covers. */
+    const part = (k: number): [number, number] => {
+      const c = start + k * cs;
+      return [Math.max(guest, c) - c, Math.min(end, c + cs) - c];
+    };
+    // The written subclusters become data, and so do the old data ones
+    // (copied); zero subclusters stay zeros, unallocated ones unallocated.
+    const news = olds.map((old, k) => {
+      const o = this.masks(old);
+      const alloc = (o.alloc | this.touched(...part(k))) >>> 0;
+      return { alloc, zero: (o.zero & ~alloc) >>> 0 };
+    });
+    // Host bytes written: from the first data subcluster to the end of the last.
+    const sc = this.subclusterSize;
+    const lo = (31 - Math.clz32(news[0].alloc & -news[0].alloc)) * sc;
+    const hi = (count - 1) * cs + (32 - Math.clz32(news[count - 1].alloc)) * sc;
+    const host = await this.allocateData(index, count);
+    return { kind: 'allocate', olds, news, host, start, end, lo, hi, part };
   }
 
   /**
@@ -639,6 +696,7 @@ export class Qcow2Image
     index: number,
     piece: Uint8Array,
     from: number,
+    meta: <T>(fn: () => Promise<T>) => Promise<T>,
   ): Promise<void> {
     const cs = this.clusterSize;
     const sc = this.subclusterSize;
@@ -653,11 +711,13 @@ export class Qcow2Image
       if (hi > to) await this.readMapped(m, data.subarray(to - lo), index * cs + to, to);
       data.set(piece, from - lo);
     }
-    const overlap = this.externalData ? undefined : this.metadataOverlap(m.host + lo, hi - lo, true);
-    if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
+    await meta(async () => {
+      const overlap = this.externalData ? undefined : this.metadataOverlap(m.host + lo, hi - lo, true);
+      if (overlap) await this.signalCorruption(`a data cluster at ${m.host} overlaps the ${overlap}`);
+    });
     await this.data.write(data, m.host + lo);
     const next = (alloc | this.touched(from, to)) >>> 0;
-    if (next !== alloc) await this.setMappings(index, [fromSubclusters(m.host, true, next, (zero & ~next) >>> 0)]);
+    if (next !== alloc) await meta(() => this.setMappings(index, [fromSubclusters(m.host, true, next, (zero & ~next) >>> 0)]));
   }
 
   /** Refuses to copy or release a guest cluster whose host cluster holds metadata. */
@@ -812,7 +872,8 @@ export class Qcow2Image
 
   async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.checkWritable();
-    await this.modify(async () => {
+    if (!length) return;
+    await this.modifyClusters(...this.clustersOf(offset, length), async () => {
       await this.bitmaps?.track(offset, length);
       // A raw data file must read as the guest does: the zeros go there, at guest offsets.
       if (this.rawData) return this.data.writeZeroes(offset, length, mayUnmap);
@@ -856,7 +917,8 @@ export class Qcow2Image
     const last = Math.floor((offset + length) / sc) * sc;
     // With a backing file, a discarded (sub)cluster must not show the backing data.
     const toZero = this.backing !== undefined && this.header.version >= 3;
-    await this.modify(async () => {
+    if (!length) return;
+    await this.modifyClusters(...this.clustersOf(offset, length), async () => {
       // Like QEMU, the whole request counts as written, even the parts kept.
       await this.bitmaps?.track(offset, length);
       if (last <= first) return;
@@ -1023,7 +1085,7 @@ export class Qcow2Image
       packed.push(...(await Promise.all(batch)));
     }
     return () =>
-      this.modify(async () => {
+      this.modifyClusters(...this.clustersOf(offset, buf.length), async () => {
         await this.bitmaps?.track(offset, buf.length);
         for (let i = 0; i < packed.length; i++) {
           const index = offset / cs + i;
@@ -1146,12 +1208,12 @@ export class Qcow2Image
   }
 
   async close(): Promise<void> {
-    await this.lock.run(async () => {
+    await this.ranges.all(() => this.lock.run(async () => {
       if (this.readOnly) return;
       if (this.externalData) await this.data.flush();
       await this.bitmaps?.store();
       if (this.markedDirty) await this.markClean();
-    });
+    }));
     if (this.externalData) await this.data.close();
   }
 
