@@ -15,7 +15,6 @@ import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
 import { hasTool, shStatus, tempDir } from '../../test/tmp.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
-const KiB = 1024;
 const SIZE = 4 << 20;
 
 let t: ReturnType<typeof tempDir>;
