@@ -13,9 +13,10 @@ import { copyFileSync, existsSync, readdirSync, readFileSync, statSync, writeFil
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockError, type ErrorKind } from '../../image/errors.js';
+import type { ErrorKind } from '../../image/errors.js';
 import { openImage } from '../../image/open.js';
 import { PLATTER_BIN } from '../../test/cli.js';
+import { bounded, expectClear, RAW_JS_TEXT, rejection } from '../../test/hostile.js';
 import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
 import { hasTool, sh, tempDir } from '../../test/tmp.js';
 
@@ -27,10 +28,6 @@ const MiB = 1024 * KiB;
 const TEST_TIMEOUT_MS = 10_000;
 /** A CLI run that takes longer is killed and counts as a hang. */
 const CLI_TIMEOUT_MS = 5_000;
-/** An in-process open or read that takes longer counts as too slow. */
-const API_QUICK_MS = 3_000;
-/** Memory an open + read of a tiny hostile file may add (the largest legal L1 table is 32 MiB). */
-const MEMORY_LIMIT = 64 * MiB;
 
 /** qcow2 header fields: their byte offsets (block/qcow2.h QCowHeader). */
 const H = {
@@ -58,9 +55,6 @@ const OFFSET_MASK = 0x00fffffffffffe00n; // bits 9-55
 const L1_MAX_ENTRIES = (32 * MiB) / 8;
 
 /** Messages that are JavaScript leaking through instead of a sentence about the image. */
-const RAW_JS_TEXT =
-  /DataView|typed array|out of range|outside the bounds|Invalid array length|Cannot read prop|undefined|NaN|ERR_[A-Z_]+|RangeError|TypeError|is not a function|Maximum call stack/;
-
 // ---------------------------------------------------------------- images
 
 let t: ReturnType<typeof tempDir>;
@@ -109,96 +103,6 @@ function hostile(name: string, base: Base, patch: (f: Buffer, l: Layout) => unkn
 }
 
 // ------------------------------------------------------------- assertions
-
-/** The typed-array constructors the engine allocates its buffers with. */
-const WATCHED = ['ArrayBuffer', 'Uint8Array', 'BigUint64Array'] as const;
-
-/**
- * Records the largest buffer, and the sum of all, made with `new Uint8Array(n)`
- * and friends while installed: the engine's buffers come from these globals,
- * so a size taken from a hostile field shows up even if it is freed at once.
- */
-function watchAllocations(): { largest: () => number; total: () => number; restore: () => void } {
-  let largest = 0;
-  let total = 0;
-  const g = globalThis as unknown as Record<string, unknown>;
-  const saved = WATCHED.map((name) => [name, g[name]] as const);
-  for (const [name, original] of saved) {
-    g[name] = new Proxy(original as new (...args: unknown[]) => { byteLength: number }, {
-      construct(target, args) {
-        const made = Reflect.construct(target, args, target) as { byteLength: number };
-        largest = Math.max(largest, made.byteLength);
-        if (!(args[0] instanceof ArrayBuffer)) total += made.byteLength; // views of an existing buffer are free
-        return made;
-      },
-    });
-  }
-  return {
-    largest: () => largest,
-    total: () => total,
-    restore: () => {
-      for (const [name, original] of saved) g[name] = original;
-    },
-  };
-}
-
-/**
- * Runs `fn`, failing if it takes long, allocates one buffer of `maxBuffer`
- * bytes or more, allocates MEMORY_LIMIT bytes or more in all, or makes memory
- * (ArrayBuffers or RSS, sampled between awaits) grow by MEMORY_LIMIT or more.
- */
-async function bounded<T>(fn: () => Promise<T>, { maxBuffer = MEMORY_LIMIT, checkRss = true } = {}): Promise<T> {
-  const before = process.memoryUsage();
-  let peakArrayBuffers = before.arrayBuffers;
-  let peakRss = before.rss;
-  const sample = () => {
-    const m = process.memoryUsage();
-    peakArrayBuffers = Math.max(peakArrayBuffers, m.arrayBuffers);
-    peakRss = Math.max(peakRss, m.rss);
-  };
-  const timer = setInterval(sample, 1);
-  const watch = watchAllocations();
-  const started = performance.now();
-  let outcome: { ok: true; value: T } | { ok: false; error: unknown };
-  try {
-    outcome = { ok: true, value: await fn() };
-  } catch (error) {
-    outcome = { ok: false, error };
-  } finally {
-    watch.restore();
-    clearInterval(timer);
-    sample();
-  }
-  expect(performance.now() - started, 'took too long').toBeLessThan(API_QUICK_MS);
-  expect(watch.largest(), 'the largest single buffer').toBeLessThan(maxBuffer);
-  expect(watch.total(), 'all buffers allocated').toBeLessThan(MEMORY_LIMIT);
-  expect(peakArrayBuffers - before.arrayBuffers, 'ArrayBuffer memory grew').toBeLessThan(MEMORY_LIMIT);
-  if (checkRss) expect(peakRss - before.rss, 'RSS grew').toBeLessThan(MEMORY_LIMIT);
-  if (!outcome.ok) throw outcome.error;
-  return outcome.value;
-}
-
-/** The error `p` rejects with; fails the test if it resolves. */
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the image to be refused, but it was accepted');
-}
-
-/** One clear sentence of the expected kind, about `path`. */
-function expectClear(err: unknown, path: string, kind: ErrorKind, message: RegExp): void {
-  if (!(err instanceof BlockError)) throw err;
-  expect({ kind: err.kind, message: err.message, path: err.context.path }).toEqual({
-    kind,
-    message: expect.stringMatching(message),
-    path,
-  });
-  expect(err.message).not.toMatch(RAW_JS_TEXT);
-  expect(err.message).not.toContain('\n');
-}
 
 const openQcow2 = (path: string, readOnly = true) => openImage(path, { format: 'qcow2', readOnly });
 
