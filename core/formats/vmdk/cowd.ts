@@ -40,7 +40,9 @@ export async function openCowdExtent(file: Protocol, length?: number): Promise<V
     throw fail('InvalidFormat', 'not a COWD (ESX sparse) extent: no "COWD" magic');
   }
   const version = u32(COWD.version);
-  if (version !== COWD_VERSION) throw fail('Unsupported', `COWD version ${version} is not supported (only ${COWD_VERSION})`);
+  if (version !== COWD_VERSION) {
+    throw fail('Unsupported', `COWD version ${version} is not supported (only ${COWD_VERSION})`);
+  }
 
   const granularity = u32(COWD.granularity);
   if (granularity === 0) throw fail('Corrupt', 'the grain size is 0 sectors');
@@ -68,7 +70,9 @@ export async function openCowdExtent(file: Protocol, length?: number): Promise<V
   const gdAt = u32(COWD.gdSector) * SECTOR;
   const gdBytes = gdEntries * 4;
   if (gdAt < COWD_HEADER_BYTES) throw fail('Corrupt', `the grain directory at byte ${gdAt} overlaps the header`);
-  if (gdAt + gdBytes > fileSize) throw fail('Corrupt', `the grain directory at byte ${gdAt} lies beyond the end of the file`);
+  if (gdAt + gdBytes > fileSize) {
+    throw fail('Corrupt', `the grain directory at byte ${gdAt} lies beyond the end of the file`);
+  }
 
   const gdBuf = new Uint8Array(gdBytes);
   await file.read(gdBuf, gdAt);

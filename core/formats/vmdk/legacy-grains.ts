@@ -147,12 +147,10 @@ export class GrainMapExtent implements VmdkExtent {
   }
 
   private checkRange(offset: number, length: number, op: string): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.length) {
-      throw new BlockError('OutOfBounds', `${op} of ${length} bytes at ${offset} is outside the extent (${this.length} bytes)`, {
-        path: this.file.name,
-        op: 'read',
-        offset,
-      });
+    const valid = Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0;
+    if (!valid || offset + length > this.length) {
+      const message = `${op} of ${length} bytes at ${offset} is outside the extent (${this.length} bytes)`;
+      throw new BlockError('OutOfBounds', message, { path: this.file.name, op: 'read', offset });
     }
   }
 }

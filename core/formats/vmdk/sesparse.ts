@@ -4,7 +4,9 @@
  * each, a grain directory of 64-bit entries naming grain tables by index, and
  * grain tables of 4096 64-bit entries whose top nibble says what the grain is.
  * Every check QEMU makes is made here, plus bounds QEMU leaves to the file
- * layer (metadata and grains must lie in the file).
+ * layer (metadata and grains must lie in the file). The journal, the free
+ * bitmap and the backmap only matter for writing; like QEMU, this reader
+ * does not look at them.
  *
  * Layout: QEMU's block/vmdk.c (VMDKSESparseConstHeader, VMDKSESparseVolatileHeader,
  * vmdk_open_se_sparse, get_cluster_offset). The format is not documented.
@@ -56,9 +58,13 @@ export async function openSeSparseExtent(file: Protocol, length: number): Promis
     throw fail('InvalidFormat', `not a seSparse extent: const header magic ${hex(magic)}`);
   }
   const version = field(H.version);
-  if (version !== SESPARSE_VERSION) throw fail('Unsupported', `seSparse version ${hex(version)} is not supported (only 2.1)`);
+  if (version !== SESPARSE_VERSION) {
+    throw fail('Unsupported', `seSparse version ${hex(version)} is not supported (only 2.1)`);
+  }
   const grainSize = field(H.grainSize);
-  if (grainSize !== SESPARSE_GRAIN_SECTORS) throw fail('Unsupported', `seSparse grains of ${grainSize} sectors are not supported (only 8)`);
+  if (grainSize !== SESPARSE_GRAIN_SECTORS) {
+    throw fail('Unsupported', `seSparse grains of ${grainSize} sectors are not supported (only 8)`);
+  }
   const tableSize = field(H.grainTableSize);
   if (tableSize !== SESPARSE_TABLE_SECTORS) {
     throw fail('Unsupported', `seSparse grain tables of ${tableSize} sectors are not supported (only 64)`);
@@ -67,7 +73,9 @@ export async function openSeSparseExtent(file: Protocol, length: number): Promis
   if (flags !== 0n) throw fail('Unsupported', `unknown seSparse flags ${hex(flags)}`);
   for (let i = 0; i < 4; i++) {
     const reserved = field(H.reserved1 + 8 * i);
-    if (reserved !== 0n) throw fail('Unsupported', `reserved const header field ${i + 1} is ${hex(reserved)}, not zero`);
+    if (reserved !== 0n) {
+      throw fail('Unsupported', `reserved const header field ${i + 1} is ${hex(reserved)}, not zero`);
+    }
   }
   if (!isZero(constBuf.subarray(H.pad))) throw fail('Unsupported', 'the const header padding is not zero');
 
@@ -83,8 +91,12 @@ export async function openSeSparseExtent(file: Protocol, length: number): Promis
   /** The byte offset of a region starting at `sector`, which must lie after the const header and in the file. */
   const checkRegion = (what: string, sector: bigint, bytes: bigint): number => {
     const at = sector * BigInt(SECTOR);
-    if (at < BigInt(SESPARSE_HEADER_BYTES)) throw fail('Corrupt', `${what} at sector ${sector} overlaps the const header`);
-    if (at + bytes > BigInt(fileSize)) throw fail('Corrupt', `${what} at sector ${sector} lies beyond the end of the file`);
+    if (at < BigInt(SESPARSE_HEADER_BYTES)) {
+      throw fail('Corrupt', `${what} at sector ${sector} overlaps the const header`);
+    }
+    if (at + bytes > BigInt(fileSize)) {
+      throw fail('Corrupt', `${what} at sector ${sector} lies beyond the end of the file`);
+    }
     return Number(at);
   };
 
@@ -95,7 +107,9 @@ export async function openSeSparseExtent(file: Protocol, length: number): Promis
   const v = new DataView(volatileBuf.buffer);
   const V = SESPARSE_VOLATILE;
   const volatileMagic = v.getBigUint64(V.magic, true);
-  if (volatileMagic !== SESPARSE_VOLATILE_MAGIC) throw fail('Corrupt', `bad volatile header magic ${hex(volatileMagic)}`);
+  if (volatileMagic !== SESPARSE_VOLATILE_MAGIC) {
+    throw fail('Corrupt', `bad volatile header magic ${hex(volatileMagic)}`);
+  }
   if (v.getBigUint64(V.replayJournal, true) !== 0n) {
     throw fail('Unsupported', 'the image is dirty: its journal needs replaying, which is not supported');
   }
@@ -105,7 +119,8 @@ export async function openSeSparseExtent(file: Protocol, length: number): Promis
   const gdSectors = field(H.grainDirSize);
   const gdEntriesBig = (gdSectors * BigInt(SECTOR)) / 8n;
   if (gdEntriesBig > BigInt(MAX_DIRECTORY_ENTRIES)) {
-    throw fail('Corrupt', `the grain directory of ${gdSectors} sectors is too big (at most ${MAX_DIRECTORY_ENTRIES} entries)`);
+    const most = MAX_DIRECTORY_ENTRIES;
+    throw fail('Corrupt', `the grain directory of ${gdSectors} sectors is too big (at most ${most} entries)`);
   }
   const gdEntries = Number(gdEntriesBig);
   const tableCovers = SESPARSE_GRAIN_SECTORS * BigInt(SESPARSE_TABLE_ENTRIES);
@@ -130,9 +145,13 @@ export async function openSeSparseExtent(file: Protocol, length: number): Promis
       const entry = gd.getBigUint64(index * 8, true);
       if (entry === 0n) return undefined;
       // An allocated entry is the tag in the high 32 bits and a table index in the low 32.
-      if (entry >> 32n !== SESPARSE_GD_ALLOCATED) throw corrupt(`grain directory entry ${index} is invalid (${hex(entry)})`);
+      if (entry >> 32n !== SESPARSE_GD_ALLOCATED) {
+        throw corrupt(`grain directory entry ${index} is invalid (${hex(entry)})`);
+      }
       const sector = tablesSector + (entry & 0xffff_ffffn) * SESPARSE_TABLE_SECTORS;
-      if (sector > SESPARSE_MAX_TABLE_SECTOR) throw corrupt(`grain directory entry ${index} names a table beyond 2 TiB`);
+      if (sector > SESPARSE_MAX_TABLE_SECTOR) {
+        throw corrupt(`grain directory entry ${index} names a table beyond 2 TiB`);
+      }
       return Number(sector) * SECTOR;
     },
     grain: (table, index) => decodeGrain(table.getBigUint64(index * 8, true), grainsSector),
