@@ -191,6 +191,38 @@ describe('COWD extents', () => {
     }
   });
 
+  it('reads more tables than it caches, many reads at once in random order', async () => {
+    // One-sector grains: a table covers 2 MiB, so 40 MiB has 20 tables (the cache keeps 16).
+    const rng = prng(7);
+    const spec = { sectors: 81920, granularity: 1, grains: Array.from({ length: 400 }, () => rng.int(0, 81920)) };
+    spec.grains = [...new Set(spec.grains)];
+    const { file, guest } = cowdImage(spec);
+    const extent = await openCowd(put('many-tables.vmdk', file));
+    try {
+      const chunks = Array.from({ length: 80 }, (_, i) => i * 512 * 1024);
+      for (let i = chunks.length - 1; i > 0; i--) {
+        const j = rng.int(0, i + 1);
+        [chunks[i], chunks[j]] = [chunks[j], chunks[i]];
+      }
+      const ours = new Uint8Array(guest.length);
+      await Promise.all(chunks.map((at) => extent.read(ours.subarray(at, at + 512 * 1024), at)));
+      expect(Buffer.from(ours).equals(guest)).toBe(true);
+    } finally {
+      await extent.close();
+    }
+  });
+
+  it('refuses reads past its end', async () => {
+    const { file } = cowdImage(MAIN);
+    const path = put('past-end.vmdk', file);
+    const extent = await openCowd(path);
+    try {
+      await expectRefused(() => extent.read(new Uint8Array(1024), extent.length - 512), path, 'OutOfBounds', /outside/);
+    } finally {
+      await extent.close();
+    }
+  });
+
   it('takes the descriptor length when it agrees with the header', async () => {
     const { file } = cowdImage(MAIN);
     const extent = await openCowd(put('agree.vmdk', file), MAIN.sectors * SECTOR);
