@@ -7,8 +7,8 @@
 //                          [--dir PATH] [--ops convert,hash,...] [--only-qemu]
 //                          [--poll-rss] [--timeout S]
 //
-// --ops runs some operations only (convert, convert-writeback, compare, map,
-// hash). --only-qemu runs the generator and the reference tools alone (to try the
+// --ops runs some operations only (--ops x lists them all: convert, to-qcow2,
+// to-vdi, to-vmdk, vmdk-to-qcow2, compare, map, hash...). --only-qemu runs the generator and the reference tools alone (to try the
 // script while the Platter CLI is not built); --poll-rss forces the /proc
 // fallback for peak memory even when GNU time is there.
 //
@@ -73,7 +73,12 @@ function parseOptions(argv) {
   return o;
 }
 
-const OPERATIONS = ['convert', 'convert-writeback', 'convert-unsafe', 'to-qcow2', 'to-qcow2-unsafe', 'from-qcow2', 'from-qcow2-unsafe', 'compress', 'compare', 'map', 'hash'];
+const OPERATIONS = [
+  'convert', 'convert-writeback', 'convert-unsafe',
+  'to-qcow2', 'to-qcow2-unsafe', 'from-qcow2', 'from-qcow2-unsafe', 'compress',
+  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
+  'compare', 'map', 'hash',
+];
 
 function opNames(v) {
   const names = v.split(',');
@@ -269,6 +274,8 @@ function ensureImages(o) {
     fs.statSync(src).size !== o.size;
   if (fresh) {
     fs.rmSync(copy, { force: true });
+    // The other formats' copies of the old image (qcow2, vmdk sources).
+    for (const f of fs.readdirSync(o.dir)) if (f.startsWith('mixed-source.')) fs.rmSync(join(o.dir, f), { force: true });
     log(`generating ${src} (${o.size / MiB} MiB, seed '${SEED}')...`);
     const t = process.hrtime.bigint();
     meta = generateImage(src, o.size, SEED);
@@ -393,6 +400,9 @@ function operations(img, dir, qemuImg) {
   const mapOut = { platter: join(dir, 'map-platter.json'), reference: join(dir, 'map-qemu.json') };
   const qdst = { platter: join(dir, 'convert-platter.qcow2'), reference: join(dir, 'convert-qemu.qcow2') };
   const qsrc = join(dir, 'mixed-source.qcow2');
+  const vsrc = join(dir, 'mixed-source.vmdk');
+  /** A fresh output of `ext` per tool. */
+  const out = (ext) => ({ platter: join(dir, `convert-platter.${ext}`), reference: join(dir, `convert-qemu.${ext}`) });
   const exitZero = (r) => (r.code === 0 ? null : `exit ${r.code}`);
   const hashDigest = (r) => /\b([0-9a-f]{64})\b/.exec(r.stdout)?.[1] ?? null;
   /** A convert row: both tools copy `src` into a fresh target each run. */
@@ -408,6 +418,7 @@ function operations(img, dir, qemuImg) {
       fs.rmSync(out[side], { force: true });
     },
     check: exitZero,
+    src,
     dst: out,
   });
   const rawToRaw = ['-f', 'raw', '-O', 'raw'];
@@ -416,6 +427,10 @@ function operations(img, dir, qemuImg) {
   const makeQsrc = () => {
     if (!fs.existsSync(qsrc)) spawnSync(qemuImg, ['convert', ...rawToQcow2, img.src, qsrc]);
   };
+  const makeVsrc = () => {
+    if (!fs.existsSync(vsrc)) spawnSync(qemuImg, ['convert', '-f', 'raw', '-O', 'vmdk', img.src, vsrc]);
+  };
+  const rawTo = (fmt, ...o) => ['-f', 'raw', '-O', fmt, ...o];
   return [
     convertRow('convert', 'raw->raw convert', rawToRaw, rawToRaw, img.src, dst),
     // Not a target, a diagnosis: qemu-img convert defaults to cache=unsafe
@@ -433,6 +448,18 @@ function operations(img, dir, qemuImg) {
     convertRow('from-qcow2', 'qcow2->raw convert', qcow2ToRaw, qcow2ToRaw, qsrc, dst, makeQsrc),
     convertRow('from-qcow2-unsafe', 'qcow2->raw, platter -t unsafe', ['-t', 'unsafe', ...qcow2ToRaw], qcow2ToRaw, qsrc, dst, makeQsrc),
     convertRow('compress', 'raw->qcow2 convert -c', ['-c', ...rawToQcow2], ['-c', ...rawToQcow2], img.src, qdst),
+    convertRow('to-vdi', 'raw->vdi convert', rawTo('vdi'), rawTo('vdi'), img.src, out('vdi')),
+    convertRow('to-vmdk', 'raw->vmdk (monolithicSparse)', rawTo('vmdk'), rawTo('vmdk'), img.src, out('vmdk')),
+    convertRow(
+      'to-vmdk-stream',
+      'raw->vmdk (streamOptimized)',
+      rawTo('vmdk', '-o', 'subformat=streamOptimized'),
+      rawTo('vmdk', '-o', 'subformat=streamOptimized'),
+      img.src,
+      out('stream.vmdk'),
+    ),
+    // The source is qemu-img's own monolithicSparse copy of the mixed image, made once.
+    convertRow('vmdk-to-qcow2', 'vmdk->qcow2 convert', ['-f', 'vmdk', '-O', 'qcow2'], ['-f', 'vmdk', '-O', 'qcow2'], vsrc, qdst, makeVsrc),
     {
       name: 'compare',
       title: 'compare (identical)',
@@ -590,6 +617,17 @@ async function outputChecks(ops, results, img, o, ctx) {
     });
   }
 
+  // Every other convert: Platter's output reads back as its source.
+  for (const op of ops) {
+    if (op.name === 'convert' || !op.dst || !byName[op.name]?.platter || !fs.existsSync(op.dst.platter)) continue;
+    const r = await measure(ctx.qemuImg, ['compare', op.src, op.dst.platter], { stdout: 'capture', rss: null, timeout: o.timeout });
+    checks.push({
+      name: `${op.title}: output identical to source (qemu-img compare)`,
+      ok: r.code === 0,
+      detail: r.code === 0 ? 'identical' : `${r.error ?? `exit ${r.code}`}: ${(r.stdout + r.stderr).trim()}`,
+    });
+  }
+
   // map: same extents once both are normalized (field order and splitting may differ).
   const map = opByName.map;
   if (!o.onlyQemu && byName.map?.platter && byName.map?.reference) {
@@ -630,6 +668,10 @@ function targets(results) {
     convertTarget('raw->qcow2 convert', 'to-qcow2', 'to-qcow2-unsafe', TARGETS.convertRatio),
     convertTarget('qcow2->raw convert', 'from-qcow2', 'from-qcow2-unsafe', TARGETS.convertRatio),
     convertTarget('raw->qcow2 convert -c', 'compress', undefined, TARGETS.convertRatio),
+    convertTarget('raw->vdi convert', 'to-vdi', undefined, TARGETS.convertRatio),
+    convertTarget('raw->vmdk convert', 'to-vmdk', undefined, TARGETS.convertRatio),
+    convertTarget('raw->vmdk streamOptimized', 'to-vmdk-stream', undefined, TARGETS.convertRatio),
+    convertTarget('vmdk->qcow2 convert', 'vmdk-to-qcow2', undefined, TARGETS.convertRatio),
     { name: 'hash <= 1.20x sha256sum', value: fmt(by.hash?.ratio, 'x'), pass: judge(by.hash?.ratio, TARGETS.hashRatio) },
     { name: `peak memory <= ${TARGETS.peakMiB} MiB`, value: peak === null ? 'n/a' : `${peak.toFixed(0)} MiB`, pass: judge(peak, TARGETS.peakMiB) },
   ];
@@ -703,7 +745,7 @@ async function main() {
   const checks = await outputChecks(ops, results, img, o, ctx);
   // Leave only the cached inputs behind (and Platter's temp files if a convert was killed).
   for (const op of ops) for (const p of Object.values(op.dst ?? {}).concat(Object.values(op.mapOut ?? {}))) fs.rmSync(p, { force: true });
-  for (const f of fs.readdirSync(o.dir)) if (/^\.convert-platter\.raw\..*\.tmp$/.test(f)) fs.rmSync(join(o.dir, f), { force: true });
+  for (const f of fs.readdirSync(o.dir)) if (/^\.convert-platter\..*\.tmp$/.test(f)) fs.rmSync(join(o.dir, f), { force: true });
 
   const failures = results.flatMap((r) => r.failures.map((f) => ({ operation: r.name, ...f })));
   const summary = {
