@@ -341,15 +341,20 @@ describe.skipIf(!HAS_NBDINFO)('qcow2 bitmaps: Platter writes are recorded as QEM
     const p = withBitmaps('crash.qcow2', '16M', 'cluster_size=4096', [['on']]);
     const img = await openImage(p, { format: 'qcow2', readOnly: false });
     await img.write(new Uint8Array(4096).fill(1), 0);
-    // No close: as if the process died here.
+    // No close: as if the process died here. The write's mapping may not
+    // have reached the file (its cluster then leaks), never a corruption.
+    const noCorruption = () => {
+      const c = qemuCheck(p);
+      expect({ corruptions: c.corruptions, checkErrors: c.checkErrors }, c.text).toEqual({ corruptions: 0, checkErrors: 0 });
+    };
     expect(bitmapsInfo(p)[0].flags).toEqual(['in-use', 'auto']);
-    expect(problems(qemuCheck(p))).toEqual(CLEAN);
+    noCorruption();
     // Reopened, an in-use bitmap is left alone: still in use after more writes.
     const again = await openImage(p, { format: 'qcow2', readOnly: false });
     await again.write(new Uint8Array(4096).fill(2), 1 << 20);
     await again.close();
     expect(bitmapsInfo(p)[0].flags).toEqual(['in-use', 'auto']);
-    expect(problems(qemuCheck(p))).toEqual(CLEAN);
+    noCorruption();
   });
 
   it.each([

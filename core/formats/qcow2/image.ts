@@ -56,6 +56,12 @@ import type { SnapshotEntry } from './snapshot-table.js';
 
 /** L2 tables kept in memory. */
 const L2_CACHE_BYTES = 32 << 20;
+/**
+ * L2 tables changed in memory and not yet written, at most: a sequential
+ * copy fills one table at a time, so a few make its L2 writes one per table
+ * instead of one per request. Bounded so they always fit the cache twice over.
+ */
+const MAX_DIRTY_L2 = 8;
 
 interface Backing {
   read(buf: Uint8Array, offset: number): Promise<void>;
@@ -109,6 +115,15 @@ export class Qcow2Image
   private readonly allSubclusters: number;
   private l1: BigUint64Array;
   private readonly l2Cache = new Map<number, BigUint64Array>();
+  /**
+   * Cached L2 tables whose entries [from, to) (in u64 words) changed since
+   * they were last written: written back on flush, on close, before any
+   * refcount drops (a cluster must be unmapped in the file before it is
+   * freed there) and before exclusive work. New clusters are counted in the
+   * file before they are mapped in memory, so a crash loses at most the
+   * newest mappings, and their clusters become leaks, never corruption.
+   */
+  private readonly dirtyL2 = new Map<number, { from: number; to: number }>();
   private backing?: Backing;
   /** Metadata changes happen one at a time... */
   private readonly lock = new Mutex();
@@ -151,7 +166,9 @@ export class Qcow2Image
 
   private watchFrees(refcounts: Refcounts): void {
     // Read-only views (a snapshot's) share the refcounts but never free anything.
-    if (!this.readOnly) refcounts.onFreed = (c) => this.forgetCluster(c);
+    if (this.readOnly) return;
+    refcounts.onFreed = (c) => this.forgetCluster(c);
+    refcounts.beforeDecrement = () => this.writeDirtyL2();
   }
 
   /**
@@ -163,6 +180,7 @@ export class Qcow2Image
   private forgetCluster(c: number): void {
     const cs = this.clusterSize;
     this.l2Cache.delete(c * cs);
+    this.dirtyL2.delete(c * cs);
     if (this.compressedTail && Math.floor(this.compressedTail / cs) === c) this.compressedTail = 0;
     if (this.lastCompressed && Math.floor(this.lastCompressed.host / cs) === c) this.lastCompressed = undefined;
   }
@@ -196,7 +214,8 @@ export class Qcow2Image
 
   /** Runs `fn` with no write in progress (check and snapshots need a still image). */
   exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    return this.readOnly ? this.lock.run(fn) : this.modify(fn);
+    // What it reads from the file must be what the image holds.
+    return this.readOnly ? this.lock.run(fn) : this.modify(() => this.writeDirtyL2().then(fn));
   }
 
   /** Opened to be repaired: a corrupt image may then be written by check. */
@@ -246,8 +265,10 @@ export class Qcow2Image
     this.markedDirty = false;
   }
 
-  /** Forgets cached L2 tables (after tables were rewritten behind the cache). */
+  /** Forgets cached L2 tables (after tables were rewritten behind the cache, inside exclusive()). */
   dropL2Cache(): void {
+    // exclusive() wrote every change first; dropping one would lose it.
+    if (this.dirtyL2.size) throw new BlockError('Io', 'internal error: L2 changes not yet written would be dropped');
     this.l2Cache.clear();
   }
 
@@ -296,7 +317,11 @@ export class Qcow2Image
     if (overlap) throw new BlockError('Corrupt', `an L2 table at offset ${offset} overlaps the ${overlap}`);
     t = await readTable(this.proto, offset, this.clusterSize / 8);
     this.l2Cache.set(offset, t);
-    while (this.l2Cache.size * this.clusterSize > L2_CACHE_BYTES) this.l2Cache.delete(this.l2Cache.keys().next().value!);
+    // Least recently used first; changed tables stay until written (there are few).
+    for (const old of this.l2Cache.keys()) {
+      if (this.l2Cache.size * this.clusterSize <= L2_CACHE_BYTES) break;
+      if (!this.dirtyL2.has(old)) this.l2Cache.delete(old);
+    }
     return t;
   }
 
@@ -778,10 +803,22 @@ export class Qcow2Image
       table.entries[first + k * w] = encodeL2(m, this.clusterBits, this.extended);
       if (this.extended) table.entries[first + k * w + 1] = encodeBitmap(m);
     });
-    const raw = new Uint8Array(mappings.length * w * 8);
-    const dv = new DataView(raw.buffer);
-    for (let k = 0; k < mappings.length * w; k++) dv.setBigUint64(k * 8, table.entries[first + k]);
-    await this.proto.write(raw, table.offset + first * 8);
+    const dirty = this.dirtyL2.get(table.offset);
+    const to = first + mappings.length * w;
+    this.dirtyL2.set(table.offset, dirty ? { from: Math.min(dirty.from, first), to: Math.max(dirty.to, to) } : { from: first, to });
+    if (this.dirtyL2.size > Math.min(MAX_DIRTY_L2, L2_CACHE_BYTES / this.clusterSize / 2)) await this.writeDirtyL2();
+  }
+
+  /** Writes the L2 changes held in memory (under the metadata lock). */
+  private async writeDirtyL2(): Promise<void> {
+    for (const [offset, { from, to }] of this.dirtyL2) {
+      const entries = this.l2Cache.get(offset)!;
+      const raw = new Uint8Array((to - from) * 8);
+      const dv = new DataView(raw.buffer);
+      for (let k = from; k < to; k++) dv.setBigUint64((k - from) * 8, entries[k]);
+      await this.proto.write(raw, offset + from * 8);
+      this.dirtyL2.delete(offset);
+    }
   }
 
   /** The L2 table for L1 index `l1i`, allocated or un-shared so it can be modified. */
@@ -1204,6 +1241,7 @@ export class Qcow2Image
     if (this.readOnly) return;
     // Data before the metadata that points at it.
     if (this.externalData) await this.data.flush();
+    await this.lock.run(() => this.writeDirtyL2());
     await this.proto.flush();
   }
 
@@ -1211,6 +1249,7 @@ export class Qcow2Image
     await this.ranges.all(() => this.lock.run(async () => {
       if (this.readOnly) return;
       if (this.externalData) await this.data.flush();
+      await this.writeDirtyL2();
       await this.bitmaps?.store();
       if (this.markedDirty) await this.markClean();
     }));

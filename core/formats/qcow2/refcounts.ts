@@ -78,6 +78,8 @@ export class Refcounts {
   private end: number;
   /** Told of every cluster whose refcount drops to zero (its user forgets what it cached about it). */
   onFreed?: (index: number) => void;
+  /** Runs before a refcount drops in the file: whatever still maps the clusters there must be unmapped first. */
+  beforeDecrement?: () => Promise<void>;
 
   constructor(
     private readonly proto: Protocol,
@@ -167,6 +169,7 @@ export class Refcounts {
    * refcount blocks (and growing the table) as needed.
    */
   async update(index: number, count: number, delta: number): Promise<void> {
+    if (delta < 0) await this.beforeDecrement?.();
     for (let at = index; at < index + count; ) {
       const bi = Math.floor(at / this.perBlock);
       const first = at % this.perBlock;
