@@ -62,6 +62,8 @@ const L2_CACHE_BYTES = 32 << 20;
  * instead of one per request. Bounded so they always fit the cache twice over.
  */
 const MAX_DIRTY_L2 = 8;
+/** Refcount blocks with counts not yet written, at most (the same reasoning). */
+const MAX_DIRTY_REFCOUNT_BLOCKS = 8;
 
 interface Backing {
   read(buf: Uint8Array, offset: number): Promise<void>;
@@ -117,11 +119,12 @@ export class Qcow2Image
   private readonly l2Cache = new Map<number, BigUint64Array>();
   /**
    * Cached L2 tables whose entries [from, to) (in u64 words) changed since
-   * they were last written: written back on flush, on close, before any
-   * refcount drops (a cluster must be unmapped in the file before it is
-   * freed there) and before exclusive work. New clusters are counted in the
-   * file before they are mapped in memory, so a crash loses at most the
-   * newest mappings, and their clusters become leaks, never corruption.
+   * they were last written. With the counts of new data clusters (deferred
+   * in Refcounts) they are written back (writeBack: counts first, then
+   * tables) on flush, on close, before any refcount drops (a cluster must be
+   * unmapped in the file before it is freed there) and before exclusive
+   * work. So a crash loses at most the newest mappings, and their clusters
+   * become leaks, never corruption.
    */
   private readonly dirtyL2 = new Map<number, { from: number; to: number }>();
   private backing?: Backing;
@@ -168,7 +171,7 @@ export class Qcow2Image
     // Read-only views (a snapshot's) share the refcounts but never free anything.
     if (this.readOnly) return;
     refcounts.onFreed = (c) => this.forgetCluster(c);
-    refcounts.beforeDecrement = () => this.writeDirtyL2();
+    refcounts.beforeDecrement = () => this.writeBack();
   }
 
   /**
@@ -215,7 +218,7 @@ export class Qcow2Image
   /** Runs `fn` with no write in progress (check and snapshots need a still image). */
   exclusive<T>(fn: () => Promise<T>): Promise<T> {
     // What it reads from the file must be what the image holds.
-    return this.readOnly ? this.lock.run(fn) : this.modify(() => this.writeDirtyL2().then(fn));
+    return this.readOnly ? this.lock.run(fn) : this.modify(() => this.writeBack().then(fn));
   }
 
   /** Opened to be repaired: a corrupt image may then be written by check. */
@@ -699,7 +702,8 @@ export class Qcow2Image
    * of the image file, or the same offsets in an external data file.
    */
   private allocateData(index: number, count: number): Promise<number> {
-    return this.externalData ? Promise.resolve(index * this.clusterSize) : this.refcounts.allocate(count);
+    // Only L2 entries will point at them, and those are written after the counts.
+    return this.externalData ? Promise.resolve(index * this.clusterSize) : this.refcounts.allocate(count, true);
   }
 
   /**
@@ -806,11 +810,15 @@ export class Qcow2Image
     const dirty = this.dirtyL2.get(table.offset);
     const to = first + mappings.length * w;
     this.dirtyL2.set(table.offset, dirty ? { from: Math.min(dirty.from, first), to: Math.max(dirty.to, to) } : { from: first, to });
-    if (this.dirtyL2.size > Math.min(MAX_DIRTY_L2, L2_CACHE_BYTES / this.clusterSize / 2)) await this.writeDirtyL2();
+    const tooMany =
+      this.dirtyL2.size > Math.min(MAX_DIRTY_L2, L2_CACHE_BYTES / this.clusterSize / 2) ||
+      this.refcounts.dirtyBlocks > MAX_DIRTY_REFCOUNT_BLOCKS;
+    if (tooMany) await this.writeBack();
   }
 
-  /** Writes the L2 changes held in memory (under the metadata lock). */
-  private async writeDirtyL2(): Promise<void> {
+  /** Writes the changes held in memory (under the metadata lock): counts before the tables that map them. */
+  private async writeBack(): Promise<void> {
+    await this.refcounts.writeBack();
     for (const [offset, { from, to }] of this.dirtyL2) {
       const entries = this.l2Cache.get(offset)!;
       const raw = new Uint8Array((to - from) * 8);
@@ -1241,7 +1249,7 @@ export class Qcow2Image
     if (this.readOnly) return;
     // Data before the metadata that points at it.
     if (this.externalData) await this.data.flush();
-    await this.lock.run(() => this.writeDirtyL2());
+    await this.lock.run(() => this.writeBack());
     await this.proto.flush();
   }
 
@@ -1249,7 +1257,7 @@ export class Qcow2Image
     await this.ranges.all(() => this.lock.run(async () => {
       if (this.readOnly) return;
       if (this.externalData) await this.data.flush();
-      await this.writeDirtyL2();
+      await this.writeBack();
       await this.bitmaps?.store();
       if (this.markedDirty) await this.markClean();
     }));

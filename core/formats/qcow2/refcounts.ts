@@ -72,6 +72,12 @@ export class Refcounts {
   /** The refcount blocks' offsets: allocations and frees must keep off them. */
   private readonly blockOffsets: Set<number>;
   private readonly cache = new Map<number, Uint8Array>();
+  /**
+   * Cached blocks with counts raised in memory only (deferred allocations),
+   * as byte ranges [from, to): written by writeBack, which the image runs
+   * before any table that maps those clusters reaches the file.
+   */
+  private readonly dirty = new Map<number, { from: number; to: number }>();
   /** No free cluster below this index (a search hint). */
   private freeHint = 0;
   /** Clusters at or past this index are free and past the end of the file. */
@@ -152,8 +158,10 @@ export class Refcounts {
     b = new Uint8Array(this.clusterSize);
     await this.proto.read(b, off);
     this.cache.set(off, b);
-    while (this.cache.size * this.clusterSize > BLOCK_CACHE_BYTES) {
-      this.cache.delete(this.cache.keys().next().value!);
+    // Least recently used first; blocks with unwritten counts stay (there are few).
+    for (const old of this.cache.keys()) {
+      if (this.cache.size * this.clusterSize <= BLOCK_CACHE_BYTES) break;
+      if (!this.dirty.has(old)) this.cache.delete(old);
     }
     return b;
   }
@@ -166,9 +174,10 @@ export class Refcounts {
 
   /**
    * Adds `delta` to the refcounts of `count` clusters from `index`, creating
-   * refcount blocks (and growing the table) as needed.
+   * refcount blocks (and growing the table) as needed. `deferred` raises
+   * the counts in memory only, until writeBack.
    */
-  async update(index: number, count: number, delta: number): Promise<void> {
+  async update(index: number, count: number, delta: number, deferred = false): Promise<void> {
     if (delta < 0) await this.beforeDecrement?.();
     for (let at = index; at < index + count; ) {
       const bi = Math.floor(at / this.perBlock);
@@ -182,27 +191,55 @@ export class Refcounts {
         writeRefcount(b, i, this.bits, v);
         if (v === 0) this.onFreed?.(bi * this.perBlock + i);
       }
-      await this.writeEntries(bi, b, first, n);
+      if (deferred) this.markDirty(bi, first, n);
+      else await this.writeEntries(bi, b, first, n);
       if (delta < 0) this.freeHint = Math.min(this.freeHint, at);
       at += n;
     }
     this.end = Math.max(this.end, index + count);
   }
 
-  /** Writes back the bytes holding entries [first, first+n) of block `bi`. */
-  private async writeEntries(bi: number, b: Uint8Array, first: number, n: number): Promise<void> {
-    const startByte = Math.floor((first * this.bits) / 8);
-    const endByte = Math.ceil(((first + n) * this.bits) / 8);
-    await this.proto.write(b.subarray(startByte, endByte), this.table[bi] + startByte);
+  /** The bytes holding entries [first, first+n) of a block. */
+  private bytesOf(first: number, n: number): { from: number; to: number } {
+    return { from: Math.floor((first * this.bits) / 8), to: Math.ceil(((first + n) * this.bits) / 8) };
   }
 
-  /** Finds `n` contiguous free clusters, marks them used and returns the first's offset. */
-  async allocate(n: number): Promise<number> {
+  /** Writes back the bytes holding entries [first, first+n) of block `bi`. */
+  private async writeEntries(bi: number, b: Uint8Array, first: number, n: number): Promise<void> {
+    const { from, to } = this.bytesOf(first, n);
+    await this.proto.write(b.subarray(from, to), this.table[bi] + from);
+  }
+
+  private markDirty(bi: number, first: number, n: number): void {
+    const { from, to } = this.bytesOf(first, n);
+    const d = this.dirty.get(this.table[bi]);
+    this.dirty.set(this.table[bi], d ? { from: Math.min(d.from, from), to: Math.max(d.to, to) } : { from, to });
+  }
+
+  /** Blocks holding counts not yet written. */
+  get dirtyBlocks(): number {
+    return this.dirty.size;
+  }
+
+  /** Writes the counts held in memory only. */
+  async writeBack(): Promise<void> {
+    for (const [offset, { from, to }] of this.dirty) {
+      await this.proto.write(this.cache.get(offset)!.subarray(from, to), offset + from);
+      this.dirty.delete(offset);
+    }
+  }
+
+  /**
+   * Finds `n` contiguous free clusters, marks them used and returns the
+   * first's offset. `deferred`: counted in memory only until writeBack, for
+   * clusters that only tables written after it will point at.
+   */
+  async allocate(n: number, deferred = false): Promise<number> {
     let start = await this.findFree(n);
     // New refcount blocks may take clusters of the range just found: look again.
     while (await this.ensureBlocks(start, n)) start = await this.findFree(n);
     this.checkNotMetadata(start, n, 'allocate');
-    await this.update(start, n, 1);
+    await this.update(start, n, 1, deferred);
     const offset = start * this.clusterSize;
     if (offset + n * this.clusterSize > MAX_HOST_OFFSET) {
       throw new BlockError('Unsupported', 'the image file would grow beyond 8 PiB');
