@@ -1,0 +1,417 @@
+/**
+ * An open VDI image: guest blocks of 1 MiB, each mapped by the block map to a
+ * data block (numbered from the data offset) or to nothing (reads as zeros).
+ *
+ * Write order keeps a crash harmless for Platter and for QEMU, which puts a
+ * new block at index `blocks allocated`: a new block's data is written (and
+ * flushed) before the map points at it, and the header's count, written
+ * before the map, never drops below an index the map uses. New map entries
+ * stay in memory until a flush, then go out a sector at a time.
+ */
+import type {
+  Checkable,
+  CheckReport,
+  Compactable,
+  CompactProgress,
+  FormatImage,
+  FormatInfo,
+  LayerExtent,
+  RepairMode,
+  Resizable,
+  ResizePreallocation,
+} from '../../image/driver.js';
+import { BlockError, throwIfAborted } from '../../image/errors.js';
+import { Mutex, RwLock } from '../../image/locks.js';
+import type { Protocol } from '../../io/protocol.js';
+import { isZero } from '../../io/zero.js';
+import { checkVdi } from './check.js';
+import { bmapBytes, serializeHeader, type VdiHeader } from './header.js';
+import * as L from './limits.js';
+
+const BS = L.BLOCK_SIZE;
+/** Map entries per sector: map writes are whole sectors. */
+const ENTRIES_PER_SECTOR = L.SECTOR_SIZE / 4;
+/** Blocks copied between two flushes when packing: fewer fsyncs, same order. */
+const MOVE_BATCH = 16;
+
+/** Reads the little-endian block map. */
+export async function readBlockMap(proto: Protocol, h: VdiHeader): Promise<Uint32Array> {
+  const bytes = new Uint8Array(bmapBytes(h.blocksInImage));
+  await proto.read(bytes, h.offsetBmap);
+  const v = new DataView(bytes.buffer);
+  const map = new Uint32Array(h.blocksInImage);
+  for (let i = 0; i < map.length; i++) map[i] = v.getUint32(i * 4, true);
+  return map;
+}
+
+export class VdiImage implements FormatImage, Resizable, Checkable, Compactable {
+  size: number;
+  /** The host index the next new block takes: past every index in use, never below the header's count. */
+  private nextIndex: number;
+  /** Map sectors changed in memory, not yet written. */
+  private readonly dirty = new Set<number>();
+  /** Guest blocks whose first write (which allocates them) is under way. */
+  private readonly allocating = new Map<number, Promise<void>>();
+  /** Guest I/O shares it; moving blocks (discard, compact) takes it alone. */
+  private readonly io = new RwLock();
+  /** Metadata writes, one at a time. */
+  private readonly meta = new Mutex();
+
+  constructor(
+    readonly proto: Protocol,
+    readonly header: VdiHeader,
+    public bmap: Uint32Array,
+    readonly readOnly: boolean,
+  ) {
+    this.size = header.diskSize;
+    let next = header.blocksAllocated;
+    for (const e of bmap) if (L.isAllocated(e) && e < header.blocksInImage && e >= next) next = e + 1;
+    this.nextIndex = next;
+  }
+
+  get isStatic(): boolean {
+    return this.header.imageType === L.TYPE_STATIC;
+  }
+
+  private hostOffset(entry: number): number {
+    return this.header.offsetData + entry * BS;
+  }
+
+  /** The entry of guest block `g`, refused if it points outside the image's blocks. */
+  private entry(g: number): number {
+    const e = this.bmap[g];
+    if (L.isAllocated(e) && e >= this.header.blocksInImage) {
+      throw new BlockError('Corrupt', `block map entry ${g} points to block ${e}, beyond the ${this.header.blocksInImage} blocks of the image`);
+    }
+    return e;
+  }
+
+  /**
+   * Splits [offset, offset + length) into runs: unallocated blocks together,
+   * allocated blocks together while their data blocks follow each other.
+   */
+  private *runs(offset: number, length: number): Generator<{ at: number; len: number; entry: number }> {
+    const end = offset + length;
+    for (let at = offset; at < end; ) {
+      const g = Math.floor(at / BS);
+      const first = this.entry(g);
+      let len = Math.min(BS - (at % BS), end - at);
+      for (let next = g + 1; at + len < end; next++) {
+        const e = this.entry(next);
+        const same = L.isAllocated(first) ? e === first + (next - g) : !L.isAllocated(e);
+        if (!same) break;
+        len += Math.min(BS, end - at - len);
+      }
+      yield { at, len, entry: first };
+      at += len;
+    }
+  }
+
+  read(buf: Uint8Array, offset: number): Promise<void> {
+    return this.io.shared(async () => {
+      for (const r of this.runs(offset, buf.length)) {
+        const part = buf.subarray(r.at - offset, r.at - offset + r.len);
+        if (L.isAllocated(r.entry)) await this.proto.read(part, this.hostOffset(r.entry) + (r.at % BS));
+        else part.fill(0);
+      }
+    });
+  }
+
+  write(buf: Uint8Array, offset: number): Promise<void> {
+    return this.io.shared(() => this.writeShared(buf, offset));
+  }
+
+  private async writeShared(buf: Uint8Array, offset: number): Promise<void> {
+    const end = offset + buf.length;
+    for (let at = offset; at < end; ) {
+      const g = Math.floor(at / BS);
+      const pending = this.allocating.get(g);
+      if (pending) {
+        // Someone else is writing this block's first data: write over it afterwards.
+        await pending.catch(() => undefined);
+        continue;
+      }
+      const e = this.entry(g);
+      if (L.isAllocated(e)) {
+        const len = Math.min(BS - (at % BS), end - at);
+        await this.proto.write(buf.subarray(at - offset, at - offset + len), this.hostOffset(e) + (at % BS));
+        at += len;
+        continue;
+      }
+      // A run of blocks never written: they get consecutive new data blocks.
+      let count = 1;
+      while (g + count < Math.ceil(end / BS) && !L.isAllocated(this.entry(g + count)) && !this.allocating.has(g + count)) count++;
+      at = await this.allocate(g, count, buf, offset, at, end);
+    }
+  }
+
+  /** Gives guest blocks g..g+count-1 new data blocks, filled from `buf` and zeros; returns where the write got to. */
+  private async allocate(g: number, count: number, buf: Uint8Array, offset: number, at: number, end: number): Promise<number> {
+    if (this.nextIndex + count > this.header.blocksInImage) {
+      throw new BlockError('Corrupt', `no room for a new block: ${this.nextIndex} of ${this.header.blocksInImage} are in use; see check`);
+    }
+    const first = this.nextIndex;
+    this.nextIndex += count;
+    const runStart = g * BS;
+    const runEnd = Math.min((g + count) * BS, end);
+    let settle!: () => void;
+    const done = new Promise<void>((resolve) => (settle = resolve));
+    for (let i = 0; i < count; i++) this.allocating.set(g + i, done);
+    try {
+      const whole = at === runStart && runEnd === (g + count) * BS;
+      // Whole blocks go straight from the caller's buffer; a partial one is padded with zeros.
+      let data = buf.subarray(at - offset, runEnd - offset);
+      if (!whole) {
+        data = new Uint8Array(count * BS);
+        data.set(buf.subarray(at - offset, runEnd - offset), at - runStart);
+      }
+      await this.proto.write(data, this.hostOffset(first));
+      for (let i = 0; i < count; i++) this.setEntry(g + i, first + i);
+    } finally {
+      for (let i = 0; i < count; i++) this.allocating.delete(g + i);
+      settle();
+    }
+    return runEnd;
+  }
+
+  private setEntry(g: number, entry: number): void {
+    this.bmap[g] = entry;
+    this.dirty.add(Math.floor(g / ENTRIES_PER_SECTOR));
+  }
+
+  writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    return this.zero(offset, length, mayUnmap);
+  }
+
+  /** A discard reads back as zeros here: whole blocks are dropped, the rest zeroed. */
+  discard(offset: number, length: number): Promise<void> {
+    return this.zero(offset, length, true);
+  }
+
+  private async zero(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    const drop: number[] = [];
+    await this.io.shared(async () => {
+      const end = offset + length;
+      for (let at = offset; at < end; ) {
+        const g = Math.floor(at / BS);
+        const len = Math.min(BS - (at % BS), end - at);
+        await this.allocating.get(g)?.catch(() => undefined);
+        const e = this.entry(g);
+        // The last block's tail past the guest's end counts as covered.
+        const whole = at % BS === 0 && (len === BS || at + len === this.size);
+        if (!L.isAllocated(e)) {
+          // Reads as zeros already.
+        } else if (whole && mayUnmap && !this.isStatic) {
+          drop.push(g);
+        } else {
+          // A static image keeps its blocks; its file may still free the range.
+          await this.proto.writeZeroes(this.hostOffset(e) + (at % BS), len, mayUnmap && this.isStatic);
+        }
+        at += len;
+      }
+    });
+    if (drop.length) await this.io.exclusive(() => this.dropBlocks(drop));
+  }
+
+  /**
+   * Marks guest blocks discarded and packs the file. Their map entries are
+   * on disk before any data block is reused.
+   */
+  private async dropBlocks(blocks: readonly number[], progress?: CompactProgress, signal?: AbortSignal): Promise<void> {
+    await this.syncMetadata();
+    for (const g of blocks) if (L.isAllocated(this.bmap[g])) this.setEntry(g, L.DISCARDED);
+    await this.syncMetadata();
+    await this.pack(progress, signal);
+  }
+
+  /**
+   * Moves the highest data blocks into the free slots below them, then
+   * truncates the file. Each batch: copy, flush, repoint, flush; the old
+   * slots are free only once nothing points at them.
+   */
+  private async pack(progress?: CompactProgress, signal?: AbortSignal): Promise<void> {
+    const owner = new Int32Array(this.nextIndex).fill(-1);
+    let used = 0;
+    this.bmap.forEach((e, g) => {
+      if (L.isAllocated(e) && e < this.nextIndex) {
+        owner[e] = g;
+        used++;
+      }
+    });
+    const moves: { from: number; to: number; g: number }[] = [];
+    for (let lo = 0, hi = this.nextIndex - 1; ; ) {
+      while (lo < hi && owner[lo] >= 0) lo++;
+      while (hi > lo && owner[hi] < 0) hi--;
+      if (lo >= hi) break;
+      moves.push({ from: hi, to: lo, g: owner[hi] });
+      owner[lo] = owner[hi];
+      owner[hi] = -1;
+    }
+    const block = new Uint8Array(BS);
+    for (let i = 0; i < moves.length; i += MOVE_BATCH) {
+      throwIfAborted(signal);
+      const batch = moves.slice(i, i + MOVE_BATCH);
+      for (const m of batch) {
+        await this.proto.read(block, this.hostOffset(m.from));
+        await this.proto.write(block, this.hostOffset(m.to));
+      }
+      await this.proto.flush();
+      for (const m of batch) this.setEntry(m.g, m.to);
+      await this.syncMetadata();
+      progress?.(i + batch.length, moves.length);
+    }
+    // Nothing points past `used` now: the count drops, then the file.
+    this.nextIndex = used;
+    await this.meta.run(() => this.writeHeader());
+    await this.proto.flush();
+    const end = this.hostOffset(used);
+    if ((await this.proto.size()) > end) await this.proto.truncate(end);
+  }
+
+  private async writeHeader(): Promise<void> {
+    this.header.blocksAllocated = this.nextIndex;
+    await this.proto.write(serializeHeader(this.header), 0);
+  }
+
+  /**
+   * Writes the header and the changed map sectors. Data the new entries
+   * point at is flushed first; the header's count goes before the map.
+   */
+  async syncMetadata(): Promise<void> {
+    await this.meta.run(async () => {
+      if (!this.dirty.size && this.header.blocksAllocated === this.nextIndex) return;
+      // Copies of the sectors as they are now: entries set later wait for the next sync.
+      const sectors = this.takeDirty();
+      try {
+        await this.proto.flush();
+        await this.writeHeader();
+        await this.writeSectors(sectors);
+      } catch (err) {
+        for (const s of sectors) this.dirty.add(s.index);
+        throw err;
+      }
+    });
+  }
+
+  private takeDirty(): { index: number; bytes: Uint8Array }[] {
+    const sectors = [...this.dirty].sort((a, b) => a - b).map((index) => ({ index, bytes: this.sectorBytes(index) }));
+    this.dirty.clear();
+    return sectors;
+  }
+
+  /** Map sectors to disk, adjacent ones in one request. */
+  private async writeSectors(sectors: { index: number; bytes: Uint8Array }[]): Promise<void> {
+    for (let i = 0; i < sectors.length; ) {
+      let j = i + 1;
+      while (j < sectors.length && sectors[j].index === sectors[j - 1].index + 1) j++;
+      const run = new Uint8Array((j - i) * L.SECTOR_SIZE);
+      for (let k = i; k < j; k++) run.set(sectors[k].bytes, (k - i) * L.SECTOR_SIZE);
+      await this.proto.write(run, this.header.offsetBmap + sectors[i].index * L.SECTOR_SIZE);
+      i = j;
+    }
+  }
+
+  private sectorBytes(sector: number): Uint8Array {
+    const out = new Uint8Array(L.SECTOR_SIZE);
+    const v = new DataView(out.buffer);
+    const first = sector * ENTRIES_PER_SECTOR;
+    const n = Math.min(ENTRIES_PER_SECTOR, this.bmap.length - first);
+    for (let i = 0; i < n; i++) v.setUint32(i * 4, this.bmap[first + i], true);
+    return out;
+  }
+
+  async blockStatus(offset: number, length: number): Promise<LayerExtent> {
+    const r = this.runs(offset, length).next().value!;
+    // Never written and discarded blocks alike read as zeros (QEMU maps both as zero).
+    if (!L.isAllocated(r.entry)) return { offset, length: r.len, state: 'zero' };
+    return { offset, length: r.len, state: 'data', hostOffset: this.hostOffset(r.entry) + (offset % BS) };
+  }
+
+  async flush(): Promise<void> {
+    await this.syncMetadata();
+    await this.proto.flush();
+  }
+
+  async close(): Promise<void> {
+    if (!this.readOnly) await this.syncMetadata();
+  }
+
+  async info(): Promise<FormatInfo> {
+    return { clusterSize: BS };
+  }
+
+  check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
+    return this.io.exclusive(async () => checkVdi(this.header, this.bmap, repair, log));
+  }
+
+  compact(opts: { signal?: AbortSignal; progress?: CompactProgress }): Promise<{ before: number; after: number }> {
+    if (this.isStatic) throw new BlockError('Unsupported', 'static VDI images are fully allocated by design; only dynamic ones can be compacted');
+    return this.io.exclusive(async () => {
+      const before = await this.proto.size();
+      // Stored blocks that read as zeros, found in file order.
+      const zero: number[] = [];
+      const owner = new Int32Array(this.nextIndex).fill(-1);
+      this.bmap.forEach((e, g) => {
+        if (L.isAllocated(e) && e < this.nextIndex) owner[e] = g;
+      });
+      const block = new Uint8Array(BS);
+      // Scanning is half the work, moving the other half.
+      const total = this.nextIndex * 2;
+      for (let i = 0; i < this.nextIndex; i++) {
+        throwIfAborted(opts.signal);
+        if (owner[i] < 0) continue;
+        const ext = await this.proto.blockStatus(this.hostOffset(i), BS);
+        let empty = !ext.data && ext.length >= BS;
+        if (!empty) {
+          await this.proto.read(block, this.hostOffset(i));
+          empty = isZero(block);
+        }
+        if (empty) zero.push(owner[i]);
+        opts.progress?.(i + 1, total);
+      }
+      const half = this.nextIndex;
+      await this.dropBlocks(zero, (done, moves) => opts.progress?.(half + Math.round((done / moves) * half), total), opts.signal);
+      await this.proto.flush();
+      opts.progress?.(total, total);
+      return { before, after: await this.proto.size() };
+    });
+  }
+
+  /**
+   * Grows the guest (QEMU cannot resize VDI at all). New entries fit in the
+   * room the block map has before the data; they are written before the
+   * header counts them.
+   */
+  async resize(size: number, opts: { prealloc: ResizePreallocation }): Promise<void> {
+    if (opts.prealloc !== 'off') throw new BlockError('Unsupported', `Unsupported preallocation mode: ${opts.prealloc}`);
+    const newSize = Math.ceil(size / L.SECTOR_SIZE) * L.SECTOR_SIZE;
+    if (newSize < this.size) throw new BlockError('Unsupported', 'VDI images cannot be shrunk');
+    if (newSize > L.MAX_DISK_SIZE) throw new BlockError('InvalidArgument', `Unsupported VDI image size (size is 0x${newSize.toString(16)}, max supported is 0x${L.MAX_DISK_SIZE.toString(16)})`);
+    const blocks = Math.ceil(newSize / BS);
+    const room = Math.floor((this.header.offsetData - this.header.offsetBmap) / 4);
+    if (blocks > room) {
+      throw new BlockError(
+        'Unsupported',
+        `the block map has room for ${room} blocks (${room} MiB); growing a VDI image past that would move its data blocks, which is not supported`,
+      );
+    }
+    await this.io.exclusive(async () => {
+      await this.syncMetadata();
+      const old = this.header.blocksInImage;
+      if (blocks > old) {
+        const map = new Uint32Array(blocks);
+        map.set(this.bmap);
+        this.bmap = map;
+        for (let g = old; g < blocks; g++) this.setEntry(g, this.isStatic ? this.nextIndex++ : L.UNALLOCATED);
+        // A static image's new blocks exist before anything points at them.
+        if (this.isStatic) await this.proto.truncate(this.hostOffset(this.nextIndex));
+        await this.meta.run(() => this.writeSectors(this.takeDirty()));
+        await this.proto.flush();
+      }
+      this.header.blocksInImage = blocks;
+      this.header.diskSize = newSize;
+      await this.meta.run(() => this.writeHeader());
+      this.size = newSize;
+    });
+  }
+}
