@@ -249,6 +249,17 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       owner[lo] = owner[hi];
       owner[hi] = -1;
     }
+    await this.moveBlocks(moves, progress);
+    // Nothing points past `used` now: the count drops, then the file.
+    this.nextIndex = used;
+    await this.meta.run(() => this.writeHeader());
+    await this.proto.flush();
+    const end = this.hostOffset(used);
+    if ((await this.proto.size()) > end) await this.proto.truncate(end);
+  }
+
+  /** Copies data blocks and repoints their guest blocks, in batches: copy, flush, repoint, sync. */
+  private async moveBlocks(moves: readonly { from: number; to: number; g: number }[], progress?: CompactProgress): Promise<void> {
     const block = new Uint8Array(BS);
     for (let i = 0; i < moves.length; i += MOVE_BATCH) {
       const batch = moves.slice(i, i + MOVE_BATCH);
@@ -261,12 +272,6 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       await this.syncMetadata();
       progress?.(i + batch.length, moves.length);
     }
-    // Nothing points past `used` now: the count drops, then the file.
-    this.nextIndex = used;
-    await this.meta.run(() => this.writeHeader());
-    await this.proto.flush();
-    const end = this.hostOffset(used);
-    if ((await this.proto.size()) > end) await this.proto.truncate(end);
   }
 
   private async writeHeader(): Promise<void> {
@@ -379,9 +384,9 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   }
 
   /**
-   * Grows the guest (QEMU cannot resize VDI at all). New entries fit in the
-   * room the block map has before the data; they are written before the
-   * header counts them.
+   * Grows the guest (QEMU cannot resize VDI at all). New entries go in the
+   * room the block map has before the data, made first if it is too small;
+   * they are written before the header counts them.
    */
   async resize(size: number, opts: { prealloc: ResizePreallocation }): Promise<void> {
     if (opts.prealloc !== 'off') throw new BlockError('Unsupported', `Unsupported preallocation mode: ${opts.prealloc}`);
@@ -389,15 +394,9 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
     if (newSize < this.size) throw new BlockError('Unsupported', 'VDI images cannot be shrunk');
     if (newSize > L.MAX_DISK_SIZE) throw new BlockError('InvalidArgument', `Unsupported VDI image size (size is 0x${newSize.toString(16)}, max supported is 0x${L.MAX_DISK_SIZE.toString(16)})`);
     const blocks = Math.ceil(newSize / BS);
-    const room = Math.floor((this.header.offsetData - this.header.offsetBmap) / 4);
-    if (blocks > room) {
-      throw new BlockError(
-        'Unsupported',
-        `the block map has room for ${room} blocks (${room} MiB); growing a VDI image past that would move its data blocks, which is not supported`,
-      );
-    }
     await this.io.exclusive(async () => {
       await this.syncMetadata();
+      if (bmapBytes(blocks) > this.header.offsetData - this.header.offsetBmap) await this.moveMap(blocks);
       const old = this.header.blocksInImage;
       if (blocks > old) {
         const map = new Uint32Array(blocks);
@@ -414,5 +413,46 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       await this.meta.run(() => this.writeHeader());
       this.size = newSize;
     });
+  }
+
+  /**
+   * Makes room for a map of `blocks` entries (as VBoxManage does, by moving
+   * data): the data blocks in the first slots move past the end, the map is
+   * rewritten, renumbered, into the slots they left, and one header write
+   * switches to the new layout. Until then the old map and header stand, so
+   * a crash loses nothing (the old map sectors become unused space).
+   */
+  private async moveMap(blocks: number): Promise<void> {
+    const slots = Math.ceil(bmapBytes(blocks) / BS);
+    const mapAt = this.header.offsetData;
+    const dataAt = mapAt + slots * BS;
+    if (dataAt > 0xffffffff) {
+      throw new BlockError('Unsupported', 'the block map for that size would push the data past the 4 GiB a VDI header can point to');
+    }
+    // 1. The data blocks in the first slots move to the end (past those slots), like a pack in reverse.
+    const moves: { from: number; to: number; g: number }[] = [];
+    let dest = Math.max(this.nextIndex, slots);
+    this.bmap.forEach((e, g) => {
+      if (L.isAllocated(e) && e < slots) moves.push({ from: e, to: dest++, g });
+    });
+    // Counted before anything points at them, so QEMU would never allocate them again.
+    this.nextIndex = dest;
+    await this.moveBlocks(moves);
+    await this.syncMetadata();
+    await this.proto.flush();
+    // 2. The renumbered map, where nothing points any more.
+    const map = this.bmap.map((e) => (L.isAllocated(e) ? e - slots : e));
+    const bytes = new Uint8Array(bmapBytes(map.length));
+    const v = new DataView(bytes.buffer);
+    map.forEach((e, i) => v.setUint32(i * 4, e, true));
+    await this.proto.write(bytes, mapAt);
+    await this.proto.flush();
+    // 3. The switch.
+    this.header.offsetBmap = mapAt;
+    this.header.offsetData = dataAt;
+    this.bmap = map;
+    this.nextIndex -= slots;
+    await this.meta.run(() => this.writeHeader());
+    await this.proto.flush();
   }
 }
