@@ -13,6 +13,7 @@ import { compact } from '../../ops/compact.js';
 import { platter } from '../../test/cli.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, tempDir } from '../../test/tmp.js';
+import { owners, packPlan } from './compact.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
 const MiB = 1 << 20;
@@ -29,6 +30,28 @@ function withZeroBlocks(name: string): string {
   qemuIo(path, [...cmds, 'write -z 2M 2M', 'write -z 5M 1M', 'write -z 8M 1M'], 'vdi');
   return path;
 }
+
+describe('vdi pack plan', () => {
+  it('moves the highest blocks in use into the lowest free numbers', () => {
+    // Guest blocks -> data blocks: 0->0, 1->4, 2 unallocated, 3->2, 4 discarded, 5->5.
+    const entries = Uint32Array.from([0, 4, 0xffffffff, 2, 0xfffffffe, 5]);
+    const owner = owners(entries, 6);
+    expect([...owner]).toEqual([0, -1, 3, -1, 1, 5]);
+    expect(packPlan(owner)).toEqual({
+      moves: [
+        { from: 5, to: 1, guest: 5 },
+        { from: 4, to: 3, guest: 1 },
+      ],
+      used: 4,
+    });
+  });
+
+  it('has nothing to do for dense or empty maps', () => {
+    expect(packPlan(owners(Uint32Array.from([1, 0, 2]), 3))).toEqual({ moves: [], used: 3 });
+    expect(packPlan(owners(new Uint32Array(0), 0))).toEqual({ moves: [], used: 0 });
+    expect(packPlan(owners(Uint32Array.from([0xffffffff]), 2))).toEqual({ moves: [], used: 0 });
+  });
+});
 
 describe.skipIf(!HAS_QEMU)('vdi compact', () => {
   it('drops zero blocks, packs the rest, and stays equal and clean', async () => {

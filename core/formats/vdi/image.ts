@@ -24,32 +24,20 @@ import { BlockError, throwIfAborted } from '../../image/errors.js';
 import { Mutex, RwLock } from '../../image/locks.js';
 import type { Protocol } from '../../io/protocol.js';
 import { isZero } from '../../io/zero.js';
+import { BlockMap, writeMapSectors } from './bmap.js';
 import { checkVdi } from './check.js';
+import { owners, packPlan, type BlockMove } from './compact.js';
 import { bmapBytes, serializeHeader, type VdiHeader } from './header.js';
 import * as L from './limits.js';
 
 const BS = L.BLOCK_SIZE;
-/** Map entries per sector: map writes are whole sectors. */
-const ENTRIES_PER_SECTOR = L.SECTOR_SIZE / 4;
-/** Blocks copied between two flushes when packing: fewer fsyncs, same order. */
+/** Blocks copied between two flushes when moving blocks: fewer fsyncs, same order. */
 const MOVE_BATCH = 16;
-
-/** Reads the little-endian block map. */
-export async function readBlockMap(proto: Protocol, h: VdiHeader): Promise<Uint32Array> {
-  const bytes = new Uint8Array(bmapBytes(h.blocksInImage));
-  await proto.read(bytes, h.offsetBmap);
-  const v = new DataView(bytes.buffer);
-  const map = new Uint32Array(h.blocksInImage);
-  for (let i = 0; i < map.length; i++) map[i] = v.getUint32(i * 4, true);
-  return map;
-}
 
 export class VdiImage implements FormatImage, Resizable, Checkable, Compactable {
   size: number;
   /** The host index the next new block takes: past every index in use, never below the header's count. */
   private nextIndex: number;
-  /** Map sectors changed in memory, not yet written. */
-  private readonly dirty = new Set<number>();
   /** Guest blocks whose first write (which allocates them) is under way. */
   private readonly allocating = new Map<number, Promise<void>>();
   /** Guest I/O shares it; moving blocks (discard, compact) takes it alone. */
@@ -60,12 +48,12 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   constructor(
     readonly proto: Protocol,
     readonly header: VdiHeader,
-    public bmap: Uint32Array,
+    private bmap: BlockMap,
     readonly readOnly: boolean,
   ) {
     this.size = header.diskSize;
     let next = header.blocksAllocated;
-    for (const e of bmap) if (L.isAllocated(e) && e < header.blocksInImage && e >= next) next = e + 1;
+    for (const e of bmap.entries) if (L.isAllocated(e) && e < header.blocksInImage && e >= next) next = e + 1;
     this.nextIndex = next;
   }
 
@@ -79,7 +67,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
 
   /** The entry of guest block `g`, refused if it points outside the image's blocks. */
   private entry(g: number): number {
-    const e = this.bmap[g];
+    const e = this.bmap.get(g);
     if (L.isAllocated(e) && e >= this.header.blocksInImage) {
       throw new BlockError('Corrupt', `block map entry ${g} points to block ${e}, beyond the ${this.header.blocksInImage} blocks of the image`);
     }
@@ -166,17 +154,12 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
         data.set(buf.subarray(at - offset, runEnd - offset), at - runStart);
       }
       await this.proto.write(data, this.hostOffset(first));
-      for (let i = 0; i < count; i++) this.setEntry(g + i, first + i);
+      for (let i = 0; i < count; i++) this.bmap.set(g + i, first + i);
     } finally {
       for (let i = 0; i < count; i++) this.allocating.delete(g + i);
       settle();
     }
     return runEnd;
-  }
-
-  private setEntry(g: number, entry: number): void {
-    this.bmap[g] = entry;
-    this.dirty.add(Math.floor(g / ENTRIES_PER_SECTOR));
   }
 
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
@@ -218,8 +201,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
    * on disk before any data block is reused.
    */
   private async dropBlocks(blocks: readonly number[], progress?: CompactProgress): Promise<void> {
-    await this.syncMetadata();
-    for (const g of blocks) if (L.isAllocated(this.bmap[g])) this.setEntry(g, L.DISCARDED);
+    for (const g of blocks) if (L.isAllocated(this.bmap.get(g))) this.bmap.set(g, L.DISCARDED);
     await this.syncMetadata();
     await this.pack(progress);
   }
@@ -232,23 +214,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
    * the highest block in use, which qemu-img check calls a mismatch.
    */
   private async pack(progress?: CompactProgress): Promise<void> {
-    const owner = new Int32Array(this.nextIndex).fill(-1);
-    let used = 0;
-    this.bmap.forEach((e, g) => {
-      if (L.isAllocated(e) && e < this.nextIndex) {
-        owner[e] = g;
-        used++;
-      }
-    });
-    const moves: { from: number; to: number; g: number }[] = [];
-    for (let lo = 0, hi = this.nextIndex - 1; ; ) {
-      while (lo < hi && owner[lo] >= 0) lo++;
-      while (hi > lo && owner[hi] < 0) hi--;
-      if (lo >= hi) break;
-      moves.push({ from: hi, to: lo, g: owner[hi] });
-      owner[lo] = owner[hi];
-      owner[hi] = -1;
-    }
+    const { moves, used } = packPlan(owners(this.bmap.entries, this.nextIndex));
     await this.moveBlocks(moves, progress);
     // Nothing points past `used` now: the count drops, then the file.
     this.nextIndex = used;
@@ -259,7 +225,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   }
 
   /** Copies data blocks and repoints their guest blocks, in batches: copy, flush, repoint, sync. */
-  private async moveBlocks(moves: readonly { from: number; to: number; g: number }[], progress?: CompactProgress): Promise<void> {
+  private async moveBlocks(moves: readonly BlockMove[], progress?: CompactProgress): Promise<void> {
     const block = new Uint8Array(BS);
     for (let i = 0; i < moves.length; i += MOVE_BATCH) {
       const batch = moves.slice(i, i + MOVE_BATCH);
@@ -268,7 +234,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
         await this.proto.write(block, this.hostOffset(m.to));
       }
       await this.proto.flush();
-      for (const m of batch) this.setEntry(m.g, m.to);
+      for (const m of batch) this.bmap.set(m.guest, m.to);
       await this.syncMetadata();
       progress?.(i + batch.length, moves.length);
     }
@@ -285,45 +251,17 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
    */
   async syncMetadata(): Promise<void> {
     await this.meta.run(async () => {
-      if (!this.dirty.size && this.header.blocksAllocated === this.nextIndex) return;
-      // Copies of the sectors as they are now: entries set later wait for the next sync.
-      const sectors = this.takeDirty();
+      if (!this.bmap.hasChanges && this.header.blocksAllocated === this.nextIndex) return;
+      const sectors = this.bmap.takeChanges();
       try {
         await this.proto.flush();
         await this.writeHeader();
-        await this.writeSectors(sectors);
+        await writeMapSectors(this.proto, this.header.offsetBmap, sectors);
       } catch (err) {
-        for (const s of sectors) this.dirty.add(s.index);
+        this.bmap.restore(sectors);
         throw err;
       }
     });
-  }
-
-  private takeDirty(): { index: number; bytes: Uint8Array }[] {
-    const sectors = [...this.dirty].sort((a, b) => a - b).map((index) => ({ index, bytes: this.sectorBytes(index) }));
-    this.dirty.clear();
-    return sectors;
-  }
-
-  /** Map sectors to disk, adjacent ones in one request. */
-  private async writeSectors(sectors: { index: number; bytes: Uint8Array }[]): Promise<void> {
-    for (let i = 0; i < sectors.length; ) {
-      let j = i + 1;
-      while (j < sectors.length && sectors[j].index === sectors[j - 1].index + 1) j++;
-      const run = new Uint8Array((j - i) * L.SECTOR_SIZE);
-      for (let k = i; k < j; k++) run.set(sectors[k].bytes, (k - i) * L.SECTOR_SIZE);
-      await this.proto.write(run, this.header.offsetBmap + sectors[i].index * L.SECTOR_SIZE);
-      i = j;
-    }
-  }
-
-  private sectorBytes(sector: number): Uint8Array {
-    const out = new Uint8Array(L.SECTOR_SIZE);
-    const v = new DataView(out.buffer);
-    const first = sector * ENTRIES_PER_SECTOR;
-    const n = Math.min(ENTRIES_PER_SECTOR, this.bmap.length - first);
-    for (let i = 0; i < n; i++) v.setUint32(i * 4, this.bmap[first + i], true);
-    return out;
   }
 
   async blockStatus(offset: number, length: number): Promise<LayerExtent> {
@@ -347,7 +285,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   }
 
   check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
-    return this.io.exclusive(async () => checkVdi(this.header, this.bmap, repair, log));
+    return this.io.exclusive(async () => checkVdi(this.header, this.bmap.entries, repair, log));
   }
 
   compact(opts: { signal?: AbortSignal; progress?: CompactProgress }): Promise<{ before: number; after: number }> {
@@ -356,10 +294,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       const before = await this.proto.size();
       // Stored blocks that read as zeros, found in file order.
       const zero: number[] = [];
-      const owner = new Int32Array(this.nextIndex).fill(-1);
-      this.bmap.forEach((e, g) => {
-        if (L.isAllocated(e) && e < this.nextIndex) owner[e] = g;
-      });
+      const owner = owners(this.bmap.entries, this.nextIndex);
       const block = new Uint8Array(BS);
       // Scanning is half the work, moving the other half.
       const total = this.nextIndex * 2;
@@ -399,13 +334,13 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       if (bmapBytes(blocks) > this.header.offsetData - this.header.offsetBmap) await this.moveMap(blocks);
       const old = this.header.blocksInImage;
       if (blocks > old) {
-        const map = new Uint32Array(blocks);
-        map.set(this.bmap);
-        this.bmap = map;
-        for (let g = old; g < blocks; g++) this.setEntry(g, this.isStatic ? this.nextIndex++ : L.UNALLOCATED);
+        const entries = new Uint32Array(blocks);
+        entries.set(this.bmap.entries);
+        this.bmap.entries = entries;
+        for (let g = old; g < blocks; g++) this.bmap.set(g, this.isStatic ? this.nextIndex++ : L.UNALLOCATED);
         // A static image's new blocks exist before anything points at them.
         if (this.isStatic) await this.proto.truncate(this.hostOffset(this.nextIndex));
-        await this.meta.run(() => this.writeSectors(this.takeDirty()));
+        await this.meta.run(() => writeMapSectors(this.proto, this.header.offsetBmap, this.bmap.takeChanges()));
         await this.proto.flush();
       }
       this.header.blocksInImage = blocks;
@@ -420,7 +355,11 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
    * data): the data blocks in the first slots move past the end, the map is
    * rewritten, renumbered, into the slots they left, and one header write
    * switches to the new layout. Until then the old map and header stand, so
-   * a crash loses nothing (the old map sectors become unused space).
+   * a crash loses nothing (the old map sectors become unused space). One
+   * window remains: when every block number of the old layout is taken, the
+   * moved blocks get numbers past the old block count until the switch; a
+   * crash there leaves the data whole (qemu-img reads it) but check, and
+   * Platter's reads of those blocks, call the entries out of range.
    */
   private async moveMap(blocks: number): Promise<void> {
     const slots = Math.ceil(bmapBytes(blocks) / BS);
@@ -430,10 +369,10 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       throw new BlockError('Unsupported', 'the block map for that size would push the data past the 4 GiB a VDI header can point to');
     }
     // 1. The data blocks in the first slots move to the end (past those slots), like a pack in reverse.
-    const moves: { from: number; to: number; g: number }[] = [];
+    const moves: BlockMove[] = [];
     let dest = Math.max(this.nextIndex, slots);
-    this.bmap.forEach((e, g) => {
-      if (L.isAllocated(e) && e < slots) moves.push({ from: e, to: dest++, g });
+    this.bmap.entries.forEach((e, guest) => {
+      if (L.isAllocated(e) && e < slots) moves.push({ from: e, to: dest++, guest });
     });
     // Counted before anything points at them, so QEMU would never allocate them again.
     this.nextIndex = dest;
@@ -441,11 +380,8 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
     await this.syncMetadata();
     await this.proto.flush();
     // 2. The renumbered map, where nothing points any more.
-    const map = this.bmap.map((e) => (L.isAllocated(e) ? e - slots : e));
-    const bytes = new Uint8Array(bmapBytes(map.length));
-    const v = new DataView(bytes.buffer);
-    map.forEach((e, i) => v.setUint32(i * 4, e, true));
-    await this.proto.write(bytes, mapAt);
+    const map = new BlockMap(this.bmap.entries.map((e) => (L.isAllocated(e) ? e - slots : e)));
+    await this.proto.write(map.encode(), mapAt);
     await this.proto.flush();
     // 3. The switch.
     this.header.offsetBmap = mapAt;

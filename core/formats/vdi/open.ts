@@ -1,7 +1,8 @@
 /** Opening a VDI image: the header validated, then the block map read. */
 import type { Protocol } from '../../io/protocol.js';
 import { parseHeader } from './header.js';
-import { readBlockMap, VdiImage } from './image.js';
+import { BlockMap } from './bmap.js';
+import { VdiImage } from './image.js';
 import { HEADER_BYTES } from './limits.js';
 
 export async function openVdi(proto: Protocol, readOnly: boolean): Promise<VdiImage> {
@@ -9,5 +10,5 @@ export async function openVdi(proto: Protocol, readOnly: boolean): Promise<VdiIm
   const sector = new Uint8Array(Math.min(HEADER_BYTES, fileSize));
   await proto.read(sector, 0);
   const header = parseHeader(sector, fileSize);
-  return new VdiImage(proto, header, await readBlockMap(proto, header), readOnly);
+  return new VdiImage(proto, header, await BlockMap.read(proto, header.offsetBmap, header.blocksInImage), readOnly);
 }
