@@ -186,9 +186,12 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
           // Reads as zeros already.
         } else if (whole && mayUnmap && !this.isStatic) {
           drop.push(g);
-        } else {
+        } else if (this.isStatic) {
           // A static image keeps its blocks; its file may still free the range.
-          await this.proto.writeZeroes(this.hostOffset(e) + (at % BS), len, mayUnmap && this.isStatic);
+          await this.proto.writeZeroes(this.hostOffset(e) + (at % BS), len, mayUnmap);
+        } else {
+          // Written zeros, not a file hole: QEMU maps a dynamic block as data without asking the file, and so must we.
+          await this.proto.write(new Uint8Array(len), this.hostOffset(e) + (at % BS));
         }
         at += len;
       }

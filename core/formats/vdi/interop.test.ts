@@ -121,6 +121,8 @@ describe.skipIf(!HAS_QEMU)('vdi interop: Platter writes, QEMU reads', () => {
       writeFileSync(t.path(`pw-${kind.label}.raw`), model);
       expect(qemuCompare(path, t.path(`pw-${kind.label}.raw`))).toBe('Images are identical.');
       expect(sha256(await platterRead(path))).toBe(sha256(model));
+      const pmap = (await platter(['map', '--output=json', path])).stdout;
+      expect(JSON.parse(pmap)).toEqual(JSON.parse(sh('qemu-img', ['map', '--output=json', path])));
     });
 
     it(`${kind.label}: convert -O vdi of a mixed raw file checks clean and compares equal`, async () => {
