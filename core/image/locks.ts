@@ -27,7 +27,7 @@ export class RwLock {
   private readonly queue: { exclusive: boolean; wake: () => void }[] = [];
 
   async shared<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.writer || this.queue.length) await new Promise<void>((wake) => this.queue.push({ exclusive: false, wake }));
+    if (this.writer || this.queue.length) await this.wait(false);
     else this.active++;
     try {
       return await fn();
@@ -38,7 +38,7 @@ export class RwLock {
   }
 
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.writer || this.active || this.queue.length) await new Promise<void>((wake) => this.queue.push({ exclusive: true, wake }));
+    if (this.writer || this.active || this.queue.length) await this.wait(true);
     else this.writer = true;
     try {
       return await fn();
@@ -46,6 +46,11 @@ export class RwLock {
       this.writer = false;
       this.next();
     }
+  }
+
+  /** Queues the caller; `next` lets it in (and counts it in) when its turn comes. */
+  private wait(exclusive: boolean): Promise<void> {
+    return new Promise<void>((wake) => this.queue.push({ exclusive, wake }));
   }
 
   /** Lets in the next writer, or every reader up to it. */

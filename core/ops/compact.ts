@@ -18,7 +18,12 @@ export interface CompactResult {
 
 export async function compact(opts: CompactOptions, ctx: JobContext = {}): Promise<CompactResult> {
   const where = { path: opts.filename, op: 'compact' };
-  const image = await openImage(opts.filename, { format: opts.format, readOnly: false, noBacking: true, allowExternalFiles: opts.allowExternalFiles });
+  const image = await openImage(opts.filename, {
+    format: opts.format,
+    readOnly: false,
+    noBacking: true,
+    allowExternalFiles: opts.allowExternalFiles,
+  });
   try {
     const layer = image.layer;
     if (!isCompactable(layer)) throw new BlockError('Unsupported', `${image.format} images cannot be compacted`);

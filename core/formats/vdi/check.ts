@@ -11,7 +11,8 @@ import { isAllocated } from './limits.js';
 
 export function checkVdi(header: VdiHeader, bmap: Uint32Array, repair: RepairMode, log: (line: string) => void): CheckReport {
   if (repair !== 'none') {
-    throw new BlockError('Unsupported', 'VDI images cannot be repaired (qemu-img cannot repair them either)', { op: 'check' });
+    const message = 'VDI images cannot be repaired (qemu-img cannot repair them either)';
+    throw new BlockError('Unsupported', message, { op: 'check' });
   }
   const report: CheckReport = {
     corruptions: 0,

@@ -48,57 +48,63 @@ export function bmapBytes(blocks: number): number {
   return Math.ceil((blocks * 4) / L.SECTOR_SIZE) * L.SECTOR_SIZE;
 }
 
-/** Reads and validates a header sector of a file `fileSize` bytes long. */
+/** Reads and validates a header sector of a file `fileSize` bytes long (QEMU's words where it refuses the same). */
 export function parseHeader(sector: Uint8Array, fileSize: number): VdiHeader {
-  const bad = (kind: 'InvalidFormat' | 'Unsupported' | 'Corrupt', message: string) => new BlockError(kind, message, { op: 'open' });
-  if (sector.length < L.HEADER_BYTES) throw bad('InvalidFormat', 'Image not in VDI format (file shorter than its header)');
+  const fail = (kind: 'InvalidFormat' | 'Unsupported' | 'Corrupt', message: string) => {
+    throw new BlockError(kind, message, { op: 'open' });
+  };
+  const unsupported = (what: string) => fail('Unsupported', `unsupported VDI image (${what})`);
+  if (sector.length < L.HEADER_BYTES) fail('InvalidFormat', 'Image not in VDI format (file shorter than its header)');
   const v = new DataView(sector.buffer, sector.byteOffset, L.HEADER_BYTES);
   const u32 = (o: number) => v.getUint32(o, true);
+
   const signature = u32(OFF.signature);
-  if (signature !== L.VDI_SIGNATURE) throw bad('InvalidFormat', `Image not in VDI format (bad signature ${signature.toString(16).padStart(8, '0')})`);
+  if (signature !== L.VDI_SIGNATURE) {
+    fail('InvalidFormat', `Image not in VDI format (bad signature ${signature.toString(16).padStart(8, '0')})`);
+  }
   const version = u32(OFF.version);
-  if (version !== L.VDI_VERSION_1_1) throw bad('Unsupported', `unsupported VDI image (version ${version >>> 16}.${version & 0xffff})`);
+  if (version !== L.VDI_VERSION_1_1) unsupported(`version ${version >>> 16}.${version & 0xffff}`);
   const headerSize = u32(OFF.headerSize);
   if (headerSize !== L.HEADER_SIZE && headerSize !== L.HEADER_SIZE_PLUS) {
-    throw bad('Unsupported', `unsupported VDI image (header size ${hex(headerSize)} is not ${hex(L.HEADER_SIZE)} or ${hex(L.HEADER_SIZE_PLUS)})`);
+    unsupported(`header size ${hex(headerSize)} is not ${hex(L.HEADER_SIZE)} or ${hex(L.HEADER_SIZE_PLUS)}`);
   }
   const imageType = u32(OFF.imageType);
   if (imageType !== L.TYPE_DYNAMIC && imageType !== L.TYPE_STATIC) {
-    throw bad('Unsupported', `unsupported VDI image (image type ${imageType}; only 1 dynamic and 2 static are known)`);
+    unsupported(`image type ${imageType}; only 1 dynamic and 2 static are known`);
   }
   const rawSize = v.getBigUint64(OFF.diskSize, true);
   if (rawSize > BigInt(L.MAX_DISK_SIZE)) {
-    throw bad('Unsupported', `Unsupported VDI image size (size is ${hex0(rawSize)}, max supported is ${hex(L.MAX_DISK_SIZE)})`);
+    fail('Unsupported', `Unsupported VDI image size (size is 0x${rawSize.toString(16)}, max supported is ${hex(L.MAX_DISK_SIZE)})`);
   }
   // VBoxManage convertfromraw can leave an odd size; QEMU rounds it up to a sector.
   const diskSize = Math.ceil(Number(rawSize) / L.SECTOR_SIZE) * L.SECTOR_SIZE;
   const offsetBmap = u32(OFF.offsetBmap);
   const offsetData = u32(OFF.offsetData);
-  if (offsetBmap % L.SECTOR_SIZE) throw bad('Unsupported', `unsupported VDI image (unaligned block map offset ${hex(offsetBmap)})`);
-  if (offsetData % L.SECTOR_SIZE) throw bad('Unsupported', `unsupported VDI image (unaligned data offset ${hex(offsetData)})`);
+  if (offsetBmap % L.SECTOR_SIZE) unsupported(`unaligned block map offset ${hex(offsetBmap)}`);
+  if (offsetData % L.SECTOR_SIZE) unsupported(`unaligned data offset ${hex(offsetData)}`);
   const sectorSize = u32(OFF.sectorSize);
-  if (sectorSize !== L.SECTOR_SIZE) throw bad('Unsupported', `unsupported VDI image (sector size ${sectorSize} is not ${L.SECTOR_SIZE})`);
+  if (sectorSize !== L.SECTOR_SIZE) unsupported(`sector size ${sectorSize} is not ${L.SECTOR_SIZE}`);
   const blockSize = u32(OFF.blockSize);
-  if (blockSize !== L.BLOCK_SIZE) throw bad('Unsupported', `unsupported VDI image (block size ${blockSize} is not ${L.BLOCK_SIZE})`);
+  if (blockSize !== L.BLOCK_SIZE) unsupported(`block size ${blockSize} is not ${L.BLOCK_SIZE}`);
   const blockExtra = u32(OFF.blockExtra);
-  if (blockExtra !== 0) throw bad('Unsupported', `unsupported VDI image (block extra data of ${blockExtra} bytes)`);
+  if (blockExtra !== 0) unsupported(`block extra data of ${blockExtra} bytes`);
   const blocksInImage = u32(OFF.blocksInImage);
-  if (diskSize > blocksInImage * L.BLOCK_SIZE) {
-    throw bad('Unsupported', `unsupported VDI image (disk size ${diskSize}, image bitmap has room for ${blocksInImage * L.BLOCK_SIZE})`);
-  }
-  if (!isNullUuid(sector, OFF.uuidParent)) throw bad('Unsupported', 'unsupported VDI image (non-NULL link UUID)');
-  if (!isNullUuid(sector, OFF.uuidParentModification)) throw bad('Unsupported', 'unsupported VDI image (non-NULL parent UUID)');
-  if (blocksInImage > L.MAX_BLOCKS) throw bad('Unsupported', `unsupported VDI image (too many blocks ${blocksInImage}, max is ${L.MAX_BLOCKS})`);
+  const room = blocksInImage * L.BLOCK_SIZE;
+  if (diskSize > room) unsupported(`disk size ${diskSize}, image bitmap has room for ${room}`);
+  if (!isNullUuid(sector, OFF.uuidParent)) unsupported('non-NULL link UUID');
+  if (!isNullUuid(sector, OFF.uuidParentModification)) unsupported('non-NULL parent UUID');
+  if (blocksInImage > L.MAX_BLOCKS) unsupported(`too many blocks ${blocksInImage}, max is ${L.MAX_BLOCKS}`);
+
   // Where the map and the data are must make sense before the map is read.
   const mapEnd = offsetBmap + bmapBytes(blocksInImage);
-  if (offsetBmap < L.HEADER_BYTES) throw bad('Corrupt', `the block map at ${hex(offsetBmap)} overlaps the header`);
-  if (mapEnd > fileSize) throw bad('Corrupt', `the block map (${hex(offsetBmap)} to ${hex(mapEnd)}) is beyond the end of the file (${fileSize} bytes)`);
-  if (offsetData < mapEnd) throw bad('Corrupt', `the data offset ${hex(offsetData)} is inside the block map (which ends at ${hex(mapEnd)})`);
-  if (offsetData > fileSize) throw bad('Corrupt', `the data offset ${hex(offsetData)} is beyond the end of the file (${fileSize} bytes)`);
-  return { imageType, offsetBmap, offsetData, diskSize, blocksInImage, blocksAllocated: u32(OFF.blocksAllocated), raw: sector.slice(0, L.HEADER_BYTES) };
+  const fileEnd = `the end of the file (${fileSize} bytes)`;
+  if (offsetBmap < L.HEADER_BYTES) fail('Corrupt', `the block map at ${hex(offsetBmap)} overlaps the header`);
+  if (mapEnd > fileSize) fail('Corrupt', `the block map (${hex(offsetBmap)} to ${hex(mapEnd)}) is beyond ${fileEnd}`);
+  if (offsetData < mapEnd) fail('Corrupt', `the data offset ${hex(offsetData)} is inside the block map (which ends at ${hex(mapEnd)})`);
+  if (offsetData > fileSize) fail('Corrupt', `the data offset ${hex(offsetData)} is beyond ${fileEnd}`);
+  const blocksAllocated = u32(OFF.blocksAllocated);
+  return { imageType, offsetBmap, offsetData, diskSize, blocksInImage, blocksAllocated, raw: sector.slice(0, L.HEADER_BYTES) };
 }
-
-const hex0 = (n: bigint) => '0x' + n.toString(16);
 
 function isNullUuid(sector: Uint8Array, at: number): boolean {
   return sector.subarray(at, at + 16).every((b) => b === 0);

@@ -27,6 +27,7 @@ import { isZero } from '../../io/zero.js';
 import { BlockMap, writeMapSectors } from './bmap.js';
 import { checkVdi } from './check.js';
 import { owners, packPlan, type BlockMove } from './compact.js';
+import { vdiDiskSize } from './create.js';
 import { bmapBytes, serializeHeader, type VdiHeader } from './header.js';
 import * as L from './limits.js';
 
@@ -69,7 +70,8 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   private entry(g: number): number {
     const e = this.bmap.get(g);
     if (L.isAllocated(e) && e >= this.header.blocksInImage) {
-      throw new BlockError('Corrupt', `block map entry ${g} points to block ${e}, beyond the ${this.header.blocksInImage} blocks of the image`);
+      const blocks = this.header.blocksInImage;
+      throw new BlockError('Corrupt', `block map entry ${g} points to block ${e}, beyond the ${blocks} blocks of the image`);
     }
     return e;
   }
@@ -127,16 +129,22 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
         continue;
       }
       // A run of blocks never written: they get consecutive new data blocks.
+      const last = Math.ceil(end / BS);
       let count = 1;
-      while (g + count < Math.ceil(end / BS) && !L.isAllocated(this.entry(g + count)) && !this.allocating.has(g + count)) count++;
+      while (g + count < last && !L.isAllocated(this.entry(g + count)) && !this.allocating.has(g + count)) count++;
       at = await this.allocate(g, count, buf, offset, at, end);
     }
   }
 
-  /** Gives guest blocks g..g+count-1 new data blocks, filled from `buf` and zeros; returns where the write got to. */
+  /**
+   * Gives guest blocks g..g+count-1 new data blocks, filled from `buf` (which
+   * holds guest bytes from `offset`; this part of the write runs from `at` to
+   * `end`) and zeros; returns where the write got to.
+   */
   private async allocate(g: number, count: number, buf: Uint8Array, offset: number, at: number, end: number): Promise<number> {
-    if (this.nextIndex + count > this.header.blocksInImage) {
-      throw new BlockError('Corrupt', `no room for a new block: ${this.nextIndex} of ${this.header.blocksInImage} are in use; see check`);
+    const blocks = this.header.blocksInImage;
+    if (this.nextIndex + count > blocks) {
+      throw new BlockError('Corrupt', `no room for a new block: ${this.nextIndex} of ${blocks} are in use; see check`);
     }
     const first = this.nextIndex;
     this.nextIndex += count;
@@ -292,7 +300,9 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   }
 
   compact(opts: { signal?: AbortSignal; progress?: CompactProgress }): Promise<{ before: number; after: number }> {
-    if (this.isStatic) throw new BlockError('Unsupported', 'static VDI images are fully allocated by design; only dynamic ones can be compacted');
+    if (this.isStatic) {
+      throw new BlockError('Unsupported', 'static VDI images are fully allocated by design; only dynamic ones can be compacted');
+    }
     return this.io.exclusive(async () => {
       const before = await this.proto.size();
       // Stored blocks that read as zeros, found in file order.
@@ -328,9 +338,8 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
    */
   async resize(size: number, opts: { prealloc: ResizePreallocation }): Promise<void> {
     if (opts.prealloc !== 'off') throw new BlockError('Unsupported', `Unsupported preallocation mode: ${opts.prealloc}`);
-    const newSize = Math.ceil(size / L.SECTOR_SIZE) * L.SECTOR_SIZE;
+    const newSize = vdiDiskSize(size);
     if (newSize < this.size) throw new BlockError('Unsupported', 'VDI images cannot be shrunk');
-    if (newSize > L.MAX_DISK_SIZE) throw new BlockError('InvalidArgument', `Unsupported VDI image size (size is 0x${newSize.toString(16)}, max supported is 0x${L.MAX_DISK_SIZE.toString(16)})`);
     const blocks = Math.ceil(newSize / BS);
     await this.io.exclusive(async () => {
       await this.syncMetadata();
@@ -369,7 +378,7 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
     const mapAt = this.header.offsetData;
     const dataAt = mapAt + slots * BS;
     if (dataAt > 0xffffffff) {
-      throw new BlockError('Unsupported', 'the block map for that size would push the data past the 4 GiB a VDI header can point to');
+      throw new BlockError('Unsupported', 'the block map for that size would put the data past the 4 GiB a VDI header can point to');
     }
     // 1. The data blocks in the first slots move to the end (past those slots), like a pack in reverse.
     const moves: BlockMove[] = [];

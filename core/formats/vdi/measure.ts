@@ -10,7 +10,11 @@ import { vdiDiskSize } from './create.js';
 import { bmapBytes } from './header.js';
 import { BLOCK_SIZE, HEADER_BYTES } from './limits.js';
 
-export function measureVdi(size: number, dataExtents: readonly { offset: number; length: number }[], options: OptionValues): Measurement {
+export function measureVdi(
+  size: number,
+  dataExtents: readonly { offset: number; length: number }[],
+  options: OptionValues,
+): Measurement {
   const blocks = Math.ceil(vdiDiskSize(size) / BLOCK_SIZE);
   const meta = HEADER_BYTES + bmapBytes(blocks);
   // Blocks holding data, each counted once.
