@@ -9,6 +9,7 @@ import type { CliIO, Command } from './command.js';
 import { amendCommand } from './commands/amend.js';
 import { checkCommand } from './commands/check.js';
 import { commitCommand } from './commands/commit.js';
+import { compactCommand } from './commands/compact.js';
 import { compareCommand } from './commands/compare.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -32,6 +33,7 @@ export const COMMANDS: readonly Command[] = [
   measureCommand,
   ddCommand,
   resizeCommand,
+  compactCommand,
   amendCommand,
   snapshotCommand,
   rebaseCommand,

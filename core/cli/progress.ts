@@ -37,7 +37,7 @@ export function progressReporter(mode: ProgressMode, out: Writer): ((p: Progress
     const filled = Math.round((width * percent) / 100);
     const bar = '#'.repeat(filled) + '-'.repeat(width - filled);
     const eta = remaining === undefined ? '--:--' : clock(remaining);
-    const line = `[${bar}] ${percent.toFixed(2).padStart(6)}%  ${formatSize(p.done)} of ${formatSize(p.total)}  ${formatSize(rate)}/s  ${eta} left`;
+    const line = `[${bar}] ${percent.toFixed(2).padStart(6)}%  ${formatSize(p.done)} of ${formatSize(p.total)}  ${formatSize(Math.round(rate))}/s  ${eta} left`;
     if (line === lastLine) return;
     lastLine = line;
     const done = p.done >= p.total;

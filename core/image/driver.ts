@@ -184,6 +184,21 @@ export function isAmendable(img: FormatImage): img is FormatImage & Amendable {
   return typeof (img as Partial<Amendable>).amend === 'function';
 }
 
+/** How far a compaction has got: `done` of `total` units of work. */
+export type CompactProgress = (done: number, total: number) => void;
+
+/**
+ * Images whose file can be packed: stored blocks that read as zeros are
+ * dropped and the rest moved down, so the file shrinks (VBoxManage compact).
+ * Returns the file's size before and after.
+ */
+export interface Compactable {
+  compact(opts: { signal?: AbortSignal; progress?: CompactProgress }): Promise<{ before: number; after: number }>;
+}
+export function isCompactable(img: FormatImage): img is FormatImage & Compactable {
+  return typeof (img as Partial<Compactable>).compact === 'function';
+}
+
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
   setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;

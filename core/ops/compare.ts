@@ -7,7 +7,7 @@ import type { Image } from '../image/image.js';
 import { throwIfAborted } from '../image/errors.js';
 import { ProgressMeter, type JobContext } from './job.js';
 import { readAhead, readGuest } from './read-ahead.js';
-import { isZero } from './zero-runs.js';
+import { isZero } from '../io/zero.js';
 
 export interface CompareOptions {
   a: string;

@@ -14,7 +14,7 @@ import { openImage, resolveNamedFile } from '../image/open.js';
 import { ProgressMeter, type JobContext } from './job.js';
 import type { CacheMode } from '../io/protocol.js';
 import { readGuest } from './read-ahead.js';
-import { isZero } from './zero-runs.js';
+import { isZero } from '../io/zero.js';
 
 export interface RebaseOptions {
   filename: string;

@@ -48,9 +48,11 @@ export const checkCommand: Command = {
 
 /** qemu-img check --output=json's keys, in the order it prints them. */
 function jsonReport(r: CheckResult): Record<string, unknown> {
-  const o: Record<string, unknown> = { 'image-end-offset': r.imageEndOffset };
+  // Like qemu-img, counts a format does not keep (vdi keeps none) are left out.
+  const o: Record<string, unknown> = {};
+  if (r.imageEndOffset) o['image-end-offset'] = r.imageEndOffset;
   if (r.compressedClusters) o['compressed-clusters'] = r.compressedClusters;
-  o['total-clusters'] = r.totalClusters;
+  if (r.totalClusters) o['total-clusters'] = r.totalClusters;
   if (r.corruptions) o.corruptions = r.corruptions;
   o['check-errors'] = r.checkErrors;
   if (r.leaks) o.leaks = r.leaks;

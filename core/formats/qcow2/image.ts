@@ -34,7 +34,7 @@ import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check.js';
 import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
-import { Mutex, RangeLock } from '../../image/range-lock.js';
+import { Mutex, RangeLock } from '../../image/locks.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';

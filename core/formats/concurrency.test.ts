@@ -1,18 +1,18 @@
 /**
- * Requests in flight together. The copy pipeline, the app and any server
- * issue several writes at once; the driver moves their data concurrently and
- * must serialise only requests that share a cluster. Here many writes and
- * zero writes land at once, sharing clusters but never bytes, so the result
- * is the same in any order: it must equal the model, and qemu-img must find
- * the image clean and equal.
+ * Requests in flight together, in every writable format. The copy pipeline,
+ * the app and any server issue several writes at once; a driver moves their
+ * data concurrently and must serialise only requests that share a cluster or
+ * block. Here many writes and zero writes land at once, sharing clusters but
+ * never bytes, so the result is the same in any order: it must equal the
+ * model, and qemu-img must find the image clean and equal.
  */
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openImage } from '../../image/open.js';
-import { platter } from '../../test/cli.js';
-import { prng } from '../../test/prng.js';
-import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
-import { hasTool, shStatus, tempDir } from '../../test/tmp.js';
+import { openImage } from '../image/open.js';
+import { platter } from '../test/cli.js';
+import { prng } from '../test/prng.js';
+import { CLEAN, problems, qemuCheck } from '../test/qemu.js';
+import { hasTool, shStatus, tempDir } from '../test/tmp.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 const SIZE = 4 << 20;
@@ -21,20 +21,22 @@ let t: ReturnType<typeof tempDir>;
 beforeAll(() => (t = tempDir('platter-qcow2-concurrency-')));
 afterAll(() => t?.cleanup());
 
-const CASES = [
-  { name: '4K clusters', options: 'cluster_size=4K', seed: 1 },
-  { name: '64K clusters', options: 'cluster_size=64K', seed: 2 },
-  { name: 'extended L2 entries', options: 'cluster_size=64K,extended_l2=on', seed: 3 },
+const CASES: { format: string; name: string; options: string; seed: number; snapshot?: boolean }[] = [
+  { format: 'qcow2', name: '4K clusters', options: 'cluster_size=4K', seed: 1 },
+  { format: 'qcow2', name: '64K clusters', options: 'cluster_size=64K', seed: 2 },
+  { format: 'qcow2', name: 'extended L2 entries', options: 'cluster_size=64K,extended_l2=on', seed: 3 },
   // Every first write to a cluster copies it away from the snapshot, and L2 tables are copied too.
-  { name: 'clusters shared with a snapshot', options: 'cluster_size=4K', seed: 4, snapshot: true },
+  { format: 'qcow2', name: 'clusters shared with a snapshot', options: 'cluster_size=4K', seed: 4, snapshot: true },
+  { format: 'vdi', name: 'dynamic', options: 'static=off', seed: 5 },
+  { format: 'vdi', name: 'static', options: 'static=on', seed: 6 },
 ];
 
-describe.skipIf(!HAS_QEMU)('qcow2: concurrent requests', () => {
+describe.skipIf(!HAS_QEMU)('concurrent requests', () => {
   for (const c of CASES) {
-    it(`writes and zero writes in flight together keep every byte (${c.name})`, async () => {
+    it(`${c.format}: writes and zero writes in flight together keep every byte (${c.name})`, async () => {
       const rng = prng(c.seed);
-      const path = t.path(`c${c.seed}.qcow2`);
-      expect((await platter(['create', '-q', '-f', 'qcow2', '-o', c.options, path, String(SIZE)])).code).toBe(0);
+      const path = t.path(`c${c.seed}.${c.format}`);
+      expect((await platter(['create', '-q', '-f', c.format, '-o', c.options, path, String(SIZE)])).code).toBe(0);
       const model = new Uint8Array(SIZE);
       if (c.snapshot) {
         // Old content, frozen in a snapshot.
@@ -67,9 +69,9 @@ describe.skipIf(!HAS_QEMU)('qcow2: concurrent requests', () => {
       await img.read(back, 0);
       await img.close();
       expect(Buffer.compare(back, model)).toBe(0);
-      expect(problems(qemuCheck(path))).toEqual(CLEAN);
+      expect(problems(qemuCheck(path, c.format))).toEqual(CLEAN);
       writeFileSync(t.path('model.raw'), model);
-      const cmp = shStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', t.path('model.raw'), path]);
+      const cmp = shStatus('qemu-img', ['compare', '-f', 'raw', '-F', c.format, t.path('model.raw'), path]);
       expect(cmp.stdout + cmp.stderr).toContain('Images are identical');
     });
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Mutex, RangeLock } from './range-lock.js';
+import { Mutex, RangeLock } from './locks.js';
 
 /** A promise and the function that settles it, for holding a request open. */
 function gate(): { opened: Promise<void>; open: () => void } {
