@@ -230,6 +230,11 @@ export interface CreateRequest {
    * next to the image; removed again if creating the image fails.
    */
   createFile?(name: string): Promise<Protocol>;
+  /**
+   * Opens, read-only, a file the new image will name (a VMDK's parent, whose
+   * content ID the child records), resolved against the image's folder.
+   */
+  openFile?(name: string): Promise<Protocol>;
 }
 
 /** Sizes `measure` reports for a new image of this format. */

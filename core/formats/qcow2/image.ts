@@ -34,6 +34,7 @@ import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check.js';
 import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
+import { Mutex } from '../../image/mutex.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
@@ -67,22 +68,6 @@ async function zeroStoredData(file: Protocol, offset: number, length: number): P
     const ext = await file.blockStatus(at, offset + length - at);
     if (ext.data) await file.writeZeroes(at, ext.length, false);
     at += ext.length;
-  }
-}
-
-/** A simple async mutex: metadata changes happen one at a time. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise((r) => (release = r));
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
   }
 }
 

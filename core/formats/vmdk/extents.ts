@@ -1,0 +1,43 @@
+/**
+ * Opening one extent by its type: the single place that knows which code
+ * reads which kind (flat, hosted sparse, ESX sparse, space-efficient sparse).
+ */
+import { BlockError } from '../../image/errors.js';
+import { hasMagic } from '../../image/probe.js';
+import type { Protocol } from '../../io/protocol.js';
+import type { ExtentType } from './descriptor.js';
+import type { VmdkExtent } from './extent.js';
+import { FlatExtent, ZeroExtent } from './flat.js';
+import * as L from './limits.js';
+import { SparseExtent, type Below } from './sparse.js';
+
+export interface ExtentOpenOptions {
+  /** Guest bytes the descriptor gives the extent. */
+  length: number;
+  /** FLAT extents: where the extent starts in its file, in bytes. */
+  start: number;
+  writable: boolean;
+  below: Below;
+}
+
+/** Opens `file` as an extent of `type`. */
+export async function openExtentOfType(type: ExtentType, file: Protocol, o: ExtentOpenOptions): Promise<VmdkExtent> {
+  switch (type) {
+    case 'FLAT':
+    case 'VMFS':
+      return new FlatExtent(file, o.length, o.start, o.writable);
+    case 'ZERO':
+      return new ZeroExtent(file, o.length);
+    case 'SPARSE': {
+      const head = new Uint8Array(4);
+      await file.read(head, 0);
+      if (hasMagic(head, L.COWD_MAGIC)) return openExtentOfType('VMFSSPARSE', file, o);
+      if (!hasMagic(head, L.SPARSE_MAGIC)) throw new BlockError('InvalidFormat', `${file.name} is not a sparse VMDK extent`);
+      return SparseExtent.open(file, o.writable, o.below);
+    }
+    case 'VMFSSPARSE':
+      throw new BlockError('Unsupported', 'ESX sparse (COWD, VMDK version 3) extents are not supported yet');
+    case 'SESPARSE':
+      throw new BlockError('Unsupported', 'space-efficient sparse (SESPARSE) extents are not supported yet');
+  }
+}

@@ -1,0 +1,328 @@
+/**
+ * An open VMDK: its descriptor and extents in guest order. Requests are split
+ * at extent boundaries; ranges no extent stores come from the parent image
+ * (parentFileNameHint), and the first write of each open gives the disk a
+ * new content ID (CID), as QEMU and VMware do.
+ */
+import { randomInt } from 'node:crypto';
+import type {
+  BackingRef,
+  CompressedWrites,
+  DriverOpenOptions,
+  FormatImage,
+  FormatInfo,
+  HasBacking,
+  LayerExtent,
+} from '../../image/driver.js';
+import { BlockError } from '../../image/errors.js';
+import { hasMagic } from '../../image/probe.js';
+import type { Protocol } from '../../io/protocol.js';
+import { DESCRIPTOR_FILE_TYPES, parseDescriptor, replaceCid, type Descriptor } from './descriptor.js';
+import { isWritableExtent, type VmdkExtent } from './extent.js';
+import { openExtentOfType } from './extents.js';
+import * as L from './limits.js';
+import { SparseExtent, type Below } from './sparse.js';
+
+type Parent = { read(buf: Uint8Array, offset: number): Promise<void>; size: number };
+
+interface Placed {
+  extent: VmdkExtent;
+  /** Guest offset of the extent's first byte. */
+  base: number;
+  /** What qemu-img's info calls the extent's format: its descriptor type ('' for a monolithic file). */
+  type: string;
+  /** The extent's name as the descriptor gives it. */
+  name: string;
+  /** The descriptor says RW. */
+  rw: boolean;
+}
+
+/** Where the descriptor text lives, so the CID can be rewritten in place. */
+interface DescriptorPlace {
+  file: Protocol;
+  offset: number;
+  /** Bytes available for it (embedded descriptors); undefined for a descriptor file, which may change length. */
+  room?: number;
+  text: string;
+}
+
+export class VmdkImage implements FormatImage, HasBacking {
+  readonly size: number;
+  readonly backingRef?: BackingRef;
+  private parent: Parent | undefined;
+  private cidWritten: Promise<void> | undefined;
+
+  constructor(
+    protected readonly proto: Protocol,
+    readonly readOnly: boolean,
+    protected readonly descriptor: Descriptor,
+    /** Where the descriptor is; undefined for a lone ESX sparse file, which has none. */
+    private readonly place: DescriptorPlace | undefined,
+    protected readonly extents: Placed[],
+    /** Files opened for extents (closed with the image; the image's own file is its caller's). */
+    private readonly ownFiles: Protocol[],
+  ) {
+    this.size = extents.reduce((n, e) => n + e.extent.length, 0);
+    if (descriptor.parentFileNameHint !== undefined) this.backingRef = { filename: descriptor.parentFileNameHint, format: 'vmdk' };
+  }
+
+  setBacking(backing: Parent | undefined): void {
+    this.parent = backing;
+  }
+
+  /** What lies under the extent at guest offset `base`: the parent's bytes, zeros past its end. */
+  belowAt(base: number): Below {
+    return {
+      present: this.parent !== undefined,
+      read: async (buf, offset) => {
+        buf.fill(0);
+        const p = this.parent;
+        const guest = base + offset;
+        if (p && guest < p.size) await p.read(buf.subarray(0, Math.min(buf.length, p.size - guest)), guest);
+      },
+    };
+  }
+
+  /** The extents `[offset, offset+length)` touches, each with the piece in it. */
+  private *pieces(offset: number, length: number): Generator<{ p: Placed; at: number; rel: number; len: number }> {
+    let at = 0;
+    for (const p of this.extents) {
+      const end = p.base + p.extent.length;
+      if (offset + at >= end) continue;
+      if (at >= length) break;
+      const rel = offset + at - p.base;
+      const len = Math.min(length - at, end - (offset + at));
+      yield { p, at, rel, len };
+      at += len;
+    }
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    for (const { p, at, rel, len } of this.pieces(offset, buf.length)) {
+      const piece = buf.subarray(at, at + len);
+      if (!this.parent) {
+        await p.extent.read(piece, rel);
+        continue;
+      }
+      const below = this.belowAt(p.base);
+      for (let done = 0; done < len; ) {
+        const st = await p.extent.blockStatus(rel + done, len - done);
+        const part = piece.subarray(done, done + st.length);
+        if (st.state === 'unallocated') await below.read(part, rel + done);
+        else await p.extent.read(part, rel + done);
+        done += st.length;
+      }
+    }
+  }
+
+  private writable(p: Placed) {
+    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only');
+    if (!p.rw || !isWritableExtent(p.extent)) throw new BlockError('Unsupported', `the extent ${p.name} cannot be written`);
+    return p.extent;
+  }
+
+  /** Same as QEMU: the first write of an open gives the disk a new random CID. */
+  protected newCid(): Promise<void> {
+    this.cidWritten ??= (async () => {
+      if (!this.place) return;
+      const cid = randomInt(0, 2 ** 32 - 1);
+      const text = replaceCid(this.place.text, cid);
+      const bytes = new TextEncoder().encode(text);
+      if (this.place.room !== undefined) {
+        if (bytes.length > this.place.room) throw new BlockError('Unsupported', 'the embedded descriptor has no room for a new CID');
+        const padded = new Uint8Array(this.place.room);
+        padded.set(bytes);
+        await this.place.file.write(padded, this.place.offset);
+      } else {
+        await this.place.file.write(bytes, this.place.offset);
+        await this.place.file.truncate(this.place.offset + bytes.length);
+      }
+      this.place.text = text;
+      this.descriptor.cid = cid;
+    })();
+    return this.cidWritten;
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    for (const { p, at, rel, len } of this.pieces(offset, buf.length)) {
+      const e = this.writable(p);
+      await this.newCid();
+      await e.write(buf.subarray(at, at + len), rel);
+    }
+  }
+
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    for (const { p, rel, len } of this.pieces(offset, length)) {
+      const e = this.writable(p);
+      await this.newCid();
+      await e.writeZeroes(rel, len, mayUnmap);
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    for (const { p, rel, len } of this.pieces(offset, length)) await this.writable(p).discard(rel, len);
+  }
+
+  async blockStatus(offset: number, length: number): Promise<LayerExtent> {
+    for (const { p, rel, len } of this.pieces(offset, length)) {
+      const st = await p.extent.blockStatus(rel, len);
+      const ext: LayerExtent = { ...st, offset, length: Math.min(st.length, len) };
+      if (p.extent.file !== this.proto && st.state === 'data') ext.hostFile = p.extent.file;
+      return ext;
+    }
+    throw new BlockError('OutOfBounds', `offset ${offset} is past the end of the disk`);
+  }
+
+  async flush(): Promise<void> {
+    for (const p of this.extents) if (isWritableExtent(p.extent)) await p.extent.flush();
+  }
+
+  async close(): Promise<void> {
+    try {
+      for (const p of this.extents) await p.extent.close();
+    } finally {
+      for (const f of this.ownFiles) await f.close().catch(() => undefined);
+    }
+  }
+
+  async info(): Promise<FormatInfo> {
+    const first = this.extents[0]?.extent;
+    const d = this.descriptor;
+    return {
+      clusterSize: first instanceof SparseExtent ? first.grainBytes : undefined,
+      specific: {
+        type: 'vmdk',
+        data: {
+          cid: d.cid,
+          'parent-cid': d.parentCid,
+          'create-type': d.createType,
+          extents: this.extents.map((p) => {
+            const e: Record<string, unknown> = { 'virtual-size': p.extent.length, filename: p.extent.file.name };
+            if (p.extent instanceof SparseExtent) e['cluster-size'] = p.extent.grainBytes;
+            e.format = p.type;
+            if (p.extent instanceof SparseExtent && p.extent.compressed) e.compressed = true;
+            return e;
+          }),
+        },
+      },
+    };
+  }
+}
+
+/** A streamOptimized disk: its grains are compressed, so convert can compress them in parallel. */
+export class VmdkStreamImage extends VmdkImage implements CompressedWrites {
+  private get stream(): SparseExtent {
+    return this.extents[0].extent as SparseExtent;
+  }
+
+  get compressionCluster(): number {
+    return this.stream.grainBytes;
+  }
+
+  async compressClusters(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only');
+    await this.newCid();
+    return this.stream.compressGrains(buf, offset);
+  }
+}
+
+/** True when `head` starts like a descriptor file: comments and blank lines, then "version=". */
+export function looksLikeDescriptor(head: Uint8Array): boolean {
+  const text = new TextDecoder('latin1').decode(head.subarray(0, 2048));
+  for (const raw of text.split('\n')) {
+    const line = raw.replace(/\r$/, '');
+    if (line.startsWith('#') || line.trim() === '') continue;
+    return /^version=[123]$/.test(line);
+  }
+  return false;
+}
+
+const decode = (bytes: Uint8Array) => new TextDecoder('latin1').decode(bytes);
+
+/** Opens a VMDK: a monolithic sparse file, or a descriptor file and the extents it lists. */
+export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promise<VmdkImage> {
+  const fileSize = await proto.size();
+  const head = new Uint8Array(Math.min(fileSize, 2048));
+  await proto.read(head, 0);
+  const writable = !opts.readOnly;
+  const extents: Placed[] = [];
+  const ownFiles: Protocol[] = [];
+  // The extents need the image (for their parent) before it exists: they get it once made.
+  let image: VmdkImage | undefined;
+  const belowAt = (base: number): Below => ({
+    get present() {
+      return image?.belowAt(base).present ?? false;
+    },
+    read: (buf, offset) => image!.belowAt(base).read(buf, offset),
+  });
+  try {
+    let descriptor: Descriptor;
+    let place: DescriptorPlace | undefined;
+    if (hasMagic(head, L.SPARSE_MAGIC)) {
+      const extent = await SparseExtent.open(proto, writable, belowAt(0));
+      extents.push({ extent, base: 0, type: '', name: proto.name, rw: true });
+      const h = extent.header;
+      if (h.descriptorSectors === 0) throw new BlockError('InvalidFormat', 'the sparse file has no embedded descriptor');
+      const bytes = new Uint8Array(h.descriptorSectors * L.SECTOR);
+      await proto.read(bytes, h.descriptorOffset * L.SECTOR);
+      const text = decode(bytes.subarray(0, bytes.indexOf(0) >= 0 ? bytes.indexOf(0) : bytes.length));
+      // The embedded descriptor's extent lines name this very file; only its IDs and parent matter.
+      descriptor = parseDescriptor(text);
+      descriptor.createType = extent.compressed ? 'streamOptimized' : 'monolithicSparse';
+      place = { file: proto, offset: h.descriptorOffset * L.SECTOR, room: bytes.length, text };
+    } else if (hasMagic(head, L.COWD_MAGIC)) {
+      // A lone ESX sparse file (VMDK version 3) has no descriptor: it is its own disk, read-only.
+      const extent = await openExtentOfType('VMFSSPARSE', proto, { length: 0, start: 0, writable: false, below: belowAt(0) });
+      extents.push({ extent, base: 0, type: '', name: proto.name, rw: false });
+      descriptor = { version: 1, cid: 0, parentCid: L.NO_PARENT_CID, createType: 'vmfsSparse', extents: [], ddb: new Map() };
+    } else if (looksLikeDescriptor(head)) {
+      if (fileSize > L.MAX_DESCRIPTOR_BYTES) {
+        throw new BlockError('InvalidFormat', `the descriptor file is larger than ${L.MAX_DESCRIPTOR_BYTES} bytes`);
+      }
+      const bytes = new Uint8Array(fileSize);
+      await proto.read(bytes, 0);
+      const text = decode(bytes);
+      descriptor = parseDescriptor(text);
+      if (!DESCRIPTOR_FILE_TYPES.includes(descriptor.createType)) {
+        throw new BlockError('Unsupported', `Unsupported image type '${descriptor.createType}'`);
+      }
+      place = { file: proto, offset: 0, text };
+      let base = 0;
+      for (const line of descriptor.extents) {
+        const length = line.sectors * L.SECTOR;
+        if (base + length > Number.MAX_SAFE_INTEGER) throw new BlockError('Corrupt', 'the extents add up to more than 8 PiB');
+        const rw = line.access === 'RW';
+        let file = proto;
+        if (line.file !== undefined) {
+          if (!opts.openFile) throw new BlockError('Unsupported', 'extent files cannot be opened here');
+          file = await opts.openFile(line.file, { readOnly: !writable || !rw, what: 'extent file' });
+          ownFiles.push(file);
+        }
+        if (line.access === 'NOACCESS') throw new BlockError('Unsupported', `the extent ${line.file ?? 'ZERO'} is marked NOACCESS`);
+        const extent = await openExtentOfType(line.type, file, {
+          length,
+          start: (line.offset ?? 0) * L.SECTOR,
+          writable: writable && rw,
+          below: belowAt(base),
+        });
+        if (extent.length !== length) {
+          throw new BlockError(
+            'Corrupt',
+            `the extent ${line.file} holds ${extent.length / L.SECTOR} sectors but the descriptor gives it ${line.sectors}`,
+          );
+        }
+        extents.push({ extent, base, type: line.type, name: line.file ?? 'ZERO', rw });
+        base += length;
+      }
+    } else {
+      throw new BlockError('InvalidFormat', 'not a vmdk image');
+    }
+    const stream = extents.every((p) => p.extent instanceof SparseExtent && p.extent.compressed);
+    image = new (stream ? VmdkStreamImage : VmdkImage)(proto, opts.readOnly, descriptor, place, extents, ownFiles);
+    return image;
+  } catch (err) {
+    for (const p of extents) await p.extent.close().catch(() => undefined);
+    for (const f of ownFiles) await f.close().catch(() => undefined);
+    throw err;
+  }
+}
