@@ -47,7 +47,7 @@ export function parseSparseHeader(buf: Uint8Array, what = 'header'): SparseHeade
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const field = (name: string, at: number) => {
     const v = sectors(u64(dv, at));
-    if (v === undefined) throw corrupt(`the ${what}'s ${name} (${u64(dv, at)}) is out of range`);
+    if (v === undefined) throw corrupt(`the ${what}'s ${name} (${u64(dv, at)}) is too large`);
     return v;
   };
   const gd = u64(dv, 56);
