@@ -74,6 +74,16 @@ function rawWith(path: string, writes: { offset: number; data: Uint8Array }[]): 
   return path;
 }
 
+/** Cuts the file at `path` to `size` bytes. */
+function truncateFile(path: string, size: number): void {
+  const fd = openSync(path, 'r+');
+  try {
+    ftruncateSync(fd, size);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function qemuCompare(a: string, b: string): string {
   const r = shStatus('qemu-img', ['compare', a, b]);
   return (r.stdout + r.stderr).trim();
@@ -262,6 +272,24 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
       }
     }
   });
+
+  it(
+    'check finds what qemu-img check finds: nothing on a good image, the first grain past the end of a cut one',
+    async () => {
+      const path = fresh('check');
+      sh('qemu-img', ['create', '-q', '-f', 'vmdk', path, '64M']);
+      qemuIo(path, ['write -P 1 0 1M', 'write -P 2 32M 1M'], 'vmdk');
+      const good = await platter(['check', path]);
+      expect([good.code, good.stdout]).toEqual([0, 'No errors were found on the image.\n']);
+      truncateFile(path, 1 * MiB);
+      const q = shStatus('qemu-img', ['check', path]);
+      const p = await platter(['check', path]);
+      expect(p.code).toBe(2);
+      const firstError = (text: string) => text.split('\n').find((l) => l.startsWith('ERROR'));
+      expect(firstError(p.stderr + p.stdout)).toBe(firstError(q.stderr + q.stdout));
+    },
+    TIMEOUT,
+  );
 
   it('create refuses what qemu-img refuses, in its words', async () => {
     const path = fresh('bad');

@@ -339,6 +339,31 @@ export class SparseExtent implements WritableExtent {
     }
   }
 
+  /**
+   * Finds the first grain table or grain that points past the end of the
+   * file (what QEMU's check looks for, stopping there as it does) and logs
+   * it; `base` is the extent's guest offset. Returns the problems found (0 or 1).
+   */
+  async check(log: (line: string) => void, base: number): Promise<number> {
+    const gtes = this.header.gtesPerGt;
+    for (let t = 0; t < this.gd.length; t++) {
+      let gt: Uint32Array | undefined;
+      try {
+        gt = await this.table(t);
+      } catch (err) {
+        log(`ERROR: ${(err as Error).message}`);
+        return 1;
+      }
+      for (let i = 0; gt && i < gtes; i++) {
+        const e = gt[i];
+        if (e === 0 || (e === L.GTE_ZEROED && this.zeroGrain) || e * L.SECTOR < this.fileSize) continue;
+        log(`ERROR: cluster offset for sector ${(base + (t * gtes + i) * this.grainBytes) / L.SECTOR} points after EOF`);
+        return 1;
+      }
+    }
+    return 0;
+  }
+
   // ---------------------------------------------------------------- streams
 
   /** Bytes compressClusters works on: whole grains. */
