@@ -228,6 +228,19 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
     TIMEOUT,
   );
 
+  it(
+    'out-of-order convert (-W) into streamOptimized: grains split by zero runs still come out whole',
+    async () => {
+      const raw = rawWith(t.path('w-src'), pieces(prng(77), false));
+      const out = fresh('w');
+      const r = await platter(['convert', '-W', '-m', '16', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, out]);
+      expect(r.code, r.stderr).toBe(0);
+      expectClean(out);
+      expect(qemuCompare(raw, out)).toBe('Images are identical.');
+    },
+    TIMEOUT,
+  );
+
   describe('a VMDK child of a VMDK parent', () => {
     for (const parentTool of ['qemu-img', 'platter'] as const) {
       for (const childTool of ['qemu-img', 'platter'] as const) {

@@ -49,6 +49,8 @@ export const EMBEDDED_DESCRIPTOR_SECTORS = 20;
 export const DEFAULT_GRAIN_SECTORS = 128;
 /** Same as QEMU: split subformats use extents of at most 2 GiB. */
 export const SPLIT_EXTENT_BYTES = 0x80000000;
+/** Grain tables kept in memory at most (8 MiB of 512-entry tables, 256 GiB of guest at 64 KiB grains). */
+export const MAX_CACHED_TABLES = 4096;
 /** A grain table entry meaning "this grain reads as zeros" (with FLAG_ZERO_GRAIN). */
 export const GTE_ZEROED = 1;
 

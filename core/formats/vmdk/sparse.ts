@@ -42,8 +42,13 @@ export class SparseExtent implements WritableExtent {
   /** Where the tables at the end start; the first write cuts them off to append grains there. */
   private tailSector: number | undefined;
   private tailDirty = false;
-  /** A grain of a stream being filled by writes smaller than a grain. */
-  private pending: { grain: number; data: Uint8Array; filled: number } | undefined;
+  /**
+   * Grains of a stream being filled by writes smaller than a grain (zero runs
+   * split them; with out-of-order writes, several at once). Each is
+   * compressed and appended once full, or at close.
+   */
+  private readonly pending = new Map<number, { data: Uint8Array; filled: number }>();
+  private readonly partialLock = new Mutex();
   /** The last grain decompressed, for reads smaller than a grain. */
   private inflated: { sector: number; data: Uint8Array } | undefined;
   private closed = false;
@@ -109,10 +114,23 @@ export class SparseExtent implements WritableExtent {
       await this.file.read(bytes, sector * L.SECTOR);
       return leU32s(bytes);
     })();
-    // Every table is kept: 2 KiB per 32 MiB of guest (64 MiB for a 1 TiB extent at most).
+    if (!this.writable) this.evictTables();
     this.gts.set(i, load);
     load.catch(() => this.gts.delete(i));
     return load;
+  }
+
+  /**
+   * Keeps the table cache bounded. Tables of a stream's end are the only copy
+   * until close and stay; others are on disk, and a writable extent drops
+   * them only under the lock, when no change to one is under way.
+   */
+  private evictTables(): void {
+    if (this.tablesAtEnd || this.gts.size < L.MAX_CACHED_TABLES) return;
+    for (const t of this.gts.keys()) {
+      if (this.gts.size < L.MAX_CACHED_TABLES / 2) break;
+      this.gts.delete(t);
+    }
   }
 
   private async grain(g: number): Promise<GrainState> {
@@ -130,7 +148,15 @@ export class SparseExtent implements WritableExtent {
     const st = await this.grain(first);
     let end = Math.min((first + 1) * gb, offset + length);
     // Neighbours in the same state (and, for data, right after each other in the file) join the run.
+    const gtes = this.header.gtesPerGt;
     for (let g = first + 1; end < offset + length && !(st.state === 'data' && this.compressed); g++) {
+      const t = Math.floor(g / gtes);
+      if (st.state === 'unallocated' && g % gtes === 0 && this.table(t) === undefined) {
+        // A directory entry without a table: its whole range is unallocated.
+        end = Math.min(end + gtes * gb, offset + length);
+        g += gtes - 1;
+        continue;
+      }
       const next = await this.grain(g);
       if (next.state !== st.state) break;
       if (st.state === 'data' && next.state === 'data' && next.sector !== st.sector + (g - first) * this.header.grainSectors) break;
@@ -212,6 +238,7 @@ export class SparseExtent implements WritableExtent {
       states.push(st);
     }
     if (states.length === 0) return 0; // allocated meanwhile: the caller writes it in place
+    this.evictTables();
     const count = states.length;
     const runStart = first * gb;
     const stored = Math.min(buf.length, runStart + count * gb - offset);
@@ -306,7 +333,7 @@ export class SparseExtent implements WritableExtent {
       const end = Math.min((g + 1) * gb, offset + length);
       const whole = at === g * gb && end - at === gb;
       const st = await this.grain(g);
-      if (st.state === 'zero' || (st.state === 'unallocated' && !this.below.present && !this.pendingHas(g))) {
+      if (st.state === 'zero' || (st.state === 'unallocated' && !this.below.present && !this.pending.has(g))) {
         // Already reads as zeros.
       } else if (whole && this.zeroGrain && !this.compressed && (mayUnmap || st.state !== 'data')) {
         await this.lock.run(() => this.setEntries(g, [L.GTE_ZEROED]));
@@ -329,7 +356,7 @@ export class SparseExtent implements WritableExtent {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.pending) await this.emitPending();
+    for (const g of [...this.pending.keys()]) await this.emitPending(g);
     if (this.tailDirty) {
       const gd = this.gd;
       const tables = new Map<number, Uint32Array>();
@@ -371,10 +398,6 @@ export class SparseExtent implements WritableExtent {
     return this.grainBytes;
   }
 
-  private pendingHas(g: number): boolean {
-    return this.pending?.grain === g;
-  }
-
   private async checkUnwritten(g: number): Promise<void> {
     if ((await this.grain(g)).state === 'data') {
       throw new BlockError(
@@ -400,23 +423,26 @@ export class SparseExtent implements WritableExtent {
     if (lastWhole < buf.length) await this.addPartial(buf.subarray(lastWhole), offset + lastWhole);
   }
 
-  private async addPartial(piece: Uint8Array, offset: number): Promise<void> {
+  private addPartial(piece: Uint8Array, offset: number): Promise<void> {
     const g = Math.floor(offset / this.grainBytes);
-    if (this.pending && this.pending.grain !== g) await this.emitPending();
-    if (!this.pending) {
-      await this.checkUnwritten(g);
-      const size = Math.min(this.grainBytes, this.length - g * this.grainBytes);
-      this.pending = { grain: g, data: new Uint8Array(size), filled: 0 };
-    }
-    this.pending.data.set(piece, offset % this.grainBytes);
-    this.pending.filled += piece.length;
-    if (this.pending.filled >= this.pending.data.length) await this.emitPending();
+    return this.partialLock.run(async () => {
+      let p = this.pending.get(g);
+      if (!p) {
+        await this.checkUnwritten(g);
+        p = { data: new Uint8Array(Math.min(this.grainBytes, this.length - g * this.grainBytes)), filled: 0 };
+        this.pending.set(g, p);
+      }
+      p.data.set(piece, offset % this.grainBytes);
+      // Writes to a grain do not overlap (each part is written once), so the count says when it is full.
+      p.filled += piece.length;
+      if (p.filled >= p.data.length) await this.emitPending(g);
+    });
   }
 
-  private async emitPending(): Promise<void> {
-    const p = this.pending!;
-    this.pending = undefined;
-    await (await this.compressGrains(p.data, p.grain * this.grainBytes))();
+  private async emitPending(g: number): Promise<void> {
+    const p = this.pending.get(g)!;
+    this.pending.delete(g);
+    await (await this.compressGrains(p.data, g * this.grainBytes))();
   }
 
   /**
@@ -430,7 +456,10 @@ export class SparseExtent implements WritableExtent {
     const gb = this.grainBytes;
     const first = offset / gb;
     const count = Math.ceil(buf.length / gb);
-    for (let i = 0; i < count; i++) await this.checkUnwritten(first + i);
+    for (let i = 0; i < count; i++) {
+      await this.checkUnwritten(first + i);
+      this.pending.delete(first + i); // a whole grain replaces what part of it was waiting
+    }
     const lba = (g: number) => (g * gb) / L.SECTOR;
     const grains = await Promise.all(
       Array.from({ length: count }, (_, i) => compressGrain(buf.subarray(i * gb, (i + 1) * gb), lba(first + i))),
