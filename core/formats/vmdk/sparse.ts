@@ -149,7 +149,7 @@ export class SparseExtent implements WritableExtent {
     let end = Math.min((first + 1) * gb, offset + length);
     // Neighbours in the same state (and, for data, right after each other in the file) join the run.
     const gtes = this.header.gtesPerGt;
-    for (let g = first + 1; end < offset + length && !(st.state === 'data' && this.compressed); g++) {
+    for (let g = first + 1; end < offset + length; g++) {
       const t = Math.floor(g / gtes);
       if (st.state === 'unallocated' && g % gtes === 0 && this.table(t) === undefined) {
         // A directory entry without a table: its whole range is unallocated.
@@ -159,7 +159,9 @@ export class SparseExtent implements WritableExtent {
       }
       const next = await this.grain(g);
       if (next.state !== st.state) break;
-      if (st.state === 'data' && next.state === 'data' && next.sector !== st.sector + (g - first) * this.header.grainSectors) break;
+      // Compressed grains join any run of data: they are read one by one anyway.
+      const contiguous = next.state === 'data' && st.state === 'data' && next.sector === st.sector + (g - first) * this.header.grainSectors;
+      if (next.state === 'data' && !this.compressed && !contiguous) break;
       end = Math.min(end + gb, offset + length);
     }
     const ext: LayerExtent = { offset, length: end - offset, state: st.state };
@@ -181,15 +183,29 @@ export class SparseExtent implements WritableExtent {
     }
   }
 
-  /** Reads within one compressed grain. */
+  /** Reads a run of compressed grains, decompressing them in parallel. */
   private async readCompressed(piece: Uint8Array, offset: number): Promise<void> {
+    const gb = this.grainBytes;
+    const jobs: Promise<void>[] = [];
+    for (let at = 0; at < piece.length; ) {
+      const g = Math.floor((offset + at) / gb);
+      const len = Math.min(piece.length - at, (g + 1) * gb - (offset + at));
+      jobs.push(this.readGrain(piece.subarray(at, at + len), offset + at));
+      at += len;
+    }
+    await Promise.all(jobs);
+  }
+
+  /** Reads within one compressed grain; the last one decompressed is kept for reads of its other parts. */
+  private async readGrain(piece: Uint8Array, offset: number): Promise<void> {
     const st = await this.grain(Math.floor(offset / this.grainBytes));
     if (st.state !== 'data') return void piece.fill(0);
-    if (this.inflated?.sector !== st.sector) {
-      this.inflated = { sector: st.sector, data: await inflateGrain(this.file, st.sector, this.grainBytes) };
+    let data = this.inflated?.sector === st.sector ? this.inflated.data : undefined;
+    if (!data) {
+      data = await inflateGrain(this.file, st.sector, this.grainBytes);
+      if (piece.length < data.length) this.inflated = { sector: st.sector, data };
     }
     const from = offset % this.grainBytes;
-    const data = this.inflated.data;
     if (from + piece.length > data.length) {
       throw new BlockError('Corrupt', `the compressed grain at sector ${st.sector} holds only ${data.length} bytes`);
     }

@@ -4,7 +4,7 @@
  * (the header's gdOffset then says "see the footer").
  */
 import { promisify } from 'node:util';
-import { deflate as deflateCb, inflate as inflateCb } from 'node:zlib';
+import { deflate as deflateCb, inflateSync } from 'node:zlib';
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
 import { leBytes } from './entries.js';
@@ -12,7 +12,6 @@ import * as L from './limits.js';
 import { parseSparseHeader, serializeSparseHeader, type SparseHeader } from './sparse-header.js';
 
 const deflate = promisify(deflateCb);
-const inflate = promisify(inflateCb);
 
 /** A grain as a stream stores it: marker (lba, size), zlib data, padded to a sector. */
 export async function compressGrain(grain: Uint8Array, lba: number): Promise<Uint8Array> {
@@ -27,17 +26,21 @@ export async function compressGrain(grain: Uint8Array, lba: number): Promise<Uin
 
 /** The grain whose marker is at `sector`, decompressed (at most `grainBytes`). */
 export async function inflateGrain(file: Protocol, sector: number, grainBytes: number): Promise<Uint8Array> {
-  const marker = new Uint8Array(L.GRAIN_MARKER_BYTES);
-  await file.read(marker, sector * L.SECTOR);
-  const size = new DataView(marker.buffer).getUint32(8, true);
+  // One read for the marker and (usually) all of the data: grains seldom compress to more than themselves.
+  let head = new Uint8Array(L.GRAIN_MARKER_BYTES + grainBytes);
+  await file.read(head, sector * L.SECTOR);
+  const size = new DataView(head.buffer).getUint32(8, true);
   // Same bound as QEMU: compressed data never takes more than two grains.
   if (size === 0 || size > 2 * grainBytes) {
     throw new BlockError('Corrupt', `the compressed grain at sector ${sector} claims ${size} bytes`);
   }
-  const data = new Uint8Array(size);
-  await file.read(data, sector * L.SECTOR + L.GRAIN_MARKER_BYTES);
+  if (L.GRAIN_MARKER_BYTES + size > head.length) {
+    head = new Uint8Array(L.GRAIN_MARKER_BYTES + size);
+    await file.read(head, sector * L.SECTOR);
+  }
+  const data = head.subarray(L.GRAIN_MARKER_BYTES, L.GRAIN_MARKER_BYTES + size);
   try {
-    return new Uint8Array(await inflate(data, { maxOutputLength: grainBytes }));
+    return inflateSync(data, { maxOutputLength: grainBytes });
   } catch (err) {
     throw new BlockError('Corrupt', `the compressed grain at sector ${sector} does not decompress`, {}, err);
   }
