@@ -304,6 +304,37 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
     TIMEOUT,
   );
 
+  it(
+    'the first write of each open gives the disk a new CID; reads leave it; a child names its parent\'s',
+    async () => {
+      const cidOf = (path: string) => JSON.parse(sh('qemu-img', ['info', '--output=json', path]))['format-specific'].data.cid as number;
+      for (const subformat of ['monolithicSparse', 'monolithicFlat', 'streamOptimized']) {
+        const path = fresh(`cid-${subformat}`);
+        expect((await platter(['create', '-q', '-f', 'vmdk', '-o', `subformat=${subformat}`, path, '1M'])).code).toBe(0);
+        const before = cidOf(path);
+        const ro = await openImage(path);
+        await ro.read(new Uint8Array(4096), 0);
+        await ro.close();
+        expect(cidOf(path)).toBe(before);
+        const rw = await openImage(path, { readOnly: false });
+        await rw.write(new Uint8Array(64 * KiB).fill(1), 0);
+        // A stream is whole again only once closed (its tables are written last).
+        const stream = subformat === 'streamOptimized';
+        const mid = stream ? undefined : cidOf(path);
+        await rw.write(new Uint8Array(64 * KiB).fill(2), 64 * KiB);
+        await rw.close();
+        const after = cidOf(path);
+        expect(after, subformat).not.toBe(before);
+        if (!stream) expect(after, 'one new CID per open').toBe(mid);
+        expectClean(path);
+        const child = fresh('cid-child');
+        expect((await platter(['create', '-q', '-f', 'vmdk', '-b', path.replace(/^.*\//, ''), '-F', 'vmdk', child])).code).toBe(0);
+        expect(JSON.parse(sh('qemu-img', ['info', '--output=json', child]))['format-specific'].data['parent-cid']).toBe(after);
+      }
+    },
+    TIMEOUT,
+  );
+
   it('create refuses what qemu-img refuses, in its words', async () => {
     const path = fresh('bad');
     const cases: [string, string][] = [
