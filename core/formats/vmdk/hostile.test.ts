@@ -226,6 +226,18 @@ describe('hostile descriptor files', () => {
     expect(err.message).toMatch(/add up to more than 8 PiB/);
   });
 
+  it('opens a file named by many extent lines once, and refuses more extents than a disk can have', async () => {
+    write('a.bin', Buffer.alloc(512, 3));
+    const img = await openImage(write('d.vmdk', descriptor('RW 1 FLAT "a.bin" 0\n'.repeat(3000))));
+    try {
+      expect(img.size).toBe(3000 * 512);
+    } finally {
+      await img.close();
+    }
+    const err = await refusal(write('e.vmdk', descriptor('RW 1 FLAT "a.bin" 0\n'.repeat(5000))));
+    expect(err.message).toBe('the descriptor lists 5000 extents; at most 4096 are supported');
+  });
+
   it("refuses a sparse extent whose header disagrees with the descriptor's sectors", async () => {
     write('base.vmdk', baseImage());
     const text = descriptor(`RW ${CAPACITY * 1000} SPARSE "base.vmdk"`).replace('monolithicFlat', 'twoGbMaxExtentSparse');

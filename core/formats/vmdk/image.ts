@@ -315,6 +315,10 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
         throw new BlockError('Unsupported', `Unsupported image type '${descriptor.createType}'`);
       }
       place = { file: proto, offset: 0, text };
+      if (descriptor.extents.length > L.MAX_EXTENTS) {
+        throw new BlockError('Unsupported', `the descriptor lists ${descriptor.extents.length} extents; at most ${L.MAX_EXTENTS} are supported`);
+      }
+      const opened = new Map<string, Protocol>();
       let base = 0;
       for (const line of descriptor.extents) {
         const length = line.sectors * L.SECTOR;
@@ -323,8 +327,15 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
         let file = proto;
         if (line.file !== undefined) {
           if (!opts.openFile) throw new BlockError('Unsupported', 'extent files cannot be opened here');
-          file = await opts.openFile(line.file, { readOnly: !writable || !rw, what: 'extent file' });
-          ownFiles.push(file);
+          // A file named by several lines is opened once.
+          const key = `${!writable || !rw}:${line.file}`;
+          let named = opened.get(key);
+          if (!named) {
+            named = await opts.openFile(line.file, { readOnly: !writable || !rw, what: 'extent file' });
+            opened.set(key, named);
+            ownFiles.push(named);
+          }
+          file = named;
         }
         if (line.access === 'NOACCESS') throw new BlockError('Unsupported', `the extent ${line.file ?? 'ZERO'} is marked NOACCESS`);
         const extent = await openExtentOfType(line.type, file, {

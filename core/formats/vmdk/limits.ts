@@ -43,6 +43,8 @@ export const MAX_EXTENT_FILE_SECTORS = 2 ** 32;
 export const MAX_CAPACITY_SECTORS = 2 ** 53 / SECTOR;
 /** Same as QEMU: a descriptor is read up to 1 MiB - 1 bytes; longer ones are refused, not cut. */
 export const MAX_DESCRIPTOR_BYTES = (1 << 20) - 1;
+/** Extents one descriptor may list: 8 TiB in 2 GiB extents (VMware Workstation's largest disk). */
+export const MAX_EXTENTS = 4096;
 /** Same as QEMU: descriptors embedded in a sparse file get 20 sectors. */
 export const EMBEDDED_DESCRIPTOR_SECTORS = 20;
 /** Same as QEMU: grains of 64 KiB (128 sectors) in every new sparse extent. */
