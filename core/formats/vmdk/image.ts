@@ -49,19 +49,19 @@ interface DescriptorPlace {
   text: string;
 }
 
-export class VmdkImage implements FormatImage, HasBacking, Checkable {
+export class VmdkImage implements FormatImage, HasBacking, Checkable, CompressedWrites {
   readonly size: number;
   readonly backingRef?: BackingRef;
   private parent: Parent | undefined;
   private cidWritten: Promise<void> | undefined;
 
   constructor(
-    protected readonly proto: Protocol,
+    private readonly proto: Protocol,
     readonly readOnly: boolean,
-    protected readonly descriptor: Descriptor,
+    private readonly descriptor: Descriptor,
     /** Where the descriptor is; undefined for a lone ESX sparse file, which has none. */
     private readonly place: DescriptorPlace | undefined,
-    protected readonly extents: Placed[],
+    private readonly extents: Placed[],
     /** Files opened for extents (closed with the image; the image's own file is its caller's). */
     private readonly ownFiles: Protocol[],
   ) {
@@ -125,7 +125,7 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable {
   }
 
   /** Same as QEMU: the first write of an open gives the disk a new random CID. */
-  protected newCid(): Promise<void> {
+  private newCid(): Promise<void> {
     this.cidWritten ??= (async () => {
       if (!this.place) return;
       const cid = randomInt(0, 2 ** 32 - 1);
@@ -213,6 +213,26 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable {
     return report;
   }
 
+  /** A streamOptimized disk's only extent, whose grains are compressed. */
+  private get stream(): SparseExtent | undefined {
+    const e = this.extents.length === 1 ? this.extents[0].extent : undefined;
+    return e instanceof SparseExtent && e.compressed ? e : undefined;
+  }
+
+  /** Grains (or, for flat extents, 64 KiB): qemu-img convert -c works on any VMDK, compressing only streams. */
+  get compressionCluster(): number {
+    const first = this.extents[0]?.extent;
+    return first instanceof SparseExtent ? first.grainBytes : L.DEFAULT_GRAIN_SECTORS * L.SECTOR;
+  }
+
+  async compressClusters(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
+    const stream = this.stream;
+    if (!stream) return () => this.write(buf, offset);
+    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only');
+    await this.newCid();
+    return stream.compressGrains(buf, offset);
+  }
+
   async info(): Promise<FormatInfo> {
     const first = this.extents[0]?.extent;
     const d = this.descriptor;
@@ -234,23 +254,6 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable {
         },
       },
     };
-  }
-}
-
-/** A streamOptimized disk: its grains are compressed, so convert can compress them in parallel. */
-export class VmdkStreamImage extends VmdkImage implements CompressedWrites {
-  private get stream(): SparseExtent {
-    return this.extents[0].extent as SparseExtent;
-  }
-
-  get compressionCluster(): number {
-    return this.stream.grainBytes;
-  }
-
-  async compressClusters(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
-    if (this.readOnly) throw new BlockError('InvalidArgument', 'image is open read-only');
-    await this.newCid();
-    return this.stream.compressGrains(buf, offset);
   }
 }
 
@@ -356,8 +359,7 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
     } else {
       throw new BlockError('InvalidFormat', 'not a vmdk image');
     }
-    const stream = extents.every((p) => p.extent instanceof SparseExtent && p.extent.compressed);
-    image = new (stream ? VmdkStreamImage : VmdkImage)(proto, opts.readOnly, descriptor, place, extents, ownFiles);
+    image = new VmdkImage(proto, opts.readOnly, descriptor, place, extents, ownFiles);
     return image;
   } catch (err) {
     for (const p of extents) await p.extent.close().catch(() => undefined);
