@@ -2,6 +2,7 @@
  * Creating a VMDK of any subformat qemu-img makes, with its options, its
  * messages, and a descriptor with the same keys and values it writes.
  */
+import { randomInt } from 'node:crypto';
 import { basename } from 'node:path';
 import type { CreateRequest } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
@@ -14,9 +15,14 @@ import * as L from './limits.js';
 import { looksLikeDescriptor } from './image.js';
 import { gdEntriesFor, parseSparseHeader, serializeSparseHeader, type SparseHeader } from './sparse-header.js';
 import { writeStreamTail } from './stream.js';
-import { randomInt } from 'node:crypto';
 
-export const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;
+export const SUBFORMATS = [
+  'monolithicSparse',
+  'monolithicFlat',
+  'twoGbMaxExtentSparse',
+  'twoGbMaxExtentFlat',
+  'streamOptimized',
+] as const;
 export const ADAPTER_TYPES = ['ide', 'buslogic', 'lsilogic', 'legacyESX'] as const;
 
 /** qemu-img 7.2's vmdk options, with its defaults (compat6=off, hwversion=undefined). */
@@ -37,7 +43,10 @@ export const VMDK_CREATE_OPTIONS: readonly OptionDecl[] = [
     name: 'subformat',
     type: 'enum',
     values: SUBFORMATS,
-    help: 'VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ',
+    // qemu-img's words, trailing space included.
+    help:
+      'VMDK flat extent format, can be one of ' +
+      '{monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ',
   },
   { name: 'zeroed_grain', type: 'bool', help: 'Enable efficient zero writes using the zeroed-grain GTE feature' },
 ];
@@ -45,7 +54,11 @@ export const VMDK_CREATE_OPTIONS: readonly OptionDecl[] = [
 const fail = (kind: 'InvalidArgument' | 'Unsupported', m: string) => new BlockError(kind, m);
 
 /** A new sparse extent's header and tables, as QEMU lays them out: descriptor room, both directories, every table. */
-function sparseLayout(capacity: number, compressed: boolean, zeroedGrain: boolean): { header: SparseHeader; gd: Uint32Array; rgd: Uint32Array } {
+function sparseLayout(
+  capacity: number,
+  compressed: boolean,
+  zeroedGrain: boolean,
+): { header: SparseHeader; gd: Uint32Array; rgd: Uint32Array } {
   const grain = L.DEFAULT_GRAIN_SECTORS;
   const gtCount = gdEntriesFor(capacity, grain, L.GTES_PER_GT);
   if (gtCount > L.MAX_GD_ENTRIES) throw fail('InvalidArgument', 'the image is too large for a VMDK sparse extent');
@@ -56,7 +69,8 @@ function sparseLayout(capacity: number, compressed: boolean, zeroedGrain: boolea
   const end = gdOffset + gdSectors + gtSectors * gtCount;
   const header: SparseHeader = {
     version: compressed ? 3 : zeroedGrain ? 2 : 1,
-    flags: L.FLAG_NL_DETECT | (compressed ? L.FLAG_COMPRESSED | L.FLAG_MARKERS : L.FLAG_RGD) | (zeroedGrain ? L.FLAG_ZERO_GRAIN : 0),
+    flags:
+      L.FLAG_NL_DETECT | (compressed ? L.FLAG_COMPRESSED | L.FLAG_MARKERS : L.FLAG_RGD) | (zeroedGrain ? L.FLAG_ZERO_GRAIN : 0),
     capacity,
     grainSectors: grain,
     descriptorOffset: 1,
@@ -83,7 +97,12 @@ function sparseLayout(capacity: number, compressed: boolean, zeroedGrain: boolea
  * (as QEMU makes them); streams get VMware's layout: header, descriptor
  * room, then an empty directory, footer and end-of-stream marker.
  */
-async function writeSparseExtent(file: Protocol, capacity: number, compressed: boolean, zeroedGrain: boolean): Promise<SparseHeader> {
+async function writeSparseExtent(
+  file: Protocol,
+  capacity: number,
+  compressed: boolean,
+  zeroedGrain: boolean,
+): Promise<SparseHeader> {
   const { header, gd, rgd } = sparseLayout(capacity, compressed, zeroedGrain);
   await file.write(serializeSparseHeader(header), 0);
   if (compressed) {
@@ -171,7 +190,8 @@ export async function createVmdk(proto: Protocol, req: CreateRequest): Promise<v
       const file = await req.createFile(name);
       if (flat) await file.truncate(len);
       else await writeSparseExtent(file, len / L.SECTOR, false, zeroedGrain);
-      extents.push(flat ? { access: 'RW', sectors: len / L.SECTOR, type: 'FLAT', file: name, offset: 0 } : { access: 'RW', sectors: len / L.SECTOR, type: 'SPARSE', file: name });
+      const sectors = len / L.SECTOR;
+      extents.push(flat ? { access: 'RW', sectors, type: 'FLAT', file: name, offset: 0 } : { access: 'RW', sectors, type: 'SPARSE', file: name });
     }
   }
 
@@ -195,7 +215,9 @@ export async function createVmdk(proto: Protocol, req: CreateRequest): Promise<v
   };
   const text = new TextEncoder().encode(formatDescriptor(descriptor));
   if (monolithicSparse) {
-    if (text.length > L.EMBEDDED_DESCRIPTOR_SECTORS * L.SECTOR) throw fail('InvalidArgument', 'the descriptor is too long to embed (a long backing file name?)');
+    if (text.length > L.EMBEDDED_DESCRIPTOR_SECTORS * L.SECTOR) {
+      throw fail('InvalidArgument', 'the descriptor is too long to embed (a long backing file name?)');
+    }
     await proto.write(text, L.SECTOR);
   } else {
     await proto.write(text, 0);

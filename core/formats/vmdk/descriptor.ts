@@ -35,7 +35,14 @@ export interface Descriptor {
 }
 
 /** Descriptor create types QEMU opens from a descriptor file of their own. */
-export const DESCRIPTOR_FILE_TYPES = ['monolithicFlat', 'vmfs', 'vmfsSparse', 'seSparse', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'];
+export const DESCRIPTOR_FILE_TYPES = [
+  'monolithicFlat',
+  'vmfs',
+  'vmfsSparse',
+  'seSparse',
+  'twoGbMaxExtentSparse',
+  'twoGbMaxExtentFlat',
+];
 
 const invalid = (what: string) => new BlockError('InvalidFormat', what);
 /** Quoted lines in messages, cut so that a hostile line stays one readable line. */
@@ -98,7 +105,9 @@ export function parseDescriptor(text: string): Descriptor {
     else values.set(key, value);
   }
   const version = Number(values.get('version') ?? 1);
-  if (![1, 2, 3].includes(version)) throw new BlockError('Unsupported', `unsupported descriptor version ${quote(values.get('version')!)}`);
+  if (![1, 2, 3].includes(version)) {
+    throw new BlockError('Unsupported', `unsupported descriptor version ${quote(values.get('version') ?? '')}`);
+  }
   const createType = values.get('createType');
   if (createType === undefined) throw invalid('invalid VMDK image descriptor: it has no createType');
   if (extents.length === 0) throw invalid('the descriptor lists no extents');

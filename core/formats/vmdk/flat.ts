@@ -17,7 +17,8 @@ export class FlatExtent implements WritableExtent {
     // Holes in the file read as zeros: say so, as QEMU does by asking the file.
     const st = await this.file.blockStatus(this.start + offset, length);
     const len = Math.max(1, Math.min(st.length, length));
-    return st.data ? { offset, length: len, state: 'data', hostOffset: this.start + offset } : { offset, length: len, state: 'zero' };
+    if (!st.data) return { offset, length: len, state: 'zero' };
+    return { offset, length: len, state: 'data', hostOffset: this.start + offset };
   }
 
   read(buf: Uint8Array, offset: number): Promise<void> {

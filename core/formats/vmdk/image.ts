@@ -66,7 +66,9 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
     private readonly ownFiles: Protocol[],
   ) {
     this.size = extents.reduce((n, e) => n + e.extent.length, 0);
-    if (descriptor.parentFileNameHint !== undefined) this.backingRef = { filename: descriptor.parentFileNameHint, format: 'vmdk' };
+    // Same as QEMU: a parent is always a VMDK.
+    const parent = descriptor.parentFileNameHint;
+    if (parent !== undefined) this.backingRef = { filename: parent, format: 'vmdk' };
   }
 
   setBacking(backing: Parent | undefined): void {
@@ -132,7 +134,9 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
       const text = replaceCid(this.place.text, cid);
       const bytes = new TextEncoder().encode(text);
       if (this.place.room !== undefined) {
-        if (bytes.length > this.place.room) throw new BlockError('Unsupported', 'the embedded descriptor has no room for a new CID');
+        if (bytes.length > this.place.room) {
+          throw new BlockError('Unsupported', 'the embedded descriptor has no room for a new CID');
+        }
         const padded = new Uint8Array(this.place.room);
         padded.set(bytes);
         await this.place.file.write(padded, this.place.offset);
@@ -319,7 +323,8 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
       }
       place = { file: proto, offset: 0, text };
       if (descriptor.extents.length > L.MAX_EXTENTS) {
-        throw new BlockError('Unsupported', `the descriptor lists ${descriptor.extents.length} extents; at most ${L.MAX_EXTENTS} are supported`);
+        const n = descriptor.extents.length;
+        throw new BlockError('Unsupported', `the descriptor lists ${n} extents; at most ${L.MAX_EXTENTS} are supported`);
       }
       const opened = new Map<string, Protocol>();
       let base = 0;
@@ -340,7 +345,9 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
           }
           file = named;
         }
-        if (line.access === 'NOACCESS') throw new BlockError('Unsupported', `the extent ${line.file ?? 'ZERO'} is marked NOACCESS`);
+        if (line.access === 'NOACCESS') {
+          throw new BlockError('Unsupported', `the extent ${line.file ?? 'ZERO'} is marked NOACCESS`);
+        }
         const extent = await openExtentOfType(line.type, file, {
           length,
           start: (line.offset ?? 0) * L.SECTOR,

@@ -113,7 +113,8 @@ export function validateSparseHeader(h: SparseHeader, fileSize: number, writable
   if (h.flags & L.FLAG_NL_DETECT && !h.newlinesIntact) {
     throw new BlockError('Corrupt', 'the newline-detection bytes are damaged (was the file copied in text mode?)');
   }
-  if (h.flags & ~L.FLAGS_KNOWN) throw new BlockError('Unsupported', `unknown header flags 0x${(h.flags & ~L.FLAGS_KNOWN).toString(16)}`);
+  const unknown = h.flags & ~L.FLAGS_KNOWN;
+  if (unknown) throw new BlockError('Unsupported', `unknown header flags 0x${unknown.toString(16)}`);
   if (compressed && !(h.flags & L.FLAG_MARKERS)) {
     throw new BlockError('Unsupported', 'compressed grains without grain markers are not supported');
   }

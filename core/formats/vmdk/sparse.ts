@@ -73,8 +73,9 @@ export class SparseExtent implements WritableExtent {
     const fileSectors = Math.ceil(fileSize / L.SECTOR);
     if (this.tablesAtEnd) {
       // Tables (each after its marker sector) and the footer follow the last grain.
-      const starts = [...gd].filter((s) => s !== 0).concat(gdAtEndSector!);
-      this.tailSector = Math.min(...starts) - 1;
+      let first = gdAtEndSector!;
+      for (const s of gd) if (s !== 0 && s < first) first = s;
+      this.tailSector = first - 1;
       this.nextSector = this.tailSector;
     } else {
       // Same as QEMU: grains are appended from the first grain boundary at or after the end.
@@ -96,7 +97,8 @@ export class SparseExtent implements WritableExtent {
     validateSparseHeader(header, fileSize, writable);
     const entries = gdEntriesFor(header.capacity, header.grainSectors, header.gtesPerGt);
     const gd = await readDirectory(file, header.gdOffset!, entries, fileSize);
-    const rgd = header.flags & L.FLAG_RGD && gdAtEnd === undefined ? await readDirectory(file, header.rgdOffset, entries, fileSize) : undefined;
+    const hasRgd = header.flags & L.FLAG_RGD && gdAtEnd === undefined;
+    const rgd = hasRgd ? await readDirectory(file, header.rgdOffset, entries, fileSize) : undefined;
     return new SparseExtent(file, header, gd, rgd, fileSize, writable, below, gdAtEnd);
   }
 
@@ -160,7 +162,8 @@ export class SparseExtent implements WritableExtent {
       const next = await this.grain(g);
       if (next.state !== st.state) break;
       // Compressed grains join any run of data: they are read one by one anyway.
-      const contiguous = next.state === 'data' && st.state === 'data' && next.sector === st.sector + (g - first) * this.header.grainSectors;
+      const contiguous =
+        next.state === 'data' && st.state === 'data' && next.sector === st.sector + (g - first) * this.header.grainSectors;
       if (next.state === 'data' && !this.compressed && !contiguous) break;
       end = Math.min(end + gb, offset + length);
     }

@@ -63,7 +63,8 @@ export async function readFooter(file: Protocol, fileSize: number): Promise<Spar
   const dv = new DataView(tail.buffer);
   const footerOk = dv.getUint32(8, true) === 0 && dv.getUint32(12, true) === L.MARKER_FOOTER;
   const eos = 2 * L.SECTOR;
-  const eosOk = dv.getBigUint64(eos, true) === 0n && dv.getUint32(eos + 8, true) === 0 && dv.getUint32(eos + 12, true) === L.MARKER_EOS;
+  const eosOk =
+    dv.getBigUint64(eos, true) === 0n && dv.getUint32(eos + 8, true) === 0 && dv.getUint32(eos + 12, true) === L.MARKER_EOS;
   if (!footerOk || !eosOk) throw invalid();
   const header = parseSparseHeader(tail.subarray(L.SECTOR, 2 * L.SECTOR), 'footer');
   if (header.gdOffset === undefined) throw invalid();
