@@ -5,7 +5,7 @@
  * writes reads identically in Platter; chains made by either tool read the
  * same in both; descriptors and `info` agree.
  */
-import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
@@ -333,6 +333,33 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
         expect((await platter(['create', '-q', '-f', 'vmdk', '-b', path.replace(/^.*\//, ''), '-F', 'vmdk', child])).code).toBe(0);
         expect(JSON.parse(sh('qemu-img', ['info', '--output=json', child]))['format-specific'].data['parent-cid']).toBe(after);
       }
+    },
+    TIMEOUT,
+  );
+
+  it(
+    'writes into a sparse extent whose directory names no table yet: the tables are made at the end',
+    async () => {
+      const path = fresh('no-tables');
+      sh('qemu-img', ['create', '-q', '-f', 'vmdk', path, '64M']);
+      // Directory entries 0 and 1 (and their redundant copies) cleared: header rgdOffset at 48, gdOffset at 56.
+      const f = readFileSync(path);
+      for (const at of [Number(f.readBigUInt64LE(48)), Number(f.readBigUInt64LE(56))]) f.fill(0, at * 512, at * 512 + 8);
+      writeFileSync(path, f);
+      const img = await openImage(path, { readOnly: false });
+      try {
+        await img.write(new Uint8Array(100000).fill(9), 5000);
+        await img.write(new Uint8Array(70000).fill(8), 32 * MiB + 1000);
+      } finally {
+        await img.close();
+      }
+      expectClean(path);
+      const expected = rawWith(t.path('no-tables.raw'), [
+        { offset: 5000, data: new Uint8Array(100000).fill(9) },
+        { offset: 32 * MiB + 1000, data: new Uint8Array(70000).fill(8) },
+      ]);
+      truncateFile(expected, 64 * MiB);
+      expect(qemuCompare(expected, path)).toBe('Images are identical.');
     },
     TIMEOUT,
   );
