@@ -40,6 +40,8 @@ export interface LayerExtent {
   /** The file `hostOffset` is in, when not the layer's own (a qcow2 data file). */
   hostFile?: Protocol;
   compressed?: boolean;
+  /** 'data' that reads as zeros: a hole in the file under it (a VMDK flat extent), which maps show as zero data. */
+  zero?: boolean;
 }
 
 /** How an image names its backing file, as stored in its header. */

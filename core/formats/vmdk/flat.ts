@@ -14,11 +14,10 @@ export class FlatExtent implements WritableExtent {
   ) {}
 
   async blockStatus(offset: number, length: number): Promise<LayerExtent> {
-    // Holes in the file read as zeros: say so, as QEMU does by asking the file.
+    // Holes in the file read as zeros: say so, as QEMU does by asking the file (its maps call them zero data).
     const st = await this.file.blockStatus(this.start + offset, length);
     const len = Math.max(1, Math.min(st.length, length));
-    if (!st.data) return { offset, length: len, state: 'zero' };
-    return { offset, length: len, state: 'data', hostOffset: this.start + offset };
+    return { offset, length: len, state: 'data', hostOffset: this.start + offset, zero: !st.data };
   }
 
   read(buf: Uint8Array, offset: number): Promise<void> {

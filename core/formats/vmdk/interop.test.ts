@@ -172,6 +172,8 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
         expect(r.code, r.stderr).toBe(0);
         expect(qemuCompare(out, theirs)).toBe('Images are identical.');
         expect((await platter(['compare', theirs, out])).stdout.trim()).toBe('Images are identical.');
+        // Where data, zeros and holes are, and where they are stored: as qemu-img maps them.
+        expect((await platter(['map', '--output=json', theirs])).stdout).toBe(sh('qemu-img', ['map', '--output=json', theirs]));
       },
       TIMEOUT,
     );
