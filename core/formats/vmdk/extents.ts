@@ -12,8 +12,8 @@ import * as L from './limits.js';
 import { SparseExtent, type Below } from './sparse.js';
 
 export interface ExtentOpenOptions {
-  /** Guest bytes the descriptor gives the extent. */
-  length: number;
+  /** Guest bytes the descriptor gives the extent; undefined for a lone sparse file, whose header says. */
+  length?: number;
   /** FLAT extents: where the extent starts in its file, in bytes. */
   start: number;
   writable: boolean;
@@ -25,9 +25,9 @@ export async function openExtentOfType(type: ExtentType, file: Protocol, o: Exte
   switch (type) {
     case 'FLAT':
     case 'VMFS':
-      return new FlatExtent(file, o.length, o.start, o.writable);
+      return new FlatExtent(file, o.length ?? 0, o.start, o.writable);
     case 'ZERO':
-      return new ZeroExtent(file, o.length);
+      return new ZeroExtent(file, o.length ?? 0);
     case 'SPARSE': {
       const head = new Uint8Array(4);
       await file.read(head, 0);
@@ -35,6 +35,7 @@ export async function openExtentOfType(type: ExtentType, file: Protocol, o: Exte
       if (!hasMagic(head, L.SPARSE_MAGIC)) throw new BlockError('InvalidFormat', `${file.name} is not a sparse VMDK extent`);
       return SparseExtent.open(file, o.writable, o.below);
     }
+    // The ESX sparse and seSparse readers plug in here (openCowdExtent(file, o.length), openSeSparseExtent(file, length)).
     case 'VMFSSPARSE':
       throw new BlockError('Unsupported', 'ESX sparse (COWD, VMDK version 3) extents are not supported yet');
     case 'SESPARSE':

@@ -307,7 +307,7 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
       place = { file: proto, offset: h.descriptorOffset * L.SECTOR, room: bytes.length, text };
     } else if (hasMagic(head, L.COWD_MAGIC)) {
       // A lone ESX sparse file (VMDK version 3) has no descriptor: it is its own disk, read-only.
-      const extent = await openExtentOfType('VMFSSPARSE', proto, { length: 0, start: 0, writable: false, below: belowAt(0) });
+      const extent = await openExtentOfType('VMFSSPARSE', proto, { start: 0, writable: false, below: belowAt(0) });
       extents.push({ extent, base: 0, type: '', name: proto.name, rw: false });
       descriptor = { version: 1, cid: 0, parentCid: L.NO_PARENT_CID, createType: 'vmfsSparse', extents: [], ddb: new Map() };
     } else if (looksLikeDescriptor(head)) {
