@@ -183,7 +183,16 @@ export function isAmendable(img: FormatImage): img is FormatImage & Amendable {
 
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
-  setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;
+  setBacking(backing: BackingImage | undefined): void;
+}
+
+/** What a layer sees of its backing image. */
+export interface BackingImage {
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  size: number;
+  /** The backing image's format and details, for formats that check them (a VMDK parent's CID). */
+  readonly format?: string;
+  info?(): Promise<FormatInfo>;
 }
 export function hasBacking(img: FormatImage): img is FormatImage & HasBacking {
   return typeof (img as Partial<HasBacking>).setBacking === 'function';

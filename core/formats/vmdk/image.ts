@@ -6,6 +6,7 @@
  */
 import { randomInt } from 'node:crypto';
 import type {
+  BackingImage,
   BackingRef,
   Checkable,
   CheckReport,
@@ -26,7 +27,6 @@ import { openExtentOfType } from './extents.js';
 import * as L from './limits.js';
 import { SparseExtent, type Below } from './sparse.js';
 
-type Parent = { read(buf: Uint8Array, offset: number): Promise<void>; size: number };
 
 interface Placed {
   extent: VmdkExtent;
@@ -52,8 +52,9 @@ interface DescriptorPlace {
 export class VmdkImage implements FormatImage, HasBacking, Checkable, CompressedWrites {
   readonly size: number;
   readonly backingRef?: BackingRef;
-  private parent: Parent | undefined;
+  private parent: BackingImage | undefined;
   private cidWritten: Promise<void> | undefined;
+  private parentChecked: Promise<void> | undefined;
 
   constructor(
     private readonly proto: Protocol,
@@ -71,8 +72,9 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
     if (parent !== undefined) this.backingRef = { filename: parent, format: 'vmdk' };
   }
 
-  setBacking(backing: Parent | undefined): void {
+  setBacking(backing: BackingImage | undefined): void {
     this.parent = backing;
+    this.parentChecked = undefined;
   }
 
   /** What lies under the extent at guest offset `base`: the parent's bytes, zeros past its end. */
@@ -83,9 +85,32 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
         buf.fill(0);
         const p = this.parent;
         const guest = base + offset;
-        if (p && guest < p.size) await p.read(buf.subarray(0, Math.min(buf.length, p.size - guest)), guest);
+        if (!p || guest >= p.size) return;
+        await this.checkParentCid(p);
+        await p.read(buf.subarray(0, Math.min(buf.length, p.size - guest)), guest);
       },
     };
+  }
+
+  /**
+   * Same as QEMU (and VMware): a VMDK parent whose CID is not the parentCID
+   * this disk was made against has changed since, so what this disk leaves
+   * to it is no longer what it was; reading through is refused.
+   */
+  private checkParentCid(p: BackingImage): Promise<void> {
+    this.parentChecked ??= (async () => {
+      if (p.format !== 'vmdk' || !p.info) return; // other formats have no CID to compare
+      const cid = (await p.info()).specific?.data.cid;
+      const want = this.descriptor.parentCid;
+      if (typeof cid === 'number' && cid !== want) {
+        const hex = (n: number) => n.toString(16).padStart(8, '0');
+        throw new BlockError(
+          'Corrupt',
+          `the parent's CID ${hex(cid)} is not the parentCID ${hex(want)} this disk was made against: the parent changed since`,
+        );
+      }
+    })();
+    return this.parentChecked;
   }
 
   /** The extents `[offset, offset+length)` touches, each with the piece in it. */

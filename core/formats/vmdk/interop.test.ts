@@ -366,6 +366,24 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
     TIMEOUT,
   );
 
+  it(
+    'a child whose parent changed since it was made (another CID) is refused by both tools',
+    async () => {
+      const parent = fresh('changed-parent');
+      const child = fresh('changed-child');
+      sh('qemu-img', ['create', '-q', '-f', 'vmdk', parent, '1M']);
+      expect((await platter(['create', '-q', '-f', 'vmdk', '-b', parent.replace(/^.*\//, ''), '-F', 'vmdk', child])).code).toBe(0);
+      expect(shStatus('qemu-img', ['convert', '-O', 'raw', child, t.path('changed-q.raw')]).status).toBe(0);
+      expect((await platter(['convert', '-O', 'raw', child, t.path('changed-p.raw')])).code).toBe(0);
+      qemuIo(parent, ['write -P 1 0 4k'], 'vmdk');
+      expect(shStatus('qemu-img', ['convert', '-O', 'raw', child, t.path('changed-q2.raw')]).status).toBe(1);
+      const r = await platter(['convert', '-O', 'raw', child, t.path('changed-p2.raw')]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/the parent's CID [0-9a-f]{8} is not the parentCID [0-9a-f]{8} this disk was made against/);
+    },
+    TIMEOUT,
+  );
+
   it('create refuses what qemu-img refuses, in its words', async () => {
     const path = fresh('bad');
     const cases: [string, string][] = [
