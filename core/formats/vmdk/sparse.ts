@@ -141,6 +141,11 @@ export class SparseExtent implements WritableExtent {
     const entry = gt ? gt[g % gtes] : 0;
     if (entry === 0) return { state: 'unallocated' };
     if (entry === L.GTE_ZEROED && this.zeroGrain) return { state: 'zero' };
+    // Grains come after the header, descriptor and (in place) tables: one pointing there would let a
+    // write overwrite them.
+    if (entry < this.header.overhead) {
+      throw new BlockError('Corrupt', `grain ${g} points into the extent's metadata (sector ${entry})`);
+    }
     return { state: 'data', sector: entry };
   }
 
