@@ -12,7 +12,7 @@ import type { OptionDecl } from '../../options/schema.js';
 import { formatDescriptor, parseDescriptor, type Descriptor, type ExtentLine } from './descriptor.js';
 import { leBytes } from './entries.js';
 import * as L from './limits.js';
-import { looksLikeDescriptor } from './image.js';
+import { looksLikeDescriptor } from './open.js';
 import { gdEntriesFor, parseSparseHeader, serializeSparseHeader, type SparseHeader } from './sparse-header.js';
 import { writeStreamTail } from './stream.js';
 

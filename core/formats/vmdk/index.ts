@@ -5,7 +5,7 @@
 import type { FormatDriver } from '../../image/driver.js';
 import { hasMagic } from '../../image/probe.js';
 import { createVmdk, VMDK_CREATE_OPTIONS } from './create.js';
-import { looksLikeDescriptor, openVmdk } from './image.js';
+import { looksLikeDescriptor, openVmdk } from './open.js';
 import { COWD_MAGIC, SPARSE_MAGIC } from './limits.js';
 
 export const vmdk: FormatDriver = {
