@@ -160,6 +160,7 @@ describe('hostile sparse headers', () => {
     ['a descriptor past the end', (f) => void f.writeBigUInt64LE(250n, H.descriptorOffset), 'Corrupt', /descriptor lies past/],
     ['a file cut mid-table', (f) => f.subarray(0, (GT + 2) * 512), 'Corrupt', /File truncated/],
     ['a grain table past the end', (f) => void f.writeUInt32LE(5000, GD * 512), 'Corrupt', /grain table 0 lies past the end/],
+    ['a grain table on the redundant directory', (f) => void f.writeUInt32LE(RGD, GD * 512), 'Corrupt', /grain table 0 overlaps/],
     ['a grain in the metadata', (f) => void f.writeUInt32LE(5, GT * 512), 'Corrupt', /grain 0 points into the extent's metadata/],
     ['no footer where the header says', (f) => void f.writeBigUInt64LE(2n ** 64n - 1n, H.gdOffset), 'Corrupt', /Invalid footer/],
     ['a malformed embedded extent line', (f) => void f.write('RW 2048 SPARSE "x" 7\n', 512 + DESCRIPTOR.indexOf('RW'), 'latin1'), 'InvalidFormat', /invalid extent line/],

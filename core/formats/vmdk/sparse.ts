@@ -112,6 +112,10 @@ export class SparseExtent implements WritableExtent {
       if (sector * L.SECTOR + this.gtBytes > this.fileSize) {
         throw new BlockError('Corrupt', `grain table ${i} lies past the end of the file (truncated?)`);
       }
+      if (this.tableOverlapsMetadata(sector)) {
+        // Updating its entries would overwrite them.
+        throw new BlockError('Corrupt', `grain table ${i} overlaps the extent's header, descriptor or grain directory`);
+      }
       const bytes = new Uint8Array(this.gtBytes);
       await this.file.read(bytes, sector * L.SECTOR);
       return leU32s(bytes);
@@ -122,13 +126,26 @@ export class SparseExtent implements WritableExtent {
     return load;
   }
 
+  private tableOverlapsMetadata(sector: number): boolean {
+    const h = this.header;
+    const end = sector + Math.ceil(this.gtBytes / L.SECTOR);
+    const overlaps = (start: number, sectors: number) => sector < start + sectors && start < end;
+    const gdSectors = Math.ceil((this.gd.length * 4) / L.SECTOR);
+    return (
+      overlaps(0, 1) ||
+      overlaps(h.descriptorOffset, h.descriptorSectors) ||
+      overlaps(h.gdOffset!, gdSectors) ||
+      (this.rgd !== undefined && overlaps(h.rgdOffset, gdSectors))
+    );
+  }
+
   /**
    * Keeps the table cache bounded. Tables of a stream's end are the only copy
    * until close and stay; others are on disk, and a writable extent drops
    * them only under the lock, when no change to one is under way.
    */
   private evictTables(): void {
-    if (this.tablesAtEnd || this.gts.size < L.MAX_CACHED_TABLES) return;
+    if ((this.tablesAtEnd && this.writable) || this.gts.size < L.MAX_CACHED_TABLES) return;
     for (const t of this.gts.keys()) {
       if (this.gts.size < L.MAX_CACHED_TABLES / 2) break;
       this.gts.delete(t);
