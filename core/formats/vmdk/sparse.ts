@@ -244,13 +244,10 @@ export class SparseExtent implements WritableExtent {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
     if (this.compressed) return this.writeStream(buf, offset);
-    const gb = this.grainBytes;
     for (let at = 0; at < buf.length; ) {
-      const g = Math.floor((offset + at) / gb);
-      const st = await this.grain(g);
-      if (st.state === 'data') {
+      const ext = await this.blockStatus(offset + at, buf.length - at);
+      if (ext.state === 'data') {
         // A run of allocated grains, contiguous in the file, is one write.
-        const ext = await this.blockStatus(offset + at, buf.length - at);
         await this.file.write(buf.subarray(at, at + ext.length), ext.hostOffset!);
         at += ext.length;
       } else {
