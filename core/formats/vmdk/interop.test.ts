@@ -423,6 +423,23 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
     TIMEOUT,
   );
 
+  it(
+    "a child's descriptor is qemu-img's: its parent's CID and name",
+    async () => {
+      const parent = fresh('desc-parent');
+      sh('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'adapter_type=lsilogic', parent, '10M']);
+      const name = parent.replace(/^.*\//, '');
+      const mine = t.path('desc-child-a.vmdk');
+      const theirs = t.path('desc-child-b.vmdk');
+      expect((await platter(['create', '-q', '-f', 'vmdk', '-b', name, '-F', 'vmdk', mine])).code).toBe(0);
+      sh('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', name, '-F', 'vmdk', theirs]);
+      const text = (path: string) => withoutCid(descriptorText(path)).replace(/desc-child-[ab]/g, 'CHILD');
+      expect(text(mine)).toBe(text(theirs));
+      expect(text(mine)).toContain(`parentFileNameHint="${name}"`);
+    },
+    TIMEOUT,
+  );
+
   it('create refuses what qemu-img refuses, in its words', async () => {
     const path = fresh('bad');
     const cases: [string, string][] = [
