@@ -9,7 +9,8 @@ import type { ExtentType } from './descriptor.js';
 import type { VmdkExtent } from './extent.js';
 import { FlatExtent, ZeroExtent } from './flat.js';
 import * as L from './limits.js';
-import { SparseExtent, type Below } from './sparse.js';
+import { readSparseParts, SparseExtent, type Below } from './sparse.js';
+import { StreamExtent } from './stream-extent.js';
 
 export interface ExtentOpenOptions {
   /** Guest bytes the descriptor gives the extent; undefined for a lone sparse file, whose header says. */
@@ -18,6 +19,12 @@ export interface ExtentOpenOptions {
   start: number;
   writable: boolean;
   below: Below;
+}
+
+/** Opens a hosted sparse ("KDMV") extent: compressed ones (streams) can only be appended to. */
+export async function openHostedSparse(file: Protocol, writable: boolean, below: Below): Promise<SparseExtent> {
+  const parts = await readSparseParts(file, writable, below);
+  return parts.header.compressAlgorithm === L.COMPRESSION_DEFLATE ? new StreamExtent(parts) : new SparseExtent(parts);
 }
 
 /** Opens `file` as an extent of `type`. */
@@ -33,7 +40,7 @@ export async function openExtentOfType(type: ExtentType, file: Protocol, o: Exte
       await file.read(head, 0);
       if (hasMagic(head, L.COWD_MAGIC)) return openExtentOfType('VMFSSPARSE', file, o);
       if (!hasMagic(head, L.SPARSE_MAGIC)) throw new BlockError('InvalidFormat', `${file.name} is not a sparse VMDK extent`);
-      return SparseExtent.open(file, o.writable, o.below);
+      return openHostedSparse(file, o.writable, o.below);
     }
     // The ESX sparse and seSparse readers plug in here (openCowdExtent(file, o.length), openSeSparseExtent(file, length)).
     case 'VMFSSPARSE':

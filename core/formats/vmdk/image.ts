@@ -23,6 +23,7 @@ import { replaceCid, type Descriptor } from './descriptor.js';
 import { isWritableExtent, type VmdkExtent } from './extent.js';
 import * as L from './limits.js';
 import { SparseExtent, type Below } from './sparse.js';
+import { StreamExtent } from './stream-extent.js';
 
 export interface Placed {
   extent: VmdkExtent;
@@ -239,9 +240,9 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
   }
 
   /** A streamOptimized disk's only extent, whose grains are compressed. */
-  private get stream(): SparseExtent | undefined {
+  private get stream(): StreamExtent | undefined {
     const e = this.extents.length === 1 ? this.extents[0].extent : undefined;
-    return e instanceof SparseExtent && e.compressed ? e : undefined;
+    return e instanceof StreamExtent ? e : undefined;
   }
 
   /** Grains (or, for flat extents, 64 KiB): qemu-img convert -c works on any VMDK, compressing only streams. */

@@ -7,10 +7,10 @@ import { BlockError } from '../../image/errors.js';
 import { hasMagic } from '../../image/probe.js';
 import type { Protocol } from '../../io/protocol.js';
 import { DESCRIPTOR_FILE_TYPES, parseDescriptor, type Descriptor } from './descriptor.js';
-import { openExtentOfType } from './extents.js';
+import { openExtentOfType, openHostedSparse } from './extents.js';
 import { VmdkImage, type DescriptorPlace, type Placed } from './image.js';
 import * as L from './limits.js';
-import { SparseExtent, type Below } from './sparse.js';
+import type { Below } from './sparse.js';
 
 /** True when `head` starts like a descriptor file: comments and blank lines, then "version=". */
 export function looksLikeDescriptor(head: Uint8Array): boolean {
@@ -45,7 +45,7 @@ export async function openVmdk(proto: Protocol, opts: DriverOpenOptions): Promis
     let descriptor: Descriptor;
     let place: DescriptorPlace | undefined;
     if (hasMagic(head, L.SPARSE_MAGIC)) {
-      const extent = await SparseExtent.open(proto, writable, belowAt(0));
+      const extent = await openHostedSparse(proto, writable, belowAt(0));
       extents.push({ extent, base: 0, type: '', name: proto.name, rw: true });
       const h = extent.header;
       if (h.descriptorSectors === 0) throw new BlockError('InvalidFormat', 'the sparse file has no embedded descriptor');

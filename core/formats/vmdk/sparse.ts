@@ -1,9 +1,10 @@
 /**
  * The hosted sparse extent ("KDMV"): a grain directory of grain tables of
- * 32-bit grain sector numbers. Plain (monolithicSparse, twoGbMaxExtentSparse)
- * or compressed with grain markers (streamOptimized), with its tables either
- * after the header (as QEMU lays them out) or at the end of the file, named
- * by a footer (as VMware streams them; see stream.ts).
+ * 32-bit grain sector numbers (monolithicSparse, twoGbMaxExtentSparse):
+ * reading (compressed grains too), allocating and writing grains, zeroed
+ * grains. Tables are after the header (as QEMU lays them out) or, in a
+ * VMware stream, at the end of the file, named by a footer (stream.ts);
+ * writing compressed grains is stream-extent.ts's.
  */
 import type { LayerExtent } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
@@ -13,7 +14,7 @@ import type { WritableExtent } from './extent.js';
 import * as L from './limits.js';
 import { gdEntriesFor, parseSparseHeader, validateSparseHeader, type SparseHeader } from './sparse-header.js';
 import { leBytes, leU32s } from './entries.js';
-import { compressGrain, inflateGrain, readFooter, writeStreamTail } from './stream.js';
+import { inflateGrain, readFooter } from './stream.js';
 
 /** What lies under an extent: the parent image's bytes at the extent's guest range. */
 export interface Below {
@@ -25,85 +26,74 @@ export interface Below {
 
 export const NOTHING_BELOW: Below = { present: false, read: async (buf) => void buf.fill(0) };
 
+/** A hosted sparse extent's header and directories, read and checked. */
+export interface SparseParts {
+  file: Protocol;
+  header: SparseHeader;
+  gd: Uint32Array;
+  /** The redundant directory, kept in step with `gd` (absent when tables are at the end). */
+  rgd: Uint32Array | undefined;
+  fileSize: number;
+  writable: boolean;
+  below: Below;
+  /** The footer named the directory: the tables follow the last grain (a VMware stream). */
+  tablesAtEnd: boolean;
+}
+
+/** Reads a hosted sparse extent's header (or footer) and directories; every field is checked before it is used. */
+export async function readSparseParts(file: Protocol, writable: boolean, below: Below = NOTHING_BELOW): Promise<SparseParts> {
+  const fileSize = await file.size();
+  const first = new Uint8Array(L.SECTOR);
+  await file.read(first, 0);
+  let header = parseSparseHeader(first);
+  const tablesAtEnd = header.gdOffset === undefined;
+  if (tablesAtEnd) header = await readFooter(file, fileSize);
+  validateSparseHeader(header, fileSize, writable);
+  const entries = gdEntriesFor(header.capacity, header.grainSectors, header.gtesPerGt);
+  const gd = await readDirectory(file, header.gdOffset!, entries, fileSize);
+  const hasRgd = header.flags & L.FLAG_RGD && !tablesAtEnd;
+  const rgd = hasRgd ? await readDirectory(file, header.rgdOffset, entries, fileSize) : undefined;
+  return { file, header, gd, rgd, fileSize, writable, below, tablesAtEnd };
+}
+
 type GrainState = { state: 'unallocated' | 'zero' } | { state: 'data'; sector: number };
 
 export class SparseExtent implements WritableExtent {
   readonly length: number;
   readonly grainBytes: number;
   readonly compressed: boolean;
-  private readonly zeroGrain: boolean;
-  private readonly gtBytes: number;
-  private readonly gts = new Map<number, Promise<Uint32Array>>();
-  private readonly lock = new Mutex();
+  protected readonly zeroGrain: boolean;
+  protected readonly gtBytes: number;
+  protected readonly gts = new Map<number, Promise<Uint32Array>>();
+  protected readonly lock = new Mutex();
   /** Sector where the next grain (or table) goes. */
-  private nextSector: number;
-  /** streamOptimized as VMware writes it: tables are kept here and written at the end by close(). */
-  private readonly tablesAtEnd: boolean;
-  /** Where the tables at the end start; the first write cuts them off to append grains there. */
-  private tailSector: number | undefined;
-  private tailDirty = false;
-  /**
-   * Grains of a stream being filled by writes smaller than a grain (zero runs
-   * split them; with out-of-order writes, several at once). Each is
-   * compressed and appended once full, or at close.
-   */
-  private readonly pending = new Map<number, { data: Uint8Array; filled: number }>();
-  private readonly partialLock = new Mutex();
+  protected nextSector: number;
+  readonly file: Protocol;
+  readonly header: SparseHeader;
+  protected readonly gd: Uint32Array;
+  protected readonly rgd: Uint32Array | undefined;
+  protected fileSize: number;
+  protected readonly writable: boolean;
+  protected readonly below: Below;
   /** The last grain decompressed, for reads smaller than a grain. */
   private inflated: { sector: number; data: Uint8Array } | undefined;
-  private closed = false;
 
-  private constructor(
-    readonly file: Protocol,
-    readonly header: SparseHeader,
-    private readonly gd: Uint32Array,
-    private readonly rgd: Uint32Array | undefined,
-    private fileSize: number,
-    private readonly writable: boolean,
-    private readonly below: Below,
-    /** The sector the footer names the grain directory at (tables at the end), for the stream tail. */
-    gdAtEndSector: number | undefined,
-  ) {
+  constructor(p: SparseParts) {
+    ({ file: this.file, header: this.header, gd: this.gd, rgd: this.rgd, fileSize: this.fileSize } = p);
+    ({ writable: this.writable, below: this.below } = p);
+    const header = p.header;
     this.length = header.capacity * L.SECTOR;
     this.grainBytes = header.grainSectors * L.SECTOR;
     this.compressed = header.compressAlgorithm === L.COMPRESSION_DEFLATE;
     this.zeroGrain = (header.flags & L.FLAG_ZERO_GRAIN) !== 0;
     this.gtBytes = header.gtesPerGt * 4;
-    this.tablesAtEnd = gdAtEndSector !== undefined;
-    const fileSectors = Math.ceil(fileSize / L.SECTOR);
-    if (this.tablesAtEnd) {
-      // Tables (each after its marker sector) and the footer follow the last grain.
-      let first = gdAtEndSector!;
-      for (const s of gd) if (s !== 0 && s < first) first = s;
-      this.tailSector = first - 1;
-      this.nextSector = this.tailSector;
-    } else {
-      // Same as QEMU: grains are appended from the first grain boundary at or after the end.
-      this.nextSector = this.compressed ? fileSectors : Math.ceil(fileSectors / header.grainSectors) * header.grainSectors;
-    }
-  }
-
-  /** Opens a hosted sparse extent; every header field is checked before it is used. */
-  static async open(file: Protocol, writable: boolean, below: Below = NOTHING_BELOW): Promise<SparseExtent> {
-    const fileSize = await file.size();
-    const first = new Uint8Array(L.SECTOR);
-    await file.read(first, 0);
-    let header = parseSparseHeader(first);
-    let gdAtEnd: number | undefined;
-    if (header.gdOffset === undefined) {
-      header = await readFooter(file, fileSize);
-      gdAtEnd = header.gdOffset;
-    }
-    validateSparseHeader(header, fileSize, writable);
-    const entries = gdEntriesFor(header.capacity, header.grainSectors, header.gtesPerGt);
-    const gd = await readDirectory(file, header.gdOffset!, entries, fileSize);
-    const hasRgd = header.flags & L.FLAG_RGD && gdAtEnd === undefined;
-    const rgd = hasRgd ? await readDirectory(file, header.rgdOffset, entries, fileSize) : undefined;
-    return new SparseExtent(file, header, gd, rgd, fileSize, writable, below, gdAtEnd);
+    const fileSectors = Math.ceil(p.fileSize / L.SECTOR);
+    // Same as QEMU: grains are appended from the first grain boundary at or after the end (compressed: the end).
+    this.nextSector = this.compressed ? fileSectors : Math.ceil(fileSectors / header.grainSectors) * header.grainSectors;
   }
 
   /** The grain table of directory entry `i` (undefined when it has none). */
-  private table(i: number): Promise<Uint32Array> | undefined {
+  protected table(i: number): Promise<Uint32Array> | undefined {
     const cached = this.gts.get(i);
     if (cached) return cached;
     const sector = this.gd[i];
@@ -140,19 +130,24 @@ export class SparseExtent implements WritableExtent {
   }
 
   /**
-   * Keeps the table cache bounded. Tables of a stream's end are the only copy
-   * until close and stay; others are on disk, and a writable extent drops
-   * them only under the lock, when no change to one is under way.
+   * Keeps the table cache bounded. Tables are on disk (unless keepsTables),
+   * and a writable extent drops them only under the lock, when no change to
+   * one is under way.
    */
-  private evictTables(): void {
-    if ((this.tablesAtEnd && this.writable) || this.gts.size < L.MAX_CACHED_TABLES) return;
+  /** True while the cached tables are the only copy (a stream being written). */
+  protected keepsTables(): boolean {
+    return false;
+  }
+
+  protected evictTables(): void {
+    if (this.keepsTables() || this.gts.size < L.MAX_CACHED_TABLES) return;
     for (const t of this.gts.keys()) {
       if (this.gts.size < L.MAX_CACHED_TABLES / 2) break;
       this.gts.delete(t);
     }
   }
 
-  private async grain(g: number): Promise<GrainState> {
+  protected async grain(g: number): Promise<GrainState> {
     const gtes = this.header.gtesPerGt;
     const gt = await this.table(Math.floor(g / gtes));
     const entry = gt ? gt[g % gtes] : 0;
@@ -237,13 +232,12 @@ export class SparseExtent implements WritableExtent {
     piece.set(data.subarray(from, from + piece.length));
   }
 
-  private checkWritable(): void {
+  protected checkWritable(): void {
     if (!this.writable) throw new BlockError('InvalidArgument', 'this extent is read-only');
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
-    if (this.compressed) return this.writeStream(buf, offset);
     for (let at = 0; at < buf.length; ) {
       const ext = await this.blockStatus(offset + at, buf.length - at);
       if (ext.state === 'data') {
@@ -313,7 +307,7 @@ export class SparseExtent implements WritableExtent {
    * grain tables first (both copies), then directory entries of any table
    * made for them. Runs under the lock.
    */
-  private async setEntries(first: number, entries: number[]): Promise<void> {
+  protected async setEntries(first: number, entries: number[]): Promise<void> {
     const gtes = this.header.gtesPerGt;
     for (let i = 0; i < entries.length; ) {
       const g = first + i;
@@ -323,24 +317,21 @@ export class SparseExtent implements WritableExtent {
       if (fresh) this.newTable(t);
       const gt = await this.table(t)!;
       gt.set(entries.slice(i, i + n), g % gtes);
-      if (this.tablesAtEnd) {
-        this.tailDirty = true;
-      } else {
-        const bytes = leBytes(gt.subarray(g % gtes, (g % gtes) + n));
-        const at = (g % gtes) * 4;
-        if (fresh) {
-          await this.writeNewTable(t, gt);
-        } else {
-          await this.file.write(bytes, this.gd[t] * L.SECTOR + at);
-          if (this.rgd) await this.file.write(bytes, this.rgd[t] * L.SECTOR + at);
-        }
-      }
+      await this.storeEntries(t, gt, g % gtes, n, fresh);
       i += n;
     }
   }
 
+  /** Writes entries `from`... (`n` of them) of table `t` to the file, or the whole table if it is new. */
+  protected async storeEntries(t: number, gt: Uint32Array, from: number, n: number, fresh: boolean): Promise<void> {
+    if (fresh) return this.writeNewTable(t, gt);
+    const bytes = leBytes(gt.subarray(from, from + n));
+    await this.file.write(bytes, this.gd[t] * L.SECTOR + from * 4);
+    if (this.rgd) await this.file.write(bytes, this.rgd[t] * L.SECTOR + from * 4);
+  }
+
   /** A new, empty grain table for directory entry `t`, in memory. */
-  private newTable(t: number): void {
+  protected newTable(t: number): void {
     this.gts.set(t, Promise.resolve(new Uint32Array(this.header.gtesPerGt)));
   }
 
@@ -363,6 +354,11 @@ export class SparseExtent implements WritableExtent {
     }
   }
 
+  /** True when part of grain `g` waits in memory to be written (streams). */
+  protected holdsPart(_g: number): boolean {
+    return false;
+  }
+
   async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.checkWritable();
     const gb = this.grainBytes;
@@ -371,7 +367,7 @@ export class SparseExtent implements WritableExtent {
       const end = Math.min((g + 1) * gb, offset + length);
       const whole = at === g * gb && end - at === gb;
       const st = await this.grain(g);
-      if (st.state === 'zero' || (st.state === 'unallocated' && !this.below.present && !this.pending.has(g))) {
+      if (st.state === 'zero' || (st.state === 'unallocated' && !this.below.present && !this.holdsPart(g))) {
         // Already reads as zeros.
       } else if (whole && this.zeroGrain && !this.compressed && (mayUnmap || st.state !== 'data')) {
         await this.lock.run(() => this.setEntries(g, [L.GTE_ZEROED]));
@@ -391,18 +387,7 @@ export class SparseExtent implements WritableExtent {
     await this.file.flush();
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    for (const g of [...this.pending.keys()]) await this.emitPending(g);
-    if (this.tailDirty) {
-      const gd = this.gd;
-      const tables = new Map<number, Uint32Array>();
-      for (const [t, gt] of this.gts) tables.set(t, await gt);
-      await this.lock.run(() => writeStreamTail(this.file, this.header, this.nextSector, gd, tables));
-      await this.file.flush();
-    }
-  }
+  async close(): Promise<void> {}
 
   /**
    * Finds the first grain table or grain that points past the end of the
@@ -427,111 +412,6 @@ export class SparseExtent implements WritableExtent {
       }
     }
     return 0;
-  }
-
-  // ---------------------------------------------------------------- streams
-
-  /** Bytes compressClusters works on: whole grains. */
-  get compressionCluster(): number {
-    return this.grainBytes;
-  }
-
-  private async checkUnwritten(g: number): Promise<void> {
-    if ((await this.grain(g)).state === 'data') {
-      throw new BlockError(
-        'Unsupported',
-        `streamOptimized images are written once, in order: the grain at offset ${g * this.grainBytes} is already written`,
-      );
-    }
-  }
-
-  /** Compressed writes: whole grains are compressed (in parallel) and appended; parts of grains wait in `pending`. */
-  private async writeStream(buf: Uint8Array, offset: number): Promise<void> {
-    const gb = this.grainBytes;
-    let at = 0;
-    const headPart = offset % gb ? Math.min(buf.length, gb - (offset % gb)) : 0;
-    if (headPart) {
-      await this.addPartial(buf.subarray(0, headPart), offset);
-      at = headPart;
-    }
-    const wholeEnd = at + Math.floor((buf.length - at) / gb) * gb;
-    // The last grain of the extent may be cut short by its end.
-    const lastWhole = offset + buf.length === this.length && buf.length > wholeEnd ? buf.length : wholeEnd;
-    if (lastWhole > at) await (await this.compressGrains(buf.subarray(at, lastWhole), offset + at))();
-    if (lastWhole < buf.length) await this.addPartial(buf.subarray(lastWhole), offset + lastWhole);
-  }
-
-  private addPartial(piece: Uint8Array, offset: number): Promise<void> {
-    const g = Math.floor(offset / this.grainBytes);
-    return this.partialLock.run(async () => {
-      let p = this.pending.get(g);
-      if (!p) {
-        await this.checkUnwritten(g);
-        p = { data: new Uint8Array(Math.min(this.grainBytes, this.length - g * this.grainBytes)), filled: 0 };
-        this.pending.set(g, p);
-      }
-      p.data.set(piece, offset % this.grainBytes);
-      // Writes to a grain do not overlap (each part is written once), so the count says when it is full.
-      p.filled += piece.length;
-      if (p.filled >= p.data.length) await this.emitPending(g);
-    });
-  }
-
-  private async emitPending(g: number): Promise<void> {
-    const p = this.pending.get(g)!;
-    this.pending.delete(g);
-    await (await this.compressGrains(p.data, g * this.grainBytes))();
-  }
-
-  /**
-   * Compresses whole grains at grain-aligned `offset` (the last may be cut by
-   * the end of the extent), in parallel; the returned function appends them,
-   * each after its marker, then points the grain tables at them.
-   */
-  async compressGrains(buf: Uint8Array, offset: number): Promise<() => Promise<void>> {
-    this.checkWritable();
-    if (!this.compressed) throw new BlockError('Unsupported', 'this extent does not store compressed grains');
-    const gb = this.grainBytes;
-    const first = offset / gb;
-    const count = Math.ceil(buf.length / gb);
-    for (let i = 0; i < count; i++) {
-      await this.checkUnwritten(first + i);
-      this.pending.delete(first + i); // a whole grain replaces what part of it was waiting
-    }
-    const lba = (g: number) => (g * gb) / L.SECTOR;
-    const grains = await Promise.all(
-      Array.from({ length: count }, (_, i) => compressGrain(buf.subarray(i * gb, (i + 1) * gb), lba(first + i))),
-    );
-    return () =>
-      this.lock.run(async () => {
-        for (let i = 0; i < count; i++) await this.checkUnwritten(first + i);
-        await this.cutTail();
-        const total = grains.reduce((n, b) => n + b.length, 0);
-        const out = new Uint8Array(total);
-        const entries: number[] = [];
-        let pos = 0;
-        for (const b of grains) {
-          entries.push(this.nextSector + pos / L.SECTOR);
-          out.set(b, pos);
-          pos += b.length;
-        }
-        await this.file.write(out, this.nextSector * L.SECTOR);
-        this.nextSector += total / L.SECTOR;
-        this.fileSize = Math.max(this.fileSize, this.nextSector * L.SECTOR);
-        await this.setEntries(first, entries);
-      });
-  }
-
-  /** Before the first grain is appended to a stream, its old tables and footer are cut off (close() writes new ones). */
-  private async cutTail(): Promise<void> {
-    if (this.tailSector === undefined) return;
-    // Every table is read before the old ones go.
-    for (let t = 0; t < this.gd.length; t++) await this.table(t);
-    await this.file.truncate(this.tailSector * L.SECTOR);
-    this.fileSize = this.tailSector * L.SECTOR;
-    this.gd.fill(0);
-    this.tailSector = undefined;
-    this.tailDirty = true;
   }
 }
 
