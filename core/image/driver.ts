@@ -58,6 +58,8 @@ export interface FormatInfo {
   specific?: { type: string; data: Record<string, unknown> };
   /** The persistent dirty bitmaps, for formats that can hold them. */
   bitmaps?: readonly PersistentBitmap[];
+  /** Bytes the image's other files (VMDK extents) take on storage, which `actual-size` adds, as qemu-img does. */
+  otherFilesAllocated?: number;
 }
 
 /** A persistent dirty bitmap, as measure sizes it. */

@@ -262,8 +262,11 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
   async info(): Promise<FormatInfo> {
     const first = this.extents[0]?.extent;
     const d = this.descriptor;
+    let otherFilesAllocated = 0;
+    for (const f of this.ownFiles) otherFilesAllocated += (await f.allocatedSize()) ?? 0;
     return {
       clusterSize: first instanceof SparseExtent ? first.grainBytes : undefined,
+      otherFilesAllocated,
       specific: {
         type: 'vmdk',
         data: {
@@ -271,10 +274,13 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
           'parent-cid': d.parentCid,
           'create-type': d.createType,
           extents: this.extents.map((p) => {
-            const e: Record<string, unknown> = { 'virtual-size': p.extent.length, filename: p.extent.file.name };
+            // Key by key in qemu-img's order.
+            const e: Record<string, unknown> = {};
+            if (p.extent instanceof SparseExtent && p.extent.compressed) e.compressed = true;
+            e['virtual-size'] = p.extent.length;
+            e.filename = p.extent.file.name;
             if (p.extent instanceof SparseExtent) e['cluster-size'] = p.extent.grainBytes;
             e.format = p.type;
-            if (p.extent instanceof SparseExtent && p.extent.compressed) e.compressed = true;
             return e;
           }),
         },
