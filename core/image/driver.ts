@@ -40,6 +40,8 @@ export interface LayerExtent {
   /** The file `hostOffset` is in, when not the layer's own (a qcow2 data file). */
   hostFile?: Protocol;
   compressed?: boolean;
+  /** 'data' that reads as zeros: a hole in the file under it (a VMDK flat extent), which maps show as zero data. */
+  zero?: boolean;
 }
 
 /** How an image names its backing file, as stored in its header. */
@@ -56,6 +58,8 @@ export interface FormatInfo {
   specific?: { type: string; data: Record<string, unknown> };
   /** The persistent dirty bitmaps, for formats that can hold them. */
   bitmaps?: readonly PersistentBitmap[];
+  /** Bytes the image's other files (VMDK extents) take on storage, which `actual-size` adds, as qemu-img does. */
+  otherFilesAllocated?: number;
 }
 
 /** A persistent dirty bitmap, as measure sizes it. */
@@ -201,7 +205,16 @@ export function isCompactable(img: FormatImage): img is FormatImage & Compactabl
 
 /** Images that read from a backing image must be given it after opening. */
 export interface HasBacking {
-  setBacking(backing: { read(buf: Uint8Array, offset: number): Promise<void>; size: number } | undefined): void;
+  setBacking(backing: BackingImage | undefined): void;
+}
+
+/** What a layer sees of its backing image. */
+export interface BackingImage {
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  size: number;
+  /** The backing image's format and details, for formats that check them (a VMDK parent's CID). */
+  readonly format?: string;
+  info?(): Promise<FormatInfo>;
 }
 export function hasBacking(img: FormatImage): img is FormatImage & HasBacking {
   return typeof (img as Partial<HasBacking>).setBacking === 'function';
@@ -250,6 +263,11 @@ export interface CreateRequest {
    * next to the image; removed again if creating the image fails.
    */
   createFile?(name: string): Promise<Protocol>;
+  /**
+   * Opens, read-only, a file the new image will name (a VMDK's parent, whose
+   * content ID the child records), resolved against the image's folder.
+   */
+  openFile?(name: string): Promise<Protocol>;
 }
 
 /** Sizes `measure` reports for a new image of this format. */

@@ -133,7 +133,7 @@ export class Image {
     // Data stored in a hole of the file (preallocated metadata, say) reads as
     // zeros: ask the file, as QEMU does, so copies need not read it. (Like
     // QEMU, not a separate data file: its holes stay data in maps.)
-    let zero = ext.state !== 'data';
+    let zero = ext.state !== 'data' || ext.zero === true;
     if (ext.state === 'data' && ext.hostOffset !== undefined && !ext.compressed && !ext.hostFile) {
       const file = await this.wrap('block-status', offset, () => this.protocol.blockStatus(ext.hostOffset!, ext.length));
       ext.length = Math.min(ext.length, file.length);

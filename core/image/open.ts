@@ -1,5 +1,5 @@
 /** Opening and creating images by name. */
-import { realpath, rm } from 'node:fs/promises';
+import { realpath, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { openProtocol } from '../io/open.js';
 import { PendingFile } from '../io/pending-file.js';
@@ -44,9 +44,10 @@ export function resolveNamedFile(imagePath: string, name: string): string {
 }
 
 /**
- * Refuses names in an image (its backing file, its data file: `what`) that
- * would lead outside the image's folder, unless allowed: an image must not
- * make Platter read or write a file the user did not choose.
+ * Refuses names in an image (its backing file, its data file, a VMDK extent:
+ * `what`) that would lead outside the image's folder or to something other
+ * than a regular file (a device), unless allowed: an image must not make
+ * Platter read or write a file the user did not choose.
  */
 async function checkFileAllowed(imagePath: string, what: string, name: string, resolved: string, allow: boolean): Promise<void> {
   const ctx = { path: imagePath, op: 'open' };
@@ -54,6 +55,15 @@ async function checkFileAllowed(imagePath: string, what: string, name: string, r
     throw new BlockError('Unsupported', `the ${what} is a json: specification (${name.slice(0, 60)}), which Platter does not follow`, ctx);
   }
   if (allow) return;
+  // A device (or a symlink to one) is never an image's part: reading /dev/sda through an extent is an attack.
+  const st = await stat(resolved).catch(() => undefined);
+  if (st && !st.isFile()) {
+    throw new BlockError(
+      'InvalidArgument',
+      `the ${what} ${name} is not a regular file; pass --allow-external-files if you trust this image`,
+      ctx,
+    );
+  }
   const folder = await realpath(dirname(imagePath));
   const target = await realpath(resolved).catch(() => resolve(resolved));
   const rel = relative(folder, target);
@@ -131,6 +141,7 @@ export async function formatImage(
   size: number,
   options: OptionValues,
   createFile?: (name: string) => Promise<Protocol>,
+  openFile?: (name: string) => Promise<Protocol>,
 ): Promise<void> {
   if (!driver.create) {
     throw new BlockError('Unsupported', `${driver.name} images cannot be created (read-only format)`, {
@@ -138,7 +149,7 @@ export async function formatImage(
       op: 'create',
     });
   }
-  await driver.create(proto, { size, options, createFile });
+  await driver.create(proto, { size, options, createFile, openFile });
 }
 
 /** A newly created image, open for writing under a temporary name until committed. */
@@ -190,7 +201,9 @@ export async function createImage(
       cache,
     });
     try {
-      await formatImage(proto, driver, size, options, createFile);
+      // The user named the files the new image refers to: they are opened as given.
+      const openFile = (name: string) => openProtocol(resolveNamedFile(path, name), { readOnly: true, cache });
+      await formatImage(proto, driver, size, options, createFile, openFile);
     } finally {
       await proto.close();
       // The driver may have closed them with the image it made.

@@ -45,7 +45,8 @@ export async function info(opts: InfoOptions, _ctx: JobContext = {}): Promise<Im
 
 async function describe(image: Image): Promise<ImageInfo> {
   const details = await image.info();
-  const actual = await image.protocol.allocatedSize();
+  const own = await image.protocol.allocatedSize();
+  const actual = own === undefined ? undefined : own + (details.otherFilesAllocated ?? 0);
   const ref = image.layer.backingRef;
   // Built key by key so JSON.stringify prints qemu-img's order.
   const out = {} as ImageInfo;

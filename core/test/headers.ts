@@ -437,7 +437,8 @@ export function headerFixtures(): HeaderFixture[] {
       driver: 'vmdk',
       bytes: vmdkDescriptor(),
       filename: 'a.vmdk',
-      magic: { offset: 0, length: '# Disk DescriptorFile'.length },
+      // As QEMU probes it: comment lines are skipped, and the first other line must be "version=N".
+      magic: { offset: '# Disk DescriptorFile\n'.length, length: 'version=1'.length },
     },
     { label: 'vpc dynamic (head)', driver: 'vpc', bytes: vhdDynamicHead(), filename: 'a.vhd', magic: { offset: 0, length: 8 } },
     {

@@ -8,11 +8,12 @@
  */
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
 import { prng } from '../../test/prng.js';
 import { hasTool, tempDir } from '../../test/tmp.js';
 import { openCowdExtent } from './cowd.js';
-import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, statusRuns } from './legacy-test-helpers.js';
+import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, readImage, statusRuns } from './legacy-test-helpers.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 
@@ -239,6 +240,10 @@ describe('COWD extents', () => {
       const ours = await readAll(extent);
       expect(Buffer.from(ours).equals(Buffer.from(guest))).toBe(true);
       expect(Buffer.from(qemuRead(desc, t.path('desc.raw'))).equals(Buffer.from(ours))).toBe(true);
+      // The whole image, descriptor and all, through the driver (read-only: these extents are never written).
+      expect(Buffer.from(await readImage(desc)).equals(Buffer.from(ours))).toBe(true);
+      expect(Buffer.from(await readImage(path)).equals(Buffer.from(ours)), 'the lone COWD file').toBe(true);
+      await expect(openImage(desc, { readOnly: false })).rejects.toThrow(/can only be read/);
       // Opened directly, QEMU looks for "CID" text at byte 512 (where a KDMV file keeps its
       // descriptor) and refuses the file without it; real COWD files have none there. That
       // text in the (unused) parent-name field lets qemu-img read the same grains directly.

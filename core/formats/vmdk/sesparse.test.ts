@@ -8,10 +8,11 @@
  */
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
 import { prng } from '../../test/prng.js';
 import { hasTool, tempDir } from '../../test/tmp.js';
-import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, statusRuns } from './legacy-test-helpers.js';
+import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, readImage, statusRuns } from './legacy-test-helpers.js';
 import { openSeSparseExtent } from './sesparse.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
@@ -234,6 +235,9 @@ describe('seSparse extents', () => {
       const ours = await readAll(extent);
       expect(Buffer.from(ours).equals(Buffer.from(guest))).toBe(true);
       expect(Buffer.from(qemuRead(desc, t.path('x.raw'))).equals(Buffer.from(ours))).toBe(true);
+      // The whole image, descriptor and all, through the driver (read-only: these extents are never written).
+      expect(Buffer.from(await readImage(desc)).equals(Buffer.from(ours))).toBe(true);
+      await expect(openImage(desc, { readOnly: false })).rejects.toThrow(/can only be read/);
     } finally {
       await extent.close();
     }
