@@ -40,6 +40,11 @@ export interface LayerExtent {
   /** The file `hostOffset` is in, when not the layer's own (a qcow2 data file). */
   hostFile?: Protocol;
   compressed?: boolean;
+  /**
+   * False when holes in the file at `hostOffset` still map as data, not
+   * zeros: QEMU maps a vpc block as data without asking the file.
+   */
+  fileHolesAreZeros?: boolean;
 }
 
 /** How an image names its backing file, as stored in its header. */
