@@ -37,6 +37,8 @@ export interface DynamicLayout {
   fileSize: number;
 }
 
+/** Bitmaps a differencing image keeps in memory (2 MiB of them) before starting over. */
+const BITMAP_CACHE = 4096;
 /** Bytes of a BAT sector: 128 entries. */
 const BAT_SECTOR_ENTRIES = L.SECTOR_SIZE / 4;
 
@@ -51,8 +53,10 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
   private footerAt: number;
   /** BAT sectors changed since the last flush. */
   private readonly dirty = new Set<number>();
-  /** Sector bitmaps of a differencing image's blocks, read once. */
+  /** Sector bitmaps of a differencing image's blocks, read once (up to BITMAP_CACHE of them). */
   private readonly bitmaps = new Map<number, Uint8Array>();
+  /** Blocks whose bitmap is known to have every bit set: writes to them need not look at it. */
+  private readonly fullBitmaps = new Set<number>();
   private backing?: Backing;
   /** Requests hold the blocks they touch, so a block's first write (which allocates it) is never overtaken. */
   private readonly ranges = new RangeLock();
@@ -132,8 +136,8 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
   private async bitmapRuns(block: number, entry: number, at: number, len: number) {
     let bitmap = this.bitmaps.get(block);
     if (!bitmap) {
-      bitmap = new Uint8Array(this.bitmapSize);
-      await this.proto.read(bitmap, entry * L.SECTOR_SIZE);
+      bitmap = await this.readBitmap(entry);
+      if (this.bitmaps.size >= BITMAP_CACHE) this.bitmaps.clear();
       this.bitmaps.set(block, bitmap);
     }
     const bit = (s: number) => (bitmap[s >> 3] & (0x80 >> (s & 7))) !== 0;
@@ -150,14 +154,59 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
     return runs;
   }
 
+  private async readBitmap(entry: number): Promise<Uint8Array> {
+    const bitmap = new Uint8Array(this.bitmapSize);
+    await this.proto.read(bitmap, entry * L.SECTOR_SIZE);
+    return bitmap;
+  }
+
   write(buf: Uint8Array, offset: number): Promise<void> {
     return this.ranges.hold(...this.blocksOf(offset, buf.length), async () => {
       for (const p of this.pieces(offset, buf.length)) {
         const part = buf.subarray(p.at - offset, p.at - offset + p.len);
-        const entry = p.entry === L.UNALLOCATED ? await this.allocate(p.block, part, p.at) : p.entry;
-        if (entry !== undefined) await this.proto.write(part, this.hostOffset(entry, p.at));
+        if (p.entry === L.UNALLOCATED) {
+          const entry = await this.allocate(p.block, part, p.at);
+          if (entry !== undefined) await this.proto.write(part, this.hostOffset(entry, p.at));
+        } else {
+          await this.proto.write(part, this.hostOffset(p.entry, p.at));
+          await this.markPresent(p.block, p.entry, p.at, p.len);
+        }
       }
     });
+  }
+
+  /**
+   * Sets the bitmap bits of sectors just written to a block made by another
+   * tool: Platter (like QEMU) reads a dynamic block whole, but Virtual PC
+   * and Hyper-V read sectors with a clear bit as zeros. The data goes first,
+   * so a crash never marks sectors present that were not written.
+   */
+  private async markPresent(block: number, entry: number, at: number, len: number): Promise<void> {
+    if (this.fullBitmaps.has(block)) return;
+    const bitmap = await this.readBitmap(entry);
+    const first = Math.floor((at % this.blockSize) / L.SECTOR_SIZE);
+    const last = Math.floor(((at % this.blockSize) + len - 1) / L.SECTOR_SIZE);
+    let changed = false;
+    for (let sector = first; sector <= last; sector++) {
+      const mask = 0x80 >> (sector & 7);
+      if (!(bitmap[sector >> 3] & mask)) {
+        bitmap[sector >> 3] |= mask;
+        changed = true;
+      }
+    }
+    if (changed) await this.proto.write(bitmap, entry * L.SECTOR_SIZE);
+    if (this.allPresent(bitmap)) this.fullBitmaps.add(block);
+  }
+
+  /** Whether every sector of a block has its bit set (the padding after them does not count). */
+  private allPresent(bitmap: Uint8Array): boolean {
+    const sectors = this.blockSize / L.SECTOR_SIZE;
+    for (let s = 0; s < sectors; s += 8) {
+      const bits = Math.min(8, sectors - s);
+      const mask = (0xff00 >> bits) & 0xff;
+      if ((bitmap[s >> 3] & mask) !== mask) return false;
+    }
+    return true;
   }
 
   /**
@@ -189,6 +238,7 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
       await this.proto.write(bitmap, start);
     }
     this.layout.bat[block] = entry;
+    this.fullBitmaps.add(block);
     this.dirty.add(Math.floor(block / BAT_SECTOR_ENTRIES));
     return written;
   }
