@@ -21,7 +21,8 @@ export const VPC_CREATE_OPTIONS: readonly OptionDecl[] = [
     type: 'enum',
     values: ['dynamic', 'fixed'],
     default: 'dynamic',
-    help: 'Type of virtual hard disk format: dynamic (grows as written) or fixed (every byte allocated; what Azure takes)',
+    help:
+      'Type of virtual hard disk format: dynamic (grows as written) or fixed (every byte allocated; what Azure takes)',
   },
   {
     name: 'force_size',

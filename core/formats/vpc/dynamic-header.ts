@@ -50,12 +50,19 @@ const hex = (n: number | bigint) => '0x' + n.toString(16);
  * locators are read for differencing images only (others should have none;
  * QEMU never looks at them).
  */
-export function parseDynamicHeader(bytes: Uint8Array, size: number, fileSize: number, differencing: boolean): DynamicHeader {
+export function parseDynamicHeader(
+  bytes: Uint8Array,
+  size: number,
+  fileSize: number,
+  differencing: boolean,
+): DynamicHeader {
   const v = new DataView(bytes.buffer, bytes.byteOffset, L.DYN_HEADER_BYTES);
   const fail = (kind: 'InvalidFormat' | 'Corrupt' | 'Unsupported', message: string): never => {
     throw new BlockError(kind, message);
   };
-  if (String.fromCharCode(...bytes.subarray(0, 8)) !== L.DYN_HEADER_COOKIE) fail('InvalidFormat', 'Invalid header magic (no "cxsparse" dynamic disk header)');
+  if (String.fromCharCode(...bytes.subarray(0, 8)) !== L.DYN_HEADER_COOKIE) {
+    fail('InvalidFormat', 'Invalid header magic (no "cxsparse" dynamic disk header)');
+  }
   const blockSize = v.getUint32(D.blockSize);
   if (blockSize < L.MIN_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
     fail('Corrupt', `Invalid block size ${blockSize} (must be a power of two of at least ${L.MIN_BLOCK_SIZE})`);
@@ -81,11 +88,13 @@ export function parseDynamicHeader(bytes: Uint8Array, size: number, fileSize: nu
     const length = v.getUint32(at + LOC.dataLength);
     const offset = v.getBigUint64(at + LOC.dataOffset);
     if (length > L.MAX_LOCATOR_BYTES || offset + BigInt(length) > BigInt(fileSize)) {
-      fail('Corrupt', `parent locator ${i} (${platform}: ${length} bytes at ${hex(offset)}) is beyond the end of the file (${fileSize} bytes)`);
+      const what = `parent locator ${i} (${platform}: ${length} bytes at ${hex(offset)})`;
+      fail('Corrupt', `${what} is beyond the end of the file (${fileSize} bytes)`);
     }
     locators.push({ platform, offset: Number(offset), length });
   }
-  return { tableOffset: Number(table), maxTableEntries, blockSize, parentName: utf16(bytes.subarray(D.parentName, D.parentName + L.PARENT_NAME_BYTES), false), locators };
+  const parentName = utf16(bytes.subarray(D.parentName, D.parentName + L.PARENT_NAME_BYTES), false);
+  return { tableOffset: Number(table), maxTableEntries, blockSize, parentName, locators };
 }
 
 /** UTF-16 text up to its first NUL. */

@@ -54,6 +54,8 @@ export function hasFooterCookie(sector: Uint8Array): boolean {
   return sector.length >= L.FOOTER_BYTES && latin1(sector, F.cookie, 8) === L.FOOTER_COOKIE;
 }
 
+const hex = (n: number) => '0x' + n.toString(16);
+
 function latin1(b: Uint8Array, at: number, n: number): string {
   return String.fromCharCode(...b.subarray(at, at + n));
 }
@@ -70,14 +72,19 @@ export function parseFooter(sector: Uint8Array): Footer {
   if (stored !== computed) {
     throw new BlockError(
       'Corrupt',
-      `Incorrect header checksum (the footer says 0x${stored.toString(16)}, its bytes sum to 0x${computed.toString(16)})`,
+      `Incorrect header checksum (the footer says ${hex(stored)}, its bytes sum to ${hex(computed)})`,
     );
   }
   const diskType = v.getUint32(F.diskType);
   if (diskType !== L.TYPE_FIXED && diskType !== L.TYPE_DYNAMIC && diskType !== L.TYPE_DIFFERENCING) {
-    throw new BlockError('Unsupported', `unsupported VHD disk type ${diskType}; only 2 fixed, 3 dynamic and 4 differencing exist`);
+    const known = 'only 2 fixed, 3 dynamic and 4 differencing exist';
+    throw new BlockError('Unsupported', `unsupported VHD disk type ${diskType}; ${known}`);
   }
-  const geometry = { cylinders: v.getUint16(F.cylinders), heads: raw[F.heads], sectorsPerTrack: raw[F.sectorsPerTrack] };
+  const geometry = {
+    cylinders: v.getUint16(F.cylinders),
+    heads: raw[F.heads],
+    sectorsPerTrack: raw[F.sectorsPerTrack],
+  };
   const creatorApp = latin1(raw, F.creatorApp, 4);
   const currentSize = v.getBigUint64(F.currentSize);
   // Same as QEMU: Virtual PC sizes a disk by its geometry, Hyper-V and the others by current_size;
@@ -86,13 +93,19 @@ export function parseFooter(sector: Uint8Array): Footer {
   const bySize = L.CURRENT_SIZE_CREATORS.includes(creatorApp) || chs === L.MAX_GEOMETRY;
   const sectors = bySize ? currentSize / BigInt(L.SECTOR_SIZE) : BigInt(chs);
   if (sectors > BigInt(L.MAX_SECTORS)) {
-    throw new BlockError('Unsupported', `the image is too large (${sectors} sectors); VHD images hold at most 2040 GiB`);
+    throw new BlockError('Unsupported', `the image is too large (${sectors} sectors): VHDs hold at most 2040 GiB`);
   }
-  return { diskType, dataOffset: v.getBigUint64(F.dataOffset), creatorApp, currentSize, geometry, size: Number(sectors) * L.SECTOR_SIZE, raw };
+  const size = Number(sectors) * L.SECTOR_SIZE;
+  return { diskType, dataOffset: v.getBigUint64(F.dataOffset), creatorApp, currentSize, geometry, size, raw };
 }
 
 /** A new footer as qemu-img writes it: creator "qemu" (or "qem2" when sized exactly), a random UUID. */
-export function newFooter(opts: { diskType: number; size: number; geometry: Geometry; forceSize: boolean }): Uint8Array {
+export function newFooter(opts: {
+  diskType: number;
+  size: number;
+  geometry: Geometry;
+  forceSize: boolean;
+}): Uint8Array {
   const raw = new Uint8Array(L.FOOTER_BYTES);
   const v = new DataView(raw.buffer);
   const ascii = (at: number, s: string) => raw.set(Buffer.from(s, 'latin1'), at);

@@ -57,6 +57,8 @@ export function newImageSize(size: number, forceSize: boolean): { size: number; 
     for (let i = 0; chsSectors(geometry) < want; i++) geometry = geometryFor(want + i);
   }
   const total = chsSectors(geometry) === L.MAX_GEOMETRY ? sectors : chsSectors(geometry);
-  if (total > L.MAX_SECTORS) throw new BlockError('InvalidArgument', "The image size is too large for file format 'vpc' (max 2040 GiB)");
+  if (total > L.MAX_SECTORS) {
+    throw new BlockError('InvalidArgument', "The image size is too large for file format 'vpc' (max 2040 GiB)");
+  }
   return { size: total * L.SECTOR_SIZE, geometry };
 }

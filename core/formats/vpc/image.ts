@@ -37,6 +37,9 @@ export interface DynamicLayout {
   fileSize: number;
 }
 
+/** A part of a request within one block, and the block's BAT entry. */
+type Piece = { at: number; len: number; block: number; entry: number };
+
 /** Bitmaps a differencing image keeps in memory (2 MiB of them) before starting over. */
 const BITMAP_CACHE = 4096;
 /** Bytes of a BAT sector: 128 entries. */
@@ -93,7 +96,7 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
   }
 
   /** The pieces of [offset, offset + length) within one block each. */
-  private *pieces(offset: number, length: number): Generator<{ at: number; len: number; block: number; entry: number }> {
+  private *pieces(offset: number, length: number): Generator<Piece> {
     const end = offset + length;
     for (let at = offset; at < end; ) {
       const block = Math.floor(at / this.blockSize);
@@ -219,7 +222,7 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
     const start = this.nextFree;
     const end = start + this.bitmapSize + this.blockSize;
     if (end / L.SECTOR_SIZE >= L.UNALLOCATED) {
-      throw new BlockError('Unsupported', 'the image file is full: VHD blocks must start within the first 2 TiB of the file');
+      throw new BlockError('Unsupported', 'the image file is full: VHD blocks must start in its first 2 TiB');
     }
     this.nextFree = end;
     const bitmap = new Uint8Array(this.bitmapSize).fill(0xff);

@@ -66,7 +66,7 @@ export const PARENT_LOCATORS = 8;
 export const PARENT_NAME_BYTES = 512;
 /** A locator's path is at most Windows' 32767 UTF-16 units; anything longer is damage. */
 export const MAX_LOCATOR_BYTES = 65536;
-/** Locator platform codes Platter follows: Windows relative and absolute (UTF-16LE) paths, Mac OS X file URLs (UTF-8). */
+/** Locator platforms Platter follows: Windows relative and absolute UTF-16LE paths, Mac OS X UTF-8 file URLs. */
 export const PLATFORM_W2RU = 'W2ru';
 export const PLATFORM_W2KU = 'W2ku';
 export const PLATFORM_MACX = 'MacX';

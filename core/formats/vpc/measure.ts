@@ -31,5 +31,8 @@ export function measureVpc(
     if (end > first) used += end - first;
     counted = Math.max(counted, end);
   }
-  return { required: layout.metadataBytes + used * perBlock, fullyAllocated: layout.metadataBytes + layout.entries * perBlock };
+  return {
+    required: layout.metadataBytes + used * perBlock,
+    fullyAllocated: layout.metadataBytes + layout.entries * perBlock,
+  };
 }

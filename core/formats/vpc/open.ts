@@ -38,7 +38,8 @@ export async function openVpc(proto: Protocol, readOnly: boolean): Promise<Forma
   if (footer.diskType === L.TYPE_FIXED) {
     const data = fileSize - L.FOOTER_BYTES;
     if (footer.size > data) {
-      throw new BlockError('Corrupt', `the footer says the disk has ${footer.size} bytes, but the file holds only ${data} before the footer`);
+      const says = `the footer says the disk has ${footer.size} bytes`;
+      throw new BlockError('Corrupt', `${says}, but the file holds only ${data} before the footer`);
     }
     return new FixedVpcImage(proto, footer, readOnly);
   }
@@ -48,10 +49,12 @@ export async function openVpc(proto: Protocol, readOnly: boolean): Promise<Forma
 async function openDynamic(proto: Protocol, footer: Footer, fileSize: number, readOnly: boolean): Promise<FormatImage> {
   const at = footer.dataOffset;
   if (at < BigInt(L.FOOTER_BYTES) || at + BigInt(L.DYN_HEADER_BYTES) > BigInt(fileSize)) {
-    throw new BlockError('Corrupt', `the dynamic disk header offset ${hex(at)} is outside the file (${fileSize} bytes)`);
+    throw new BlockError('Corrupt', `the dynamic disk header offset ${hex(at)} is outside the file (${fileSize} B)`);
   }
   const headerAt = Number(at);
-  const header = parseDynamicHeader(await readAt(proto, headerAt, L.DYN_HEADER_BYTES), footer.size, fileSize, footer.diskType === L.TYPE_DIFFERENCING);
+  const differencing = footer.diskType === L.TYPE_DIFFERENCING;
+  const headerBytes = await readAt(proto, headerAt, L.DYN_HEADER_BYTES);
+  const header = parseDynamicHeader(headerBytes, footer.size, fileSize, differencing);
   // The BAT lies within the file (checked above), so its size is bounded by the file's.
   const raw = await readAt(proto, header.tableOffset, header.maxTableEntries * 4);
   const v = new DataView(raw.buffer);
@@ -70,14 +73,15 @@ async function openDynamic(proto: Protocol, footer: Footer, fileSize: number, re
     const start = e * L.SECTOR_SIZE;
     const end = start + bitmap + header.blockSize;
     if (end > fileSize) {
-      throw new BlockError('Corrupt', `BAT entry ${i} points past the end of the file (block at ${hex(start)}, file of ${fileSize} bytes): the image has been truncated`);
+      const where = `block at ${hex(start)}, file of ${fileSize} bytes`;
+      throw new BlockError('Corrupt', `BAT entry ${i} points past the end of the file (${where}): it is truncated`);
     }
     if (metadata.some(([from, to]) => start < to && end > from)) {
       throw new BlockError('Corrupt', `BAT entry ${i} points into the image's metadata (block at ${hex(start)})`);
     }
   }
   const layout = { tableOffset: header.tableOffset, blockSize: header.blockSize, bat, fileSize };
-  if (footer.diskType !== L.TYPE_DIFFERENCING) return new DynamicVpcImage(proto, footer, layout, readOnly);
+  if (!differencing) return new DynamicVpcImage(proto, footer, layout, readOnly);
   if (!readOnly) throw new BlockError('Unsupported', 'differencing VHDs can only be opened read-only');
   return new DynamicVpcImage(proto, footer, layout, readOnly, { filename: await parentFileName(proto, header) });
 }

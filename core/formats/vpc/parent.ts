@@ -35,14 +35,13 @@ export async function parentFileName(proto: Protocol, header: DynamicHeader): Pr
     if (!loc) continue;
     const bytes = new Uint8Array(loc.length);
     await proto.read(bytes, loc.offset);
-    const text = platform === L.PLATFORM_MACX ? Buffer.from(bytes).toString('utf8').replace(/\0.*$/s, '') : utf16(bytes, true);
     const name =
       platform === L.PLATFORM_MACX
-        ? decodeUrlPath(text.replace(/^file:\/\/(localhost)?/, ''))
-        : fromWindows(text, platform === L.PLATFORM_W2RU);
+        ? decodeUrlPath(Buffer.from(bytes).toString('utf8').replace(/\0.*$/s, '').replace(/^file:\/\/(localhost)?/, ''))
+        : fromWindows(utf16(bytes, true), platform === L.PLATFORM_W2RU);
     if (name) return name;
   }
   const name = baseName(header.parentName);
-  if (!name) throw new BlockError('Corrupt', 'this differencing VHD names no parent (no parent locator and no parent name)');
+  if (!name) throw new BlockError('Corrupt', 'this differencing VHD names no parent (no locator, no parent name)');
   return name;
 }
