@@ -18,6 +18,7 @@ import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 import { vpc } from './index.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
+const HAS_VHDI = hasTool('vhdiinfo', 'apt-get install libvhdi-utils');
 const MiB = 1 << 20;
 const BLOCK = 2 * MiB;
 
@@ -88,10 +89,16 @@ describe.skipIf(!HAS_QEMU)('vpc crash safety', () => {
 
     expect(log.length).toBeGreaterThan(8);
     const crashed = t.path('crashed.vhd');
+    let footers = 0;
     for (let n = 0; n <= log.length; n++) {
       writeFileSync(crashed, replay(base, log, n));
       const info = shStatus('qemu-img', ['info', '-f', 'vpc', crashed]);
       expect(info.status, `after ${n} writes: ${info.stderr}`).toBe(0);
+      // Once a request's footer is out (and until the next block's bitmap), the file ends in a footer again.
+      const last = log[n - 1];
+      const footerLast = last?.kind === 'write' && Buffer.from(last.data.subarray(0, 8)).toString('latin1') === 'conectix';
+      if (footerLast) footers++;
+      if (HAS_VHDI && footerLast) expect(shStatus('vhdiinfo', [crashed]).status, `after ${n} writes`).toBe(0);
       const theirs = qemuBlocks(crashed, blocks);
       const mine = await readBlocks(crashed, blocks);
       for (let b = 0; b < blocks; b++) {
@@ -99,6 +106,8 @@ describe.skipIf(!HAS_QEMU)('vpc crash safety', () => {
         expect(mine[b], `after ${n} writes, block ${b}`).toBe(theirs[b]);
       }
     }
+    // One footer per request that allocated: blocks 1, 3, and 4 with 5.
+    expect(footers).toBe(3);
     // At the end: as the model says.
     expect(qemuBlocks(path, blocks)).toEqual(Array.from({ length: blocks }, (_, b) => blockKey(blockOf(b))));
   });

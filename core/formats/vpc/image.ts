@@ -9,15 +9,16 @@
  * does not follow the parent at all).
  *
  * Writes: a new block goes where the footer was, at the end of the file:
- * its bitmap (all set, as QEMU writes it) and the data written. The BAT
- * stays in memory and goes out on flush (and close), in this order: the
- * data is flushed; the footer is written at the new end and flushed; then
- * the changed BAT sectors. A crash before the footer leaves the old BAT,
- * which points only at whole blocks, and the footer copy at the start (which
- * QEMU and Platter open dynamic images by); a crash between the footer and
- * the BAT leaves unreferenced blocks before a good footer. Either way
- * qemu-img reads the image as it was at the last flush, plus completed
- * blocks at most, never a BAT entry past the end of the file.
+ * its bitmap (all set, as QEMU writes it), the data written, then (once per
+ * request) the footer at the new end. The BAT stays in memory and goes out
+ * on flush (and close), after a flush of the data and footer. A crash
+ * before the footer leaves the old BAT, which points only at whole blocks,
+ * and the footer copy at the start (which QEMU and Platter open dynamic
+ * images by; vhdiinfo wants the one at the end, missing only in that
+ * window, as with QEMU); a crash after it leaves unreferenced blocks before
+ * a good footer. Either way qemu-img reads the image as it was at the last
+ * flush, plus completed blocks at most, never a BAT entry past the end of
+ * the file.
  */
 import type { FormatImage, FormatInfo, HasBacking, LayerExtent } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
@@ -165,17 +166,27 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
 
   write(buf: Uint8Array, offset: number): Promise<void> {
     return this.ranges.hold(...this.blocksOf(offset, buf.length), async () => {
+      let allocated = false;
       for (const p of this.pieces(offset, buf.length)) {
         const part = buf.subarray(p.at - offset, p.at - offset + p.len);
         if (p.entry === L.UNALLOCATED) {
-          const entry = await this.allocate(p.block, part, p.at);
+          const entry = await this.meta.run(() => this.allocate(p.block, part, p.at));
           if (entry !== undefined) await this.proto.write(part, this.hostOffset(entry, p.at));
+          allocated = true;
         } else {
           await this.proto.write(part, this.hostOffset(p.entry, p.at));
           await this.markPresent(p.block, p.entry, p.at, p.len);
         }
       }
+      if (allocated) await this.meta.run(() => this.writeFooter());
     });
+  }
+
+  /** The footer at the end of the blocks, past every block reserved so far (under the metadata lock). */
+  private async writeFooter(): Promise<void> {
+    if (this.footerAt === this.nextFree) return;
+    await this.proto.write(this.footer.raw, this.nextFree);
+    this.footerAt = this.nextFree;
   }
 
   /**
@@ -216,7 +227,8 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
    * Gives `block` the next free place: its bitmap, all set, and (where the
    * place may hold stale bytes from a crash) zeros around the data being
    * written. Returns the new entry, or undefined when the data went out
-   * with the zeros.
+   * with the zeros. Runs under the metadata lock, so a footer write never
+   * lands on a bitmap.
    */
   private async allocate(block: number, part: Uint8Array, at: number): Promise<number | undefined> {
     const start = this.nextFree;
@@ -284,16 +296,13 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
       : { offset, length: run.len, state: 'unallocated' };
   }
 
-  /** Writes the footer at the new end, then the changed BAT sectors, each after what it points at is on disk. */
+  /** Writes the changed BAT sectors, once what they point at (and the footer past it) is on disk. */
   private async syncMetadata(): Promise<void> {
     await this.meta.run(async () => {
       if (this.dirty.size === 0) return;
+      await this.writeFooter();
+      // The blocks and the footer past them are on disk before the BAT points at them.
       await this.proto.flush();
-      if (this.footerAt !== this.nextFree) {
-        await this.proto.write(this.footer.raw, this.nextFree);
-        await this.proto.flush();
-        this.footerAt = this.nextFree;
-      }
       const sectors = [...this.dirty].sort((a, b) => a - b);
       this.dirty.clear();
       for (let i = 0; i < sectors.length; ) {
