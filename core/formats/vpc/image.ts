@@ -260,20 +260,21 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
 
   /**
    * Zeros: blocks never written read as zeros already (in a dynamic image),
-   * the rest get zeros written (QEMU's vpc has no zero writes or discard:
-   * its block layer writes zeros too; blocks are never given back).
+   * the rest get zeros in the file, a hole where `mayUnmap` allows (QEMU's
+   * vpc has no zero writes or discard: its block layer writes zeros; blocks
+   * are never given back, and QEMU maps them as data, holes or not).
    */
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     await this.ranges.hold(...this.blocksOf(offset, length), async () => {
       for (const p of this.pieces(offset, length)) {
         if (p.entry === L.UNALLOCATED) continue;
-        await this.proto.write(new Uint8Array(p.len), this.hostOffset(p.entry, p.at));
+        await this.proto.writeZeroes(this.hostOffset(p.entry, p.at), p.len, mayUnmap);
       }
     });
   }
 
   discard(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length);
+    return this.writeZeroes(offset, length, true);
   }
 
   async blockStatus(offset: number, length: number): Promise<LayerExtent> {
