@@ -324,13 +324,22 @@ describe.skipIf(!HAS_QEMU)('vpc: differencing disks', () => {
   }
 
   for (const c of [
-    { label: 'a relative path (W2ru)', locators: { locators: [{ platform: 'W2ru' as const, path: '.\\parent.vhd' }] } },
+    {
+      label: 'a relative path (W2ru)',
+      locators: { locators: [{ platform: 'W2ru' as const, path: '.\\parent.vhd' }] },
+      backingName: 'parent.vhd',
+    },
     {
       label: 'an absolute Windows path (W2ku), found next to the child',
       locators: { locators: [{ platform: 'W2ku' as const, path: 'C:\\VMs\\parent.vhd' }] },
+      backingName: 'parent.vhd',
     },
-    { label: 'a Mac OS X file URL (MacX)', locators: { locators: [{ platform: 'MacX' as const, path: 'file://./parent.vhd' }] } },
-    { label: "only the header's parent name", locators: { parentName: 'parent.vhd' } },
+    {
+      label: 'a Mac OS X file URL (MacX)',
+      locators: { locators: [{ platform: 'MacX' as const, path: 'file://./parent.vhd' }] },
+      backingName: './parent.vhd',
+    },
+    { label: "only the header's parent name", locators: { parentName: 'C:\\VMs\\parent.vhd' }, backingName: 'parent.vhd' },
   ]) {
     it(`reads through the parent named by ${c.label}; clear bitmap bits read the parent`, async () => {
       parent('parent.vhd');
@@ -355,6 +364,10 @@ describe.skipIf(!HAS_QEMU)('vpc: differencing disks', () => {
         [2 * BLOCK, 1],
         [3 * BLOCK, 0],
       ]);
+      // info names the parent (qemu-img shows none: QEMU does not follow it).
+      const info = JSON.parse((await platter(['info', '--output=json', path])).stdout);
+      expect(info['backing-filename']).toBe(c.backingName);
+      expect(info['full-backing-filename']).toBe(t.path('parent.vhd'));
       if (HAS_VHDI) expect(shStatus('vhdiinfo', [path]).status).toBe(0);
     });
   }
