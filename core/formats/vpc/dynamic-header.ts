@@ -25,7 +25,7 @@ export const D = {
 } as const;
 
 /** A parent locator entry's fields, relative to the entry. */
-export const LOC = { platform: 0, dataSpace: 4, dataLength: 8, dataOffset: 16, bytes: 24 } as const;
+const LOC = { platform: 0, dataSpace: 4, dataLength: 8, dataOffset: 16, bytes: 24 } as const;
 
 export interface ParentLocator {
   platform: string;

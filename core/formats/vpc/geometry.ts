@@ -13,7 +13,7 @@ export interface Geometry {
   sectorsPerTrack: number;
 }
 
-export const MAX_CHS: Geometry = { cylinders: L.CHS_MAX_C, heads: L.CHS_MAX_H, sectorsPerTrack: L.CHS_MAX_S };
+const MAX_CHS: Geometry = { cylinders: L.CHS_MAX_C, heads: L.CHS_MAX_H, sectorsPerTrack: L.CHS_MAX_S };
 
 export const chsSectors = (g: Geometry) => g.cylinders * g.heads * g.sectorsPerTrack;
 

@@ -49,7 +49,6 @@ export const MAX_GEOMETRY = CHS_MAX_C * CHS_MAX_H * CHS_MAX_S;
 export const ATA_GEOMETRY = 65535 * 16 * 63;
 /** Same as QEMU: at most 0xff000000 sectors, 2040 GiB (the 32-bit sector numbers of the BAT). */
 export const MAX_SECTORS = 0xff000000;
-export const MAX_SIZE = MAX_SECTORS * SECTOR_SIZE;
 
 /** What QEMU (and Platter) create: blocks of 2 MiB, the spec's default. */
 export const DEFAULT_BLOCK_SIZE = 2 << 20;
