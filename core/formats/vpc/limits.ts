@@ -45,7 +45,7 @@ export const CHS_MAX_H = 16;
 export const CHS_MAX_S = 255;
 /** Sectors of the largest geometry (about 127.5 GiB); an image with it is sized by current_size (same as QEMU). */
 export const MAX_GEOMETRY = CHS_MAX_C * CHS_MAX_H * CHS_MAX_S;
-/** Up to here the spec's geometry uses at most 63 sectors per track (ATA's 127 GiB CHS limit). */
+/** Below this (about 31.5 GiB) the spec's geometry uses 17, 31 or 63 sectors per track; from here on, 255. */
 export const ATA_GEOMETRY = 65535 * 16 * 63;
 /** Same as QEMU: at most 0xff000000 sectors, 2040 GiB (the 32-bit sector numbers of the BAT). */
 export const MAX_SECTORS = 0xff000000;
