@@ -21,7 +21,7 @@ let t: ReturnType<typeof tempDir>;
 beforeAll(() => (t = tempDir('platter-qcow2-concurrency-')));
 afterAll(() => t?.cleanup());
 
-const CASES: { format: string; name: string; options: string; seed: number; snapshot?: boolean }[] = [
+const CASES: { format: string; name: string; options: string; seed: number; snapshot?: boolean; noCheck?: boolean }[] = [
   { format: 'qcow2', name: '4K clusters', options: 'cluster_size=4K', seed: 1 },
   { format: 'qcow2', name: '64K clusters', options: 'cluster_size=64K', seed: 2 },
   { format: 'qcow2', name: 'extended L2 entries', options: 'cluster_size=64K,extended_l2=on', seed: 3 },
@@ -29,6 +29,9 @@ const CASES: { format: string; name: string; options: string; seed: number; snap
   { format: 'qcow2', name: 'clusters shared with a snapshot', options: 'cluster_size=4K', seed: 4, snapshot: true },
   { format: 'vdi', name: 'dynamic', options: 'static=off', seed: 5 },
   { format: 'vdi', name: 'static', options: 'static=on', seed: 6 },
+  // Blocks of 2 MiB: every request here shares one; qemu-img cannot check vpc images (compare still judges).
+  { format: 'vpc', name: 'dynamic', options: 'subformat=dynamic', seed: 7, noCheck: true },
+  { format: 'vpc', name: 'fixed', options: 'subformat=fixed', seed: 8, noCheck: true },
 ];
 
 describe.skipIf(!HAS_QEMU)('concurrent requests', () => {
@@ -69,7 +72,7 @@ describe.skipIf(!HAS_QEMU)('concurrent requests', () => {
       await img.read(back, 0);
       await img.close();
       expect(Buffer.compare(back, model)).toBe(0);
-      expect(problems(qemuCheck(path, c.format))).toEqual(CLEAN);
+      if (!c.noCheck) expect(problems(qemuCheck(path, c.format))).toEqual(CLEAN);
       writeFileSync(t.path('model.raw'), model);
       const cmp = shStatus('qemu-img', ['compare', '-f', 'raw', '-F', c.format, t.path('model.raw'), path]);
       expect(cmp.stdout + cmp.stderr).toContain('Images are identical');

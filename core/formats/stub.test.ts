@@ -31,7 +31,7 @@ function garbage(): Uint8Array {
 
 describe('stub drivers', () => {
   /** Formats with a real driver; every other one must still be recognised by a stub. */
-  const IMPLEMENTED = ['raw', 'qcow2', 'vdi', 'vmdk'];
+  const IMPLEMENTED = ['raw', 'qcow2', 'vdi', 'vmdk', 'vpc'];
 
   it('are every driver not yet implemented', () => {
     for (const name of IMPLEMENTED) expect(isStubDriver(findDriver(name))).toBe(false);

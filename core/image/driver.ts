@@ -42,6 +42,11 @@ export interface LayerExtent {
   compressed?: boolean;
   /** 'data' that reads as zeros: a hole in the file under it (a VMDK flat extent), which maps show as zero data. */
   zero?: boolean;
+  /**
+   * False when holes in the file at `hostOffset` still map as data, not
+   * zeros: QEMU maps a vpc block as data without asking the file.
+   */
+  fileHolesAreZeros?: boolean;
 }
 
 /** How an image names its backing file, as stored in its header. */

@@ -29,7 +29,8 @@ export async function resize(opts: ResizeOptions, _ctx: JobContext = {}): Promis
       throw new BlockError('InvalidArgument', 'preallocation only applies when growing an image', ctx);
     }
     const layer = image.layer;
-    if (!isResizable(layer)) throw new BlockError('Unsupported', `${image.format} images cannot be resized`, ctx);
+    // qemu-img's words.
+    if (!isResizable(layer)) throw new BlockError('Unsupported', 'Image format driver does not support resize', ctx);
     try {
       await layer.resize(size, { prealloc: opts.preallocation ?? 'off', shrink: opts.shrink ?? false });
     } catch (err) {
