@@ -76,7 +76,7 @@ function parseOptions(argv) {
 const OPERATIONS = [
   'convert', 'convert-writeback', 'convert-unsafe',
   'to-qcow2', 'to-qcow2-unsafe', 'from-qcow2', 'from-qcow2-unsafe', 'compress',
-  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
+  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2', 'to-vpc',
   'compare', 'map', 'hash',
 ];
 
@@ -460,6 +460,7 @@ function operations(img, dir, qemuImg) {
     ),
     // The source is qemu-img's own monolithicSparse copy of the mixed image, made once.
     convertRow('vmdk-to-qcow2', 'vmdk->qcow2 convert', ['-f', 'vmdk', '-O', 'qcow2'], ['-f', 'vmdk', '-O', 'qcow2'], vsrc, qdst, makeVsrc),
+    convertRow('to-vpc', 'raw->vpc convert', rawTo('vpc'), rawTo('vpc'), img.src, out('vhd')),
     {
       name: 'compare',
       title: 'compare (identical)',
@@ -672,6 +673,7 @@ function targets(results) {
     convertTarget('raw->vmdk convert', 'to-vmdk', undefined, TARGETS.convertRatio),
     convertTarget('raw->vmdk streamOptimized', 'to-vmdk-stream', undefined, TARGETS.convertRatio),
     convertTarget('vmdk->qcow2 convert', 'vmdk-to-qcow2', undefined, TARGETS.convertRatio),
+    convertTarget('raw->vpc convert', 'to-vpc', undefined, TARGETS.convertRatio),
     { name: 'hash <= 1.20x sha256sum', value: fmt(by.hash?.ratio, 'x'), pass: judge(by.hash?.ratio, TARGETS.hashRatio) },
     { name: `peak memory <= ${TARGETS.peakMiB} MiB`, value: peak === null ? 'n/a' : `${peak.toFixed(0)} MiB`, pass: judge(peak, TARGETS.peakMiB) },
   ];
