@@ -123,7 +123,10 @@ export function findActiveSequence(log: Uint8Array, logGuid: Uint8Array): LogEnt
       next += e.length;
       used += e.length;
     }
-    if (!best.length || seq[seq.length - 1].sequence > best[best.length - 1].sequence) best = seq;
+    // The highest last number wins; for the same last entry, the longer sequence (it starts nearer the tail).
+    const head = seq[seq.length - 1].sequence;
+    const bestHead = best.length ? best[best.length - 1].sequence : -1n;
+    if (head > bestHead || (head === bestHead && seq.length > best.length)) best = seq;
     // A sequence that wraps past the end was the last to find.
     if (next >= log.length) break;
     at = next;
