@@ -172,22 +172,24 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
       throw this.corrupt(`sector bitmap of payload block ${b} (offset ${bitmapAt}) is outside the file`);
     }
     const lss = this.meta.logicalSectorSize;
-    const sectorsPerBlock = this.bs / lss;
-    const first = (b % g.chunkRatio) * sectorsPerBlock + Math.floor((at % this.bs) / lss);
-    const count = Math.ceil(length / lss);
+    const blockStart = b * this.bs;
+    // Sectors s0..s1-1 of the block cover the range; bit k of the chunk's bitmap is sector k of the chunk.
+    const s0 = Math.floor((at - blockStart) / lss);
+    const s1 = Math.ceil((at + length - blockStart) / lss);
+    const first = (b % g.chunkRatio) * (this.bs / lss) + s0;
     const byte0 = Math.floor(first / 8);
-    const bits = new Uint8Array(Math.ceil((first + count) / 8) - byte0);
+    const bits = new Uint8Array(Math.ceil((first + s1 - s0) / 8) - byte0);
     await this.proto.read(bits, bitmapAt + byte0);
     const runs: { at: number; len: number; here: boolean }[] = [];
-    for (let k = 0; k < count; k++) {
-      const bit = first + k - byte0 * 8;
+    for (let k = s0; k < s1; k++) {
+      const bit = first + (k - s0) - byte0 * 8;
       const here = ((bits[bit >> 3] >> (bit & 7)) & 1) === 1;
+      const from = Math.max(at, blockStart + k * lss);
+      const to = Math.min(at + length, blockStart + (k + 1) * lss);
       const last = runs[runs.length - 1];
-      if (last && last.here === here) last.len += lss;
-      else runs.push({ at: at + k * lss, len: lss, here });
+      if (last && last.here === here) last.len += to - from;
+      else runs.push({ at: from, len: to - from, here });
     }
-    const lastRun = runs[runs.length - 1];
-    lastRun.len -= count * lss - length;
     return runs;
   }
 
