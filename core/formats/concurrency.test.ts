@@ -29,6 +29,9 @@ const CASES: { format: string; name: string; options: string; seed: number; snap
   { format: 'qcow2', name: 'clusters shared with a snapshot', options: 'cluster_size=4K', seed: 4, snapshot: true },
   { format: 'vdi', name: 'dynamic', options: 'static=off', seed: 5 },
   { format: 'vdi', name: 'static', options: 'static=on', seed: 6 },
+  { format: 'vhdx', name: 'dynamic', options: 'block_size=1M', seed: 7 },
+  { format: 'vhdx', name: 'dynamic, NOT_PRESENT blocks', options: 'block_size=1M,block_state_zero=off', seed: 8 },
+  { format: 'vhdx', name: 'fixed', options: 'subformat=fixed,block_size=1M', seed: 9 },
 ];
 
 describe.skipIf(!HAS_QEMU)('concurrent requests', () => {

@@ -6,7 +6,7 @@
  * maps every VHDX byte as data at no offset, so maps are not compared.)
  */
 import { createHash } from 'node:crypto';
-import { closeSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
@@ -177,6 +177,21 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
     if (HAS_VHDI) expect(sh('vhdiinfo', [path])).toMatch(/Bytes per sector\s*: 4096 bytes/);
     const r = await platter(['create', '-q', '-f', 'vhdx', '-o', 'logical_sector_size=1024', t.path('bad.vhdx'), '8M']);
     expect(r.code).toBe(1);
+  });
+
+  it('a fixed image is fully allocated: written zeros, no holes (see README, Windows and sparse VHDX)', async () => {
+    const path = t.path('fixed-alloc.vhdx');
+    expect((await platter(['create', '-q', '-f', 'vhdx', '-o', 'subformat=fixed,block_size=1M', path, '16M'])).code).toBe(0);
+    const st = statSync(path);
+    expect(st.blocks * 512).toBeGreaterThanOrEqual(st.size);
+    // Converting into one keeps it so, whatever the source's holes.
+    const raw = t.path('fixed-alloc.raw');
+    makeRaw(raw, 16 * MiB, prng(3));
+    const out = t.path('fixed-alloc-conv.vhdx');
+    expect((await platter(['convert', '-O', 'vhdx', '-o', 'subformat=fixed,block_size=1M', raw, out])).code).toBe(0);
+    const s2 = statSync(out);
+    expect(s2.blocks * 512).toBeGreaterThanOrEqual(s2.size);
+    expect(qemuCompare(out, raw)).toBe('Images are identical.');
   });
 
   it('create rounds and refuses as qemu-img does', async () => {
