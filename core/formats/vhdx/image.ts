@@ -235,15 +235,29 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
     return this.firstWrite;
   }
 
+  /**
+   * Writes to stored blocks go straight to the file, several at once even
+   * in one block (a whole-block zero that races with them overlaps their
+   * bytes, so either order is right); only a block's allocation holds it,
+   * so it happens once.
+   */
   async write(buf: Uint8Array, offset: number): Promise<void> {
     await this.beforeFirstChange();
-    await this.ranges.hold(...this.blocksOf(offset, buf.length), async () => {
-      for (const p of this.pieces(offset, buf.length)) {
-        const data = buf.subarray(p.at - offset, p.at - offset + p.len);
-        const { state, offset: host } = this.block(p.b);
-        if (state === L.PAYLOAD_FULLY_PRESENT) await this.proto.write(data, host + p.within);
-        else await this.allocate(p.b, data, p.within);
-      }
+    const pending: Promise<void>[] = [];
+    for (const p of this.pieces(offset, buf.length)) {
+      const data = buf.subarray(p.at - offset, p.at - offset + p.len);
+      pending.push(this.writePiece(data, p.b, p.within));
+    }
+    await Promise.all(pending);
+  }
+
+  private async writePiece(data: Uint8Array, b: number, within: number): Promise<void> {
+    const stored = this.block(b);
+    if (stored.state === L.PAYLOAD_FULLY_PRESENT) return this.proto.write(data, stored.offset + within);
+    await this.ranges.hold(b, b, async () => {
+      const { state, offset: host } = this.block(b);
+      if (state === L.PAYLOAD_FULLY_PRESENT) await this.proto.write(data, host + within);
+      else await this.allocate(b, data, within);
     });
   }
 
