@@ -62,7 +62,7 @@ beforeAll(async () => {
 afterAll(() => t?.cleanup());
 
 /** The guest content after `op`: VHDX discards read as zeros over their whole range. */
-function apply(content: Uint8Array, op: CrashOp): Uint8Array {
+function apply(content: Uint8Array<ArrayBufferLike>, op: CrashOp): Uint8Array<ArrayBufferLike> {
   if (op.kind === 'grow') {
     const grown = new Uint8Array(op.size);
     grown.set(content);
@@ -103,7 +103,7 @@ describe.skipIf(!HAS_QEMU)('vhdx crash safety under SIGKILL', () => {
       const done = await runUntilKilled(image, opsSeed, rng.int(20, 600));
       // The model after the finished operations, and after the interrupted one.
       const ops = crashOps(opsSeed, VARIANT);
-      let before = new Uint8Array(VARIANT.size);
+      let before: Uint8Array<ArrayBufferLike> = new Uint8Array(VARIANT.size);
       for (let i = 0; i < done; i++) before = apply(before, ops.next().value!);
       const interrupted = ops.next().value!;
       const after = apply(before.slice(), interrupted);
