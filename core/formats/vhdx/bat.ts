@@ -16,19 +16,28 @@ export interface BatGeometry {
   entries: number;
 }
 
-export function batGeometry(diskSize: number, blockSize: number, logicalSectorSize: number, hasParent: boolean): BatGeometry {
+export function batGeometry(
+  diskSize: number,
+  blockSize: number,
+  logicalSectorSize: number,
+  hasParent: boolean,
+): BatGeometry {
   const chunkRatio = (L.SECTORS_PER_BITMAP * logicalSectorSize) / blockSize;
   const dataBlocks = Math.ceil(diskSize / blockSize);
   const bitmapBlocks = Math.ceil(dataBlocks / chunkRatio);
-  // As the spec and QEMU count them: a differencing disk has every bitmap entry, others only those between payload entries.
-  const entries = hasParent ? bitmapBlocks * (chunkRatio + 1) : dataBlocks + Math.floor(Math.max(dataBlocks - 1, 0) / chunkRatio);
+  // As the spec and QEMU count them: a differencing disk has every bitmap entry,
+  // others only those between payload entries.
+  const entries = hasParent
+    ? bitmapBlocks * (chunkRatio + 1)
+    : dataBlocks + Math.floor(Math.max(dataBlocks - 1, 0) / chunkRatio);
   return { blockSize, chunkRatio, dataBlocks, entries };
 }
 
 /** The BAT index of payload block `b`. */
 export const payloadIndex = (g: BatGeometry, b: number) => b + Math.floor(b / g.chunkRatio);
 /** The BAT index of the sector bitmap block covering payload block `b`. */
-export const bitmapIndex = (g: BatGeometry, b: number) => Math.floor(b / g.chunkRatio) * (g.chunkRatio + 1) + g.chunkRatio;
+export const bitmapIndex = (g: BatGeometry, b: number) =>
+  Math.floor(b / g.chunkRatio) * (g.chunkRatio + 1) + g.chunkRatio;
 
 export class Bat {
   private readonly view: DataView;
@@ -97,11 +106,9 @@ export function batProblems(bat: Bat, fileSize: number, diskSize: number, region
     if (state !== L.PAYLOAD_FULLY_PRESENT && state !== L.PAYLOAD_PARTIALLY_PRESENT) continue;
     const offset = bat.offset(i);
     const length = Math.min(g.blockSize, diskSize - b * g.blockSize);
-    if (offset >= fileSize) {
-      out.push(`VHDX BAT entry ${i} start offset ${offset} points after end of file (${fileSize}). Image has probably been truncated.`);
-    } else if (offset + length > fileSize) {
-      out.push(`VHDX BAT entry ${i} end offset ${offset + length - 1} points after end of file (${fileSize}). Image has probably been truncated.`);
-    }
+    const truncated = `points after end of file (${fileSize}). Image has probably been truncated.`;
+    if (offset >= fileSize) out.push(`VHDX BAT entry ${i} start offset ${offset} ${truncated}`);
+    else if (offset + length > fileSize) out.push(`VHDX BAT entry ${i} end offset ${offset + length - 1} ${truncated}`);
     const other = offset < L.HEADER_SECTION_SIZE ? 'header section' : regions.overlap(offset, g.blockSize);
     if (other) out.push(`VHDX BAT entry ${i} (offset ${offset}) overlaps the ${other}`);
   }
@@ -110,6 +117,7 @@ export function batProblems(bat: Bat, fileSize: number, diskSize: number, region
 
 export function checkBatSize(g: BatGeometry, regionLength: number): void {
   if (g.entries * 8 > regionLength) {
-    throw new BlockError('Corrupt', `the VHDX BAT region (${regionLength} bytes) is too small for ${g.entries} entries`, { op: 'open' });
+    const message = `the VHDX BAT region (${regionLength} bytes) is too small for ${g.entries} entries`;
+    throw new BlockError('Corrupt', message, { op: 'open' });
   }
 }

@@ -23,10 +23,32 @@ import { serializeRegionTable } from './region.js';
 export const VHDX_CREATE_OPTIONS: readonly OptionDecl[] = [
   { ...SIZE_OPTION, help: 'Virtual disk size; max of 64TB.' },
   { name: 'log_size', type: 'size', default: L.DEFAULT_LOG_SIZE, help: 'Log size; min 1MB.' },
-  { name: 'block_size', type: 'size', default: 0, help: 'Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.' },
-  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], default: 'dynamic', help: "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'." },
-  { name: 'block_state_zero', type: 'bool', default: true, help: "Force use of payload blocks of type 'ZERO'. Non-standard, but default." },
-  { name: 'logical_sector_size', type: 'enum', values: ['512', '4096'], default: '512', help: "Logical sector size (Platter's own option; qemu-img always uses 512)" },
+  {
+    name: 'block_size',
+    type: 'size',
+    default: 0,
+    help: 'Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.',
+  },
+  {
+    name: 'subformat',
+    type: 'enum',
+    values: ['dynamic', 'fixed'],
+    default: 'dynamic',
+    help: "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'.",
+  },
+  {
+    name: 'block_state_zero',
+    type: 'bool',
+    default: true,
+    help: "Force use of payload blocks of type 'ZERO'. Non-standard, but default.",
+  },
+  {
+    name: 'logical_sector_size',
+    type: 'enum',
+    values: ['512', '4096'],
+    default: '512',
+    help: "Logical sector size (Platter's own option; qemu-img always uses 512)",
+  },
 ];
 
 export interface VhdxLayout {
@@ -113,7 +135,10 @@ export async function createVhdx(proto: Protocol, req: CreateRequest): Promise<v
     page83: newGuid(),
   });
   await proto.write(metadata, l.metadataOffset);
-  const table = serializeRegionTable({ bat: { offset: l.batOffset, length: l.batLength }, metadata: { offset: l.metadataOffset, length: L.CREATE_METADATA_SIZE } });
+  const table = serializeRegionTable({
+    bat: { offset: l.batOffset, length: l.batLength },
+    metadata: { offset: l.metadataOffset, length: L.CREATE_METADATA_SIZE },
+  });
   await proto.write(table, L.REGION_TABLE1_OFFSET);
   await proto.write(table, L.REGION_TABLE2_OFFSET);
   const sequence = BigInt(Math.floor(Math.random() * 0x100000000));

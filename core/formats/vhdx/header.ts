@@ -40,7 +40,9 @@ const fail = (kind: 'InvalidFormat' | 'Corrupt' | 'Unsupported', message: string
 };
 
 export function checkFileIdentifier(head: Uint8Array): void {
-  if (head.length < 8 || ascii(head, 0, 8) !== L.FILE_SIGNATURE) fail('InvalidFormat', 'Image not in VHDX format (no "vhdxfile" signature)');
+  if (head.length < 8 || ascii(head, 0, 8) !== L.FILE_SIGNATURE) {
+    fail('InvalidFormat', 'Image not in VHDX format (no "vhdxfile" signature)');
+  }
 }
 
 /** One header sector parsed, or why it is not valid. */
@@ -89,11 +91,13 @@ export function pickHeader(h1: Uint8Array, h2: Uint8Array): CurrentHeader {
 export function validateLogFields(h: VhdxHeader, fileSize: number): void {
   if (h.logVersion !== L.LOG_VERSION) fail('Unsupported', `unsupported VHDX log version ${h.logVersion}`);
   if (h.logOffset < L.HEADER_SECTION_SIZE || h.logOffset % L.OBJECT_ALIGNMENT) {
-    fail('Corrupt', `the VHDX log offset 0x${h.logOffset.toString(16)} is not a multiple of 1 MiB past the header section`);
+    const at = `0x${h.logOffset.toString(16)}`;
+    fail('Corrupt', `the VHDX log offset ${at} is not a multiple of 1 MiB past the header section`);
   }
   if (h.logLength % L.MIN_LOG_SIZE) fail('Corrupt', `the VHDX log length ${h.logLength} is not a multiple of 1 MiB`);
   if (h.logOffset + h.logLength > fileSize) {
-    fail('Corrupt', `the VHDX log (0x${h.logOffset.toString(16)}, ${h.logLength} bytes) is beyond the end of the file (${fileSize} bytes)`);
+    const log = `0x${h.logOffset.toString(16)}, ${h.logLength} bytes`;
+    fail('Corrupt', `the VHDX log (${log}) is beyond the end of the file (${fileSize} bytes)`);
   }
 }
 

@@ -57,6 +57,13 @@ export interface VhdxParts {
   fileSize: number;
 }
 
+/** A run of sectors of a partially present block: in this file, or in the parent. */
+interface SectorRun {
+  at: number;
+  len: number;
+  here: boolean;
+}
+
 /** A whole 4 KiB sector write that goes through the log. */
 interface SectorWrite {
   fileOffset: number;
@@ -141,9 +148,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
         const part = buf.subarray(p.at - offset, p.at - offset + p.len);
         const { state, offset: host } = this.block(p.b);
         if (state === L.PAYLOAD_FULLY_PRESENT) await this.proto.read(part, host + p.within);
-        else if (state === L.PAYLOAD_PARTIALLY_PRESENT && this.meta.hasParent) await this.readPartial(part, p.at, p.b, host);
+        else if (state === L.PAYLOAD_PARTIALLY_PRESENT) await this.readPartial(part, p.at, p.b, host);
         else if (this.fromParent(state)) await this.readParent(part, p.at);
-        else if (state === L.PAYLOAD_PARTIALLY_PRESENT) throw this.corrupt(`payload block ${p.b} is partially present in an image without a parent`);
         else part.fill(0);
       }
     });
@@ -163,10 +169,12 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
    * Runs of sectors of block `b` from guest offset `at` (`length` bytes):
    * present in this file (bit set in the block's sector bitmap) or not.
    */
-  private async sectorRuns(at: number, length: number, b: number): Promise<{ at: number; len: number; here: boolean }[]> {
+  private async sectorRuns(at: number, length: number, b: number): Promise<SectorRun[]> {
     const g = this.bat.geometry;
     const bi = bitmapIndex(g, b);
-    if (this.bat.state(bi) !== L.SB_PRESENT) throw this.corrupt(`payload block ${b} is partially present but has no sector bitmap`);
+    if (this.bat.state(bi) !== L.SB_PRESENT) {
+      throw this.corrupt(`payload block ${b} is partially present but has no sector bitmap`);
+    }
     const bitmapAt = this.bat.offset(bi);
     if (bitmapAt < L.HEADER_SECTION_SIZE || bitmapAt + L.BITMAP_BLOCK_SIZE > this.parts.fileSize) {
       throw this.corrupt(`sector bitmap of payload block ${b} (offset ${bitmapAt}) is outside the file`);
@@ -180,7 +188,7 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
     const byte0 = Math.floor(first / 8);
     const bits = new Uint8Array(Math.ceil((first + s1 - s0) / 8) - byte0);
     await this.proto.read(bits, bitmapAt + byte0);
-    const runs: { at: number; len: number; here: boolean }[] = [];
+    const runs: SectorRun[] = [];
     for (let k = s0; k < s1; k++) {
       const bit = first + (k - s0) - byte0 * 8;
       const here = ((bits[bit >> 3] >> (bit & 7)) & 1) === 1;
@@ -194,6 +202,9 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
   }
 
   private async readPartial(part: Uint8Array, at: number, b: number, host: number): Promise<void> {
+    if (!this.meta.hasParent) {
+      throw this.corrupt(`payload block ${b} is partially present in an image without a parent`);
+    }
     for (const r of await this.sectorRuns(at, part.length, b)) {
       const sub = part.subarray(r.at - at, r.at - at + r.len);
       if (r.here) await this.proto.read(sub, host + (r.at % this.bs));
@@ -221,7 +232,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
       if (k === 'data' && next.offset !== host + (b - first.b) * this.bs) break;
       len += Math.min(this.bs, end - offset - len);
     }
-    return k === 'data' ? { offset, length: len, state: k, hostOffset: host + first.within } : { offset, length: len, state: k };
+    if (k !== 'data') return { offset, length: len, state: k };
+    return { offset, length: len, state: k, hostOffset: host + first.within };
   }
 
   private checkWritable(): void {
@@ -298,7 +310,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
         if (whole && !this.meta.leaveBlocksAllocated && (mayUnmap || state !== L.PAYLOAD_FULLY_PRESENT)) {
           if (state !== L.PAYLOAD_ZERO) this.bat.set(payloadIndex(this.bat.geometry, p.b), L.PAYLOAD_ZERO, 0);
         } else if (state === L.PAYLOAD_FULLY_PRESENT) {
-          // Written zeros, not a hole: a fixed image must not come to rely on holes (see README, Windows and sparse VHDX).
+          // Written zeros, not a hole: a fixed image must not come to rely on
+          // holes (see README, Windows and sparse VHDX).
           await this.proto.write(new Uint8Array(p.len), host + p.within);
         }
       }
@@ -332,7 +345,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
     const headers = this.parts.headers;
     const logGuid = newGuid();
     await headers.update({ logGuid });
-    const entry = buildEntry({ sequence: this.logSequence++, logGuid, tail: 0, fileSize: await this.proto.size(), writes });
+    const fileSize = await this.proto.size();
+    const entry = buildEntry({ sequence: this.logSequence++, logGuid, tail: 0, fileSize, writes });
     await this.proto.write(entry, headers.header.logOffset);
     await this.proto.flush();
     for (let i = 0; i < writes.length; ) {
@@ -400,7 +414,9 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
    * together, so a crash leaves the old size or the new one.
    */
   async resize(size: number, opts: { prealloc: ResizePreallocation }): Promise<void> {
-    if (opts.prealloc !== 'off') throw new BlockError('Unsupported', `Unsupported preallocation mode: ${opts.prealloc}`);
+    if (opts.prealloc !== 'off') {
+      throw new BlockError('Unsupported', `Unsupported preallocation mode: ${opts.prealloc}`);
+    }
     const lss = this.meta.logicalSectorSize;
     const newSize = roundUp(size, lss);
     if (newSize < this.size) throw new BlockError('Unsupported', 'VHDX images cannot be shrunk');
@@ -412,7 +428,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
       try {
         checkBatSize(g, this.parts.table.bat.length);
       } catch {
-        throw new BlockError('Unsupported', `the VHDX BAT has no room for ${g.entries} entries; growing it that far is not supported`);
+        const why = `the VHDX BAT has no room for ${g.entries} entries; growing it that far is not supported`;
+        throw new BlockError('Unsupported', why);
       }
       // The old last block's bytes past the old end become visible: they must read as zeros.
       const lastOld = Math.floor((this.size - 1) / this.bs);

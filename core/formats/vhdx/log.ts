@@ -15,7 +15,9 @@ import * as L from './limits.js';
 
 const S = L.LOG_SECTOR_SIZE;
 
-export type LogOp = { kind: 'data'; fileOffset: number; data: Uint8Array } | { kind: 'zero'; fileOffset: number; length: number };
+export type LogOp =
+  | { kind: 'data'; fileOffset: number; data: Uint8Array }
+  | { kind: 'zero'; fileOffset: number; length: number };
 
 export interface LogEntry {
   /** Where the entry starts in the log. */
@@ -70,18 +72,21 @@ function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array): LogEntry | u
     const d = L.LOG_HEADER_SIZE + i * L.LOG_DESC_SIZE;
     const sig = ascii(entry, d);
     const fileOffset = Number(v.getBigUint64(d + 16, true));
-    if (v.getBigUint64(d + 24, true) !== sequence) corrupt(`VHDX log entry ${sequence}: descriptor ${i} has another sequence number`);
-    if (fileOffset % S) corrupt(`VHDX log entry ${sequence}: descriptor ${i} file offset ${fileOffset} is not 4 KiB aligned`);
+    const what = `VHDX log entry ${sequence}: descriptor ${i}`;
+    if (v.getBigUint64(d + 24, true) !== sequence) corrupt(`${what} has another sequence number`);
+    if (fileOffset % S) corrupt(`${what} file offset ${fileOffset} is not 4 KiB aligned`);
     if (sig === L.LOG_ZERO_SIGNATURE) {
       const zeroLength = Number(v.getBigUint64(d + 8, true));
-      if (zeroLength % S) corrupt(`VHDX log entry ${sequence}: zero descriptor ${i} length ${zeroLength} is not 4 KiB aligned`);
+      if (zeroLength % S) corrupt(`${what} (zero) length ${zeroLength} is not 4 KiB aligned`);
       ops.push({ kind: 'zero', fileOffset, length: zeroLength });
     } else if (sig === L.LOG_DESC_SIGNATURE) {
       if (dataAt + S > length) corrupt(`VHDX log entry ${sequence} has fewer data sectors than descriptors`);
       const ds = entry.subarray(dataAt, dataAt + S);
       const dv = new DataView(ds.buffer, ds.byteOffset, S);
       const seq = (BigInt(dv.getUint32(4, true)) << 32n) | BigInt(dv.getUint32(S - 4, true));
-      if (ascii(ds, 0) !== L.LOG_DATA_SIGNATURE || seq !== sequence) corrupt(`VHDX log entry ${sequence}: data sector ${i} is not valid`);
+      if (ascii(ds, 0) !== L.LOG_DATA_SIGNATURE || seq !== sequence) {
+        corrupt(`VHDX log entry ${sequence}: data sector ${i} is not valid`);
+      }
       const data = new Uint8Array(S);
       data.set(entry.subarray(d + 8, d + 16), 0);
       data.set(ds.subarray(8, 8 + L.LOG_DATA_BYTES), 8);
@@ -89,7 +94,7 @@ function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array): LogEntry | u
       ops.push({ kind: 'data', fileOffset, data });
       dataAt += S;
     } else {
-      corrupt(`VHDX log entry ${sequence}: descriptor ${i} has an unknown signature`);
+      corrupt(`${what} has an unknown signature`);
     }
   }
   return {
@@ -135,7 +140,12 @@ export function findActiveSequence(log: Uint8Array, logGuid: Uint8Array): LogEnt
 }
 
 /** Reads the log region and finds its active sequence (a header with a null log GUID has none). */
-export async function readActiveSequence(proto: Protocol, offset: number, length: number, logGuid: Uint8Array): Promise<LogEntry[]> {
+export async function readActiveSequence(
+  proto: Protocol,
+  offset: number,
+  length: number,
+  logGuid: Uint8Array,
+): Promise<LogEntry[]> {
   if (length === 0) return [];
   if (length > L.MAX_LOG_OVERLAY) {
     throw new BlockError('Unsupported', `the VHDX log (${length} bytes) is too large to replay`, { op: 'open' });
@@ -149,13 +159,18 @@ export async function readActiveSequence(proto: Protocol, offset: number, length
 export function validateReplay(entries: readonly LogEntry[], fileSize: number): void {
   for (const e of entries) {
     if (e.flushedFileOffset > fileSize) {
-      corrupt(`the VHDX log was written when the file was ${e.flushedFileOffset} bytes, but it is ${fileSize}: the image has probably been truncated`);
+      const sizes = `written when the file was ${e.flushedFileOffset} bytes, but it is ${fileSize}`;
+      corrupt(`the VHDX log was ${sizes}: the image has probably been truncated`);
     }
     const limit = Math.max(fileSize, e.lastFileOffset);
-    if (e.lastFileOffset > L.MAX_DISK_SIZE * 2) corrupt(`VHDX log entry ${e.sequence} has a last file offset of ${e.lastFileOffset}`);
+    if (e.lastFileOffset > L.MAX_DISK_SIZE * 2) {
+      corrupt(`VHDX log entry ${e.sequence} has a last file offset of ${e.lastFileOffset}`);
+    }
     for (const op of e.ops) {
       const end = op.fileOffset + (op.kind === 'data' ? S : op.length);
-      if (end > limit) corrupt(`VHDX log entry ${e.sequence} writes at ${op.fileOffset}, beyond the file (${limit} bytes)`);
+      if (end > limit) {
+        corrupt(`VHDX log entry ${e.sequence} writes at ${op.fileOffset}, beyond the file (${limit} bytes)`);
+      }
     }
   }
 }

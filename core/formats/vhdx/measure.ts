@@ -9,7 +9,11 @@ import type { OptionValues } from '../../options/schema.js';
 import { batGeometry } from './bat.js';
 import { vhdxLayout } from './create.js';
 
-export function measureVhdx(size: number, dataExtents: readonly { offset: number; length: number }[], options: OptionValues): Measurement {
+export function measureVhdx(
+  size: number,
+  dataExtents: readonly { offset: number; length: number }[],
+  options: OptionValues,
+): Measurement {
   const l = vhdxLayout(size, options);
   const g = batGeometry(l.size, l.blockSize, l.logicalSectorSize, false);
   let used = 0;

@@ -50,10 +50,14 @@ type Known = (typeof KNOWN)[number][0];
 
 /** The table's items, each checked to lie inside the region. */
 function parseTable(table: Uint8Array, region: Region): Map<Known, Item> {
-  if (String.fromCharCode(...table.subarray(0, 8)) !== L.METADATA_SIGNATURE) fail('the VHDX metadata table has no "metadata" signature');
+  if (String.fromCharCode(...table.subarray(0, 8)) !== L.METADATA_SIGNATURE) {
+    fail('the VHDX metadata table has no "metadata" signature');
+  }
   const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
   const count = v.getUint16(10, true);
-  if (count > L.MAX_METADATA_ENTRIES) fail(`the VHDX metadata table has ${count} entries, more than ${L.MAX_METADATA_ENTRIES}`);
+  if (count > L.MAX_METADATA_ENTRIES) {
+    fail(`the VHDX metadata table has ${count} entries, more than ${L.MAX_METADATA_ENTRIES}`);
+  }
   const items = new Map<Known, Item>();
   for (let i = 0; i < count; i++) {
     const at = 32 + i * 32;
@@ -70,7 +74,8 @@ function parseTable(table: Uint8Array, region: Region): Map<Known, Item> {
     if (items.has(name)) fail(`the VHDX metadata table lists the ${name} twice`);
     if (length < minLength || length > L.MAX_METADATA_ITEM) fail(`the VHDX ${name} item is ${length} bytes long`);
     if (offset < L.METADATA_TABLE_SIZE || offset + length > region.length) {
-      fail(`the VHDX ${name} item (offset 0x${offset.toString(16)}, ${length} bytes) is outside the metadata region (${region.length} bytes)`);
+      const item = `the VHDX ${name} item (offset 0x${offset.toString(16)}, ${length} bytes)`;
+      fail(`${item} is outside the metadata region (${region.length} bytes)`);
     }
     items.set(name, { offset, length });
   }
@@ -85,7 +90,9 @@ async function readItem(proto: Protocol, region: Region, item: Item): Promise<Ui
 }
 
 export async function readMetadata(proto: Protocol, region: Region): Promise<VhdxMetadata> {
-  if (region.length < L.METADATA_TABLE_SIZE) fail(`the VHDX metadata region is ${region.length} bytes, smaller than its table`);
+  if (region.length < L.METADATA_TABLE_SIZE) {
+    fail(`the VHDX metadata region is ${region.length} bytes, smaller than its table`);
+  }
   const table = new Uint8Array(L.METADATA_TABLE_SIZE);
   await proto.read(table, region.offset);
   const items = parseTable(table, region);
@@ -102,12 +109,16 @@ export async function readMetadata(proto: Protocol, region: Region): Promise<Vhd
   const logical = (await item('logical sector size')).v.getUint32(0, true);
   const physical = (await item('physical sector size')).v.getUint32(0, true);
   for (const [what, n] of [['logical', logical], ['physical', physical]] as const) {
-    if (!(L.SECTOR_SIZES as readonly number[]).includes(n)) fail(`the VHDX ${what} sector size ${n} is not 512 or 4096`);
+    if (!(L.SECTOR_SIZES as readonly number[]).includes(n)) {
+      fail(`the VHDX ${what} sector size ${n} is not 512 or 4096`);
+    }
   }
   const rawSize = (await item('virtual disk size')).v.getBigUint64(0, true);
   if (rawSize > BigInt(L.MAX_DISK_SIZE)) fail(`the VHDX virtual disk size ${rawSize} is larger than 64 TiB`);
   const diskSize = Number(rawSize);
-  if (diskSize % logical) fail(`the VHDX virtual disk size ${diskSize} is not a multiple of the ${logical}-byte sector`);
+  if (diskSize % logical) {
+    fail(`the VHDX virtual disk size ${diskSize} is not a multiple of the ${logical}-byte sector`);
+  }
   const hasParent = (bits & L.PARAM_HAS_PARENT) !== 0;
   let parent: ParentLocator | undefined;
   if (hasParent) {
@@ -130,24 +141,34 @@ export async function readMetadata(proto: Protocol, region: Region): Promise<Vhd
 /** The parent locator's UTF-16LE key/value pairs, each checked to lie inside the item. */
 export function parseParentLocator(b: Uint8Array): ParentLocator {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  if (!G.guidEquals(b.subarray(0, 16), G.PARENT_TYPE_VHDX_GUID)) fail('the VHDX parent locator is not of the VHDX type', 'Unsupported');
+  if (!G.guidEquals(b.subarray(0, 16), G.PARENT_TYPE_VHDX_GUID)) {
+    fail('the VHDX parent locator is not of the VHDX type', 'Unsupported');
+  }
   const count = v.getUint16(18, true);
-  if (20 + count * 12 > b.length) fail(`the VHDX parent locator's ${count} entries do not fit in its ${b.length} bytes`);
+  if (20 + count * 12 > b.length) {
+    fail(`the VHDX parent locator's ${count} entries do not fit in its ${b.length} bytes`);
+  }
   const utf16 = new TextDecoder('utf-16le');
   const entries = new Map<string, string>();
   const text = (offset: number, length: number) => {
-    if (length === 0 || length % 2 || offset + length > b.length) fail('a VHDX parent locator entry is outside the locator');
+    if (length === 0 || length % 2 || offset + length > b.length) {
+      fail('a VHDX parent locator entry is outside the locator');
+    }
     return utf16.decode(b.subarray(offset, offset + length));
   };
   for (let i = 0; i < count; i++) {
     const at = 20 + i * 12;
-    entries.set(text(v.getUint32(at, true), v.getUint16(at + 8, true)), text(v.getUint32(at + 4, true), v.getUint16(at + 10, true)));
+    const key = text(v.getUint32(at, true), v.getUint16(at + 8, true));
+    entries.set(key, text(v.getUint32(at + 4, true), v.getUint16(at + 10, true)));
   }
   if (!entries.has('parent_linkage')) fail('the VHDX parent locator has no parent_linkage');
   return { entries };
 }
 
-/** The parent's file name for a backing reference: relative path first (as libvhdi and Hyper-V try it), slashes made portable. */
+/**
+ * The parent's file name for a backing reference: the relative path first
+ * (as libvhdi and Hyper-V try it), backslashes made portable.
+ */
 export function parentFileName(p: ParentLocator): string | undefined {
   const name = p.entries.get('relative_path') ?? p.entries.get('absolute_win32_path') ?? p.entries.get('volume_path');
   if (name === undefined) return undefined;
@@ -172,7 +193,8 @@ export function serializeMetadata(m: {
   const size = new Uint8Array(8);
   new DataView(size.buffer).setBigUint64(0, BigInt(m.diskSize), true);
   const vd = L.META_IS_REQUIRED | L.META_IS_VIRTUAL_DISK;
-  items.push([G.FILE_PARAMETERS_GUID, u32s(m.blockSize, m.fixed ? L.PARAM_LEAVE_BLOCKS_ALLOCATED : 0), L.META_IS_REQUIRED]);
+  const params = u32s(m.blockSize, m.fixed ? L.PARAM_LEAVE_BLOCKS_ALLOCATED : 0);
+  items.push([G.FILE_PARAMETERS_GUID, params, L.META_IS_REQUIRED]);
   items.push([G.VIRTUAL_DISK_SIZE_GUID, size, vd]);
   items.push([G.PAGE83_GUID, m.page83, vd]);
   items.push([G.LOGICAL_SECTOR_GUID, u32s(m.logicalSectorSize), vd]);

@@ -31,7 +31,8 @@ function currentHeader(section: Uint8Array): CurrentHeader {
 export async function openVhdx(file: Protocol, opts: DriverOpenOptions): Promise<VhdxImage> {
   const fileSize = await file.size();
   if (fileSize < L.HEADER_SECTION_SIZE) {
-    throw new BlockError('InvalidFormat', `Image not in VHDX format (${fileSize} bytes, shorter than the 1 MiB header section)`, { op: 'open' });
+    const why = `Image not in VHDX format (${fileSize} bytes, shorter than the 1 MiB header section)`;
+    throw new BlockError('InvalidFormat', why, { op: 'open' });
   }
   let section = await readSection(file);
   checkFileIdentifier(section);
@@ -79,5 +80,17 @@ export async function openVhdx(file: Protocol, opts: DriverOpenOptions): Promise
   const bat = new Bat(geometry, batBytes);
   const problems = batProblems(bat, size, meta.diskSize, regions);
   if (problems.length && !opts.forCheck) throw new BlockError('Corrupt', problems[0], { op: 'open' });
-  return new VhdxImage({ proto, headers, table, meta, bat, regions, readOnly: opts.readOnly, logReplayed, logPending, problems, fileSize: size });
+  return new VhdxImage({
+    proto,
+    headers,
+    table,
+    meta,
+    bat,
+    regions,
+    readOnly: opts.readOnly,
+    logReplayed,
+    logPending,
+    problems,
+    fileSize: size,
+  });
 }

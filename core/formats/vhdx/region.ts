@@ -38,12 +38,17 @@ const hex = (n: number) => '0x' + n.toString(16);
 
 /** Parses one 64 KiB region table; returns why it is not valid instead of throwing for damage. */
 function parseTable(buf: Uint8Array, fileSize: number, regions: FileRegions): RegionTable | BlockError {
-  const bad = (message: string, kind: 'Corrupt' | 'Unsupported' = 'Corrupt') => new BlockError(kind, message, { op: 'open' });
-  if (String.fromCharCode(...buf.subarray(0, 4)) !== L.REGION_SIGNATURE) return bad('the VHDX region table has no "regi" signature');
+  const bad = (message: string, kind: 'Corrupt' | 'Unsupported' = 'Corrupt') =>
+    new BlockError(kind, message, { op: 'open' });
+  if (String.fromCharCode(...buf.subarray(0, 4)) !== L.REGION_SIGNATURE) {
+    return bad('the VHDX region table has no "regi" signature');
+  }
   if (!hasValidChecksum(buf, 4)) return bad('the VHDX region table checksum is wrong');
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const count = v.getUint32(8, true);
-  if (count > L.MAX_REGION_ENTRIES) return bad(`the VHDX region table has ${count} entries, more than ${L.MAX_REGION_ENTRIES}`);
+  if (count > L.MAX_REGION_ENTRIES) {
+    return bad(`the VHDX region table has ${count} entries, more than ${L.MAX_REGION_ENTRIES}`);
+  }
   let bat: Region | undefined;
   let metadata: Region | undefined;
   const seen = new FileRegions();
@@ -82,10 +87,11 @@ function parseTable(buf: Uint8Array, fileSize: number, regions: FileRegions): Re
  * the second; the BAT and metadata region are added to `regions`.
  */
 export function parseRegionTables(section: Uint8Array, fileSize: number, regions: FileRegions): RegionTable {
-  const first = parseTable(section.subarray(L.REGION_TABLE1_OFFSET, L.REGION_TABLE1_OFFSET + L.HEADER_BLOCK_SIZE), fileSize, regions);
+  const copy = (at: number) => parseTable(section.subarray(at, at + L.HEADER_BLOCK_SIZE), fileSize, regions);
+  const first = copy(L.REGION_TABLE1_OFFSET);
   let table = first;
   if (first instanceof BlockError) {
-    const second = parseTable(section.subarray(L.REGION_TABLE2_OFFSET, L.REGION_TABLE2_OFFSET + L.HEADER_BLOCK_SIZE), fileSize, regions);
+    const second = copy(L.REGION_TABLE2_OFFSET);
     if (second instanceof BlockError) throw first;
     table = second;
   }
