@@ -275,16 +275,16 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
 
   /**
    * Gives block `b` a new place at the end of the file holding `data` at
-   * `within` and zeros elsewhere (the new place reads as zeros; its last
-   * sector is written so the file covers the whole block), then points the
-   * BAT at it. The caller holds the block.
+   * `within` and zeros elsewhere (the new place reads as zeros; up to a
+   * sector of zeros at its end, past the data, makes the file cover the whole
+   * block), then points the BAT at it. The caller holds the block.
    */
   private async allocate(b: number, data: Uint8Array, within: number): Promise<void> {
     const host = this.fileEnd;
     this.fileEnd += this.bs;
     await this.proto.write(data, host + within);
-    const lss = this.meta.logicalSectorSize;
-    if (within + data.length < this.bs) await this.proto.write(new Uint8Array(lss), host + this.bs - lss);
+    const tail = Math.min(this.meta.logicalSectorSize, this.bs - within - data.length);
+    if (tail > 0) await this.proto.write(new Uint8Array(tail), host + this.bs - tail);
     this.bat.set(payloadIndex(this.bat.geometry, b), L.PAYLOAD_FULLY_PRESENT, host);
   }
 

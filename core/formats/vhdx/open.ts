@@ -63,6 +63,9 @@ export async function openVhdx(file: Protocol, opts: DriverOpenOptions): Promise
   const headers = new HeaderWriter(proto, current, opts.readOnly);
   // As QEMU: once replayed, the log is emptied (a null log GUID) and the visible data has changed.
   if (logReplayed) await headers.update({ newDataGuid: true, logGuid: new Uint8Array(16) });
+  // A log GUID with no entry behind it (a crash before the entry was written) is cleared
+  // too: QEMU refuses to write to an image whose header names a log.
+  else if (!opts.readOnly && !isNullGuid(current.header.logGuid)) await headers.update({ logGuid: new Uint8Array(16) });
 
   const size = await proto.size();
   const regions = new FileRegions();
