@@ -186,6 +186,17 @@ describe('hostile VHDX images are refused with one clear sentence', () => {
     await expectRefused(() => openImage(path), path, 'Corrupt', /writes at .*beyond the file/);
   });
 
+  it('a log of overlapping entries that all fail their checksum: refused, not searched for ever', async () => {
+    const path = imageWith('log-overlapping', (e) => {
+      dirtyLog(e, {});
+      // An entry header as long as the log at every sector, checksums wrong.
+      const head = e.b.slice(LOG, LOG + 64);
+      new DataView(head.buffer).setUint32(8, MiB, true);
+      for (let at = LOG; at < 2 * MiB; at += 4 * KiB) e.b.set(head, at);
+    });
+    await expectRefused(() => openImage(path), path, 'Corrupt', /too many overlapping entries/, { quickMs: 2000 });
+  });
+
   it('a log entry with a bad checksum is not an entry: the image opens as it is', async () => {
     const path = imageWith('log-crc', (e) => {
       dirtyLog(e, {});

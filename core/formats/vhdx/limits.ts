@@ -95,6 +95,13 @@ export const LOG_DATA_BYTES = 4084;
  */
 export const MAX_LOG_OVERLAY = 256 * MiB;
 
+/**
+ * The log search checksums candidate entries; a real log's entries are each
+ * checked about once, so at most this many times the log's length are read
+ * before the log is called damaged (QEMU's search has no bound).
+ */
+export const LOG_SEARCH_BUDGET = 8;
+
 /** Same as QEMU: a new image's data starts 5 MiB past the BAT's end, room for growth of the metadata. */
 export const CREATE_DATA_GAP = 5 * MiB;
 /** Same as QEMU: the metadata region of a new image is 1 MiB. */

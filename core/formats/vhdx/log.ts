@@ -52,7 +52,7 @@ function circular(log: Uint8Array, at: number, n: number): Uint8Array {
  * An entry that passes both but whose descriptors or data sectors are wrong
  * is a damaged log, refused as QEMU refuses it.
  */
-function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array): LogEntry | undefined {
+function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array, budget: { bytes: number }): LogEntry | undefined {
   const head = circular(log, at, L.LOG_HEADER_SIZE);
   if (ascii(head, 0) !== L.LOG_ENTRY_SIGNATURE) return undefined;
   const hv = new DataView(head.buffer, head.byteOffset, head.byteLength);
@@ -63,6 +63,9 @@ function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array): LogEntry | u
   if (!guidEquals(head.subarray(32, 48), logGuid)) return undefined;
   const descSectors = descriptorSectors(count);
   if (descSectors * S > length) return undefined;
+  // Every sector may start an entry as long as the log: a hostile log would make the search quadratic.
+  budget.bytes -= length;
+  if (budget.bytes < 0) corrupt('the VHDX log is not valid (too many overlapping entries to search)');
   const entry = circular(log, at, length);
   if (!hasValidChecksum(entry, 4)) return undefined;
   const v = new DataView(entry.buffer, entry.byteOffset, entry.byteLength);
@@ -109,9 +112,10 @@ function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array): LogEntry | u
 
 /** The active sequence of the log (the log region's bytes), or [] when there is none. */
 export function findActiveSequence(log: Uint8Array, logGuid: Uint8Array): LogEntry[] {
+  const budget = { bytes: L.LOG_SEARCH_BUDGET * log.length };
   let best: LogEntry[] = [];
   for (let at = 0; at < log.length; ) {
-    const first = entryAt(log, at, logGuid);
+    const first = entryAt(log, at, logGuid, budget);
     if (!first) {
       at += S;
       continue;
@@ -122,7 +126,7 @@ export function findActiveSequence(log: Uint8Array, logGuid: Uint8Array): LogEnt
     for (;;) {
       const last = seq[seq.length - 1];
       if (used >= log.length) break;
-      const e = entryAt(log, next, logGuid);
+      const e = entryAt(log, next, logGuid, budget);
       if (!e || e.sequence !== last.sequence + 1n || used + e.length > log.length) break;
       seq.push(e);
       next += e.length;
