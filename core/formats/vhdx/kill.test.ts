@@ -1,7 +1,9 @@
 /**
  * Crash safety with real kills: a process writing to a VHDX image through
  * Platter (core/test/crash-worker.ts: random writes, zero writes, discards
- * and growth, a flush after each) is killed with SIGKILL at random moments.
+ * and growth, a flush after each) is killed with SIGKILL: three times in
+ * four just before a chosen write of a chosen operation, else from outside
+ * at a random moment.
  * After each kill: qemu-img check -r all (which replays a dirty log, as QEMU
  * must) leaves an image with no errors; Platter's read-only view (the log
  * replayed in memory) equals qemu-img's repaired image; and the guest data is
@@ -21,7 +23,7 @@ import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 const KiB = 1024;
 const MiB = 1 << 20;
-const KILLS = 16;
+const KILLS = 24;
 
 const VARIANT: CrashVariant = {
   name: 'vhdx 1 MiB blocks',
@@ -73,17 +75,25 @@ function apply(content: Uint8Array<ArrayBufferLike>, op: CrashOp): Uint8Array<Ar
   return content;
 }
 
-/** Runs the worker on `image` and kills it after `delay` ms once ready; returns how many operations finished. */
-async function runUntilKilled(image: string, seed: number, delay: number): Promise<number> {
+interface Kill {
+  /** The worker kills itself just before this write of this operation (reproducible)... */
+  killAt?: { op: number; write: number };
+  /** ...or is killed from outside this long after it is ready. */
+  delay: number;
+}
+
+/** Runs the worker on `image` until it is killed; returns how many operations finished. */
+async function runUntilKilled(image: string, seed: number, kill: Kill): Promise<number> {
   copyFileSync(base, image);
-  const child = spawn(process.execPath, [worker, image, JSON.stringify({ seed, variant: VARIANT, format: 'vhdx' })], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const args = JSON.stringify({ seed, variant: VARIANT, format: 'vhdx', killAt: kill.killAt });
+  const child = spawn(process.execPath, [worker, image, args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d));
   child.stdout.on('data', (d: Buffer) => {
-    if (!out.includes('ready\n') && (out + d).includes('ready\n')) setTimeout(() => child.kill('SIGKILL'), delay);
+    if (!kill.killAt && !out.includes('ready\n') && (out + d).includes('ready\n')) {
+      setTimeout(() => child.kill('SIGKILL'), kill.delay);
+    }
     out += d;
   });
   const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_c, sig) => resolve(sig)));
@@ -100,7 +110,11 @@ describe.skipIf(!HAS_QEMU)('vhdx crash safety under SIGKILL', () => {
     for (let k = 0; k < KILLS; k++) {
       const opsSeed = rng.int(1, 1 << 30);
       const image = t.path(`kill-${k}.vhdx`);
-      const done = await runUntilKilled(image, opsSeed, rng.int(20, 600));
+      // Three kills in four at an exact write (a log cycle is about ten writes), the rest from outside.
+      // Early operations allocate blocks, so their flushes go through the log.
+      const exact = { killAt: { op: rng.int(0, 12), write: rng.int(1, 10) }, delay: 0 };
+      const kill: Kill = k % 4 === 3 ? { delay: rng.int(20, 600) } : exact;
+      const done = await runUntilKilled(image, opsSeed, kill);
       // The model after the finished operations, and after the interrupted one.
       const ops = crashOps(opsSeed, VARIANT);
       let before: Uint8Array<ArrayBufferLike> = new Uint8Array(VARIANT.size);
@@ -133,5 +147,6 @@ describe.skipIf(!HAS_QEMU)('vhdx crash safety under SIGKILL', () => {
       expect(qemuCompare(view, repaired), at).toBe('Images are identical.');
     }
     console.log(`${dirty} of ${KILLS} kills left a log to replay`);
+    expect(dirty, 'kills inside a log cycle').toBeGreaterThan(0);
   }, 300_000);
 });
