@@ -103,6 +103,12 @@ describe.skipIf(!HAS_QEMU)('a dirty log', () => {
     const raw = t.path('built.raw');
     writeFileSync(raw, data);
     expect(qemuCompare(raw, byQemu)).toBe('Images are identical.');
+    // The command line sees the same: convert copies the replayed content, info calls the image dirty.
+    const converted = t.path('built-converted.raw');
+    expect((await platter(['convert', '-O', 'raw', path, converted])).code).toBe(0);
+    expect(qemuCompare(converted, byQemu)).toBe('Images are identical.');
+    expect(JSON.parse((await platter(['info', '--output=json', path])).stdout)['dirty-flag']).toBe(true);
+    expect(sha(path)).toBe(before);
     // Platter's own repair: the same image as QEMU's, clean.
     const byPlatter = t.path('built-platter.vhdx');
     copyFileSync(path, byPlatter);
