@@ -76,7 +76,7 @@ function parseOptions(argv) {
 const OPERATIONS = [
   'convert', 'convert-writeback', 'convert-unsafe',
   'to-qcow2', 'to-qcow2-unsafe', 'from-qcow2', 'from-qcow2-unsafe', 'compress',
-  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2', 'to-vpc',
+  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2', 'to-vpc', 'to-vhdx', 'vhdx-to-qcow2',
   'compare', 'map', 'hash',
 ];
 
@@ -401,6 +401,7 @@ function operations(img, dir, qemuImg) {
   const qdst = { platter: join(dir, 'convert-platter.qcow2'), reference: join(dir, 'convert-qemu.qcow2') };
   const qsrc = join(dir, 'mixed-source.qcow2');
   const vsrc = join(dir, 'mixed-source.vmdk');
+  const hsrc = join(dir, 'mixed-source.vhdx');
   /** A fresh output of `ext` per tool. */
   const out = (ext) => ({ platter: join(dir, `convert-platter.${ext}`), reference: join(dir, `convert-qemu.${ext}`) });
   const exitZero = (r) => (r.code === 0 ? null : `exit ${r.code}`);
@@ -429,6 +430,9 @@ function operations(img, dir, qemuImg) {
   };
   const makeVsrc = () => {
     if (!fs.existsSync(vsrc)) spawnSync(qemuImg, ['convert', '-f', 'raw', '-O', 'vmdk', img.src, vsrc]);
+  };
+  const makeHsrc = () => {
+    if (!fs.existsSync(hsrc)) spawnSync(qemuImg, ['convert', '-f', 'raw', '-O', 'vhdx', img.src, hsrc]);
   };
   const rawTo = (fmt, ...o) => ['-f', 'raw', '-O', fmt, ...o];
   return [
@@ -461,6 +465,9 @@ function operations(img, dir, qemuImg) {
     // The source is qemu-img's own monolithicSparse copy of the mixed image, made once.
     convertRow('vmdk-to-qcow2', 'vmdk->qcow2 convert', ['-f', 'vmdk', '-O', 'qcow2'], ['-f', 'vmdk', '-O', 'qcow2'], vsrc, qdst, makeVsrc),
     convertRow('to-vpc', 'raw->vpc convert', rawTo('vpc'), rawTo('vpc'), img.src, out('vhd')),
+    convertRow('to-vhdx', 'raw->vhdx convert', rawTo('vhdx'), rawTo('vhdx'), img.src, out('vhdx')),
+    // The source is qemu-img's own vhdx copy of the mixed image, made once.
+    convertRow('vhdx-to-qcow2', 'vhdx->qcow2 convert', ['-f', 'vhdx', '-O', 'qcow2'], ['-f', 'vhdx', '-O', 'qcow2'], hsrc, qdst, makeHsrc),
     {
       name: 'compare',
       title: 'compare (identical)',
@@ -674,6 +681,8 @@ function targets(results) {
     convertTarget('raw->vmdk streamOptimized', 'to-vmdk-stream', undefined, TARGETS.convertRatio),
     convertTarget('vmdk->qcow2 convert', 'vmdk-to-qcow2', undefined, TARGETS.convertRatio),
     convertTarget('raw->vpc convert', 'to-vpc', undefined, TARGETS.convertRatio),
+    convertTarget('raw->vhdx convert', 'to-vhdx', undefined, TARGETS.convertRatio),
+    convertTarget('vhdx->qcow2 convert', 'vhdx-to-qcow2', undefined, TARGETS.convertRatio),
     { name: 'hash <= 1.20x sha256sum', value: fmt(by.hash?.ratio, 'x'), pass: judge(by.hash?.ratio, TARGETS.hashRatio) },
     { name: `peak memory <= ${TARGETS.peakMiB} MiB`, value: peak === null ? 'n/a' : `${peak.toFixed(0)} MiB`, pass: judge(peak, TARGETS.peakMiB) },
   ];

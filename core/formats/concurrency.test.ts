@@ -32,6 +32,9 @@ const CASES: { format: string; name: string; options: string; seed: number; snap
   // Blocks of 2 MiB: every request here shares one; qemu-img cannot check vpc images (compare still judges).
   { format: 'vpc', name: 'dynamic', options: 'subformat=dynamic', seed: 7, noCheck: true },
   { format: 'vpc', name: 'fixed', options: 'subformat=fixed', seed: 8, noCheck: true },
+  { format: 'vhdx', name: 'dynamic', options: 'block_size=1M', seed: 9 },
+  { format: 'vhdx', name: 'dynamic, NOT_PRESENT blocks', options: 'block_size=1M,block_state_zero=off', seed: 10 },
+  { format: 'vhdx', name: 'fixed', options: 'subformat=fixed,block_size=1M', seed: 11 },
 ];
 
 describe.skipIf(!HAS_QEMU)('concurrent requests', () => {

@@ -31,7 +31,7 @@ function garbage(): Uint8Array {
 
 describe('stub drivers', () => {
   /** Formats with a real driver; every other one must still be recognised by a stub. */
-  const IMPLEMENTED = ['raw', 'qcow2', 'vdi', 'vmdk', 'vpc'];
+  const IMPLEMENTED = ['raw', 'qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx'];
 
   it('are every driver not yet implemented', () => {
     for (const name of IMPLEMENTED) expect(isStubDriver(findDriver(name))).toBe(false);
@@ -105,12 +105,12 @@ describe('stub drivers', () => {
   });
 
   it('uses displayName in messages and context', async () => {
-    const f = fixtures.find((x) => x.label === 'vhdx')!;
+    const f = fixtures.find((x) => x.label === 'bochs')!;
     const path = t.path('tmp-123');
     writeFileSync(path, f.bytes);
-    const err = await rejection(openImage(path, { displayName: 'disk.vhdx' }));
-    expect(err.message).toBe('recognised as vhdx; not supported yet');
-    expect(err.context).toMatchObject({ path: 'disk.vhdx', op: 'open' });
+    const err = await rejection(openImage(path, { displayName: 'disk.bochs' }));
+    expect(err.message).toBe('recognised as bochs; not supported yet');
+    expect(err.context).toMatchObject({ path: 'disk.bochs', op: 'open' });
   });
 
   it.skipIf(!existsSync('/proc/self/fd'))('closes the file when opening fails', async () => {

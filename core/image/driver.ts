@@ -252,6 +252,8 @@ export interface DriverOpenOptions {
   snapshot?: string;
   /** Opened by check to repair it: allowed even when marked corrupt. */
   repair?: boolean;
+  /** Opened by check: damage that open would refuse is left for check to report. */
+  forCheck?: boolean;
   /**
    * Opens another file the image names (a qcow2 external data file),
    * resolved against the image's folder and subject to the same policy as

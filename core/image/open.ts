@@ -28,6 +28,8 @@ export interface OpenOptions {
   snapshot?: string;
   /** Open to repair (check -r): formats allow this even on images marked corrupt. */
   repair?: boolean;
+  /** Opened by check: damage the format refuses at open is left for check to report. */
+  forCheck?: boolean;
   /** How writes reach the disk; 'unsafe' makes flushes no-ops (qemu-img's -t). */
   cache?: CacheMode;
 }
@@ -96,7 +98,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
       await checkFileAllowed(name, o.what, file, path, opts.allowExternalFiles ?? false);
       return openProtocol(path, { readOnly: o.readOnly, displayName: resolveNamedFile(name, file), cache: opts.cache });
     };
-    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair, openFile });
+    const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair, forCheck: opts.forCheck, openFile });
     if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
       await layer.close();
       throw new BlockError('Unsupported', `${driver.name} images have no internal snapshots`, { path: name });

@@ -25,6 +25,7 @@ export async function check(opts: CheckOptions, _ctx: JobContext = {}): Promise<
     format: opts.format,
     readOnly: repair === 'none',
     repair: repair !== 'none',
+    forCheck: true,
     noBacking: true,
     allowExternalFiles: opts.allowExternalFiles,
   });

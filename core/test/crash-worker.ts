@@ -9,7 +9,8 @@
  * kill at an exact moment, the same on every run, as the engine makes the
  * same writes for the same operations.
  *
- * argv: IMAGE JSON where JSON is {seed, variant, killAt?}.
+ * argv: IMAGE JSON where JSON is {seed, variant, killAt?, format?} (format:
+ * qcow2 unless given; the vhdx crash test runs the same operations).
  */
 import { writeSync } from 'node:fs';
 import { hasSnapshots, isResizable } from '../image/driver.js';
@@ -18,10 +19,11 @@ import { openImage } from '../image/open.js';
 import { crashOps, type CrashOp, type CrashVariant } from './crash-ops.js';
 
 const [path, json] = process.argv.slice(2);
-const { seed, variant, killAt } = JSON.parse(json) as {
+const { seed, variant, killAt, format = 'qcow2' } = JSON.parse(json) as {
   seed: number;
   variant: CrashVariant;
   killAt?: { op: number; write: number };
+  format?: string;
 };
 
 async function run(img: Image, op: CrashOp): Promise<void> {
@@ -47,7 +49,7 @@ async function run(img: Image, op: CrashOp): Promise<void> {
   }
 }
 
-const img = await openImage(path, { format: 'qcow2', readOnly: false });
+const img = await openImage(path, { format, readOnly: false });
 /*
  * Reports go straight to fd 1 with writeSync: process.stdout may hold them in
  * memory while the worker runs on, and a kill would then lose them (the test
