@@ -85,6 +85,8 @@ export interface FormatImage {
   readonly readOnly: boolean;
   /** Where reads of unallocated ranges go, if the header names a backing file. */
   readonly backingRef?: BackingRef;
+  /** Everything written is stored compressed (a streamOptimized VMDK), so writes cost CPU, not I/O. */
+  readonly compressesWrites?: boolean;
   read(buf: Uint8Array, offset: number): Promise<void>;
   write(buf: Uint8Array, offset: number): Promise<void>;
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;

@@ -83,6 +83,11 @@ export class Image {
     await this.wrap('discard', offset, () => this.layer.discard(offset, length));
   }
 
+  /** Whether every write is stored compressed (see FormatImage.compressesWrites). */
+  get compressesWrites(): boolean {
+    return this.layer.compressesWrites === true;
+  }
+
   /** Cluster size for compressed writes, if this image can store them. */
   get compressionCluster(): number | undefined {
     return hasCompressedWrites(this.layer) ? this.layer.compressionCluster : undefined;

@@ -122,7 +122,7 @@ export function copyOptionsFrom(opts: Partial<CopyOptions>): CopyOptions {
   if (!Number.isSafeInteger(copy.rateLimit) || copy.rateLimit < 0) {
     throw new BlockError('InvalidArgument', 'the rate limit (-r) must be a positive number of bytes per second');
   }
-  if (!Number.isInteger(copy.parallel) || copy.parallel < 1 || copy.parallel > MAX_PARALLEL) {
+  if (copy.parallel !== undefined && (!Number.isInteger(copy.parallel) || copy.parallel < 1 || copy.parallel > MAX_PARALLEL)) {
     throw new BlockError('InvalidArgument', `parallel requests must be between 1 and ${MAX_PARALLEL}`);
   }
   if (!Number.isSafeInteger(copy.sparseSize) || copy.sparseSize < 0 || copy.sparseSize % 512 !== 0) {

@@ -23,8 +23,12 @@ export interface CopySpan {
 export interface CopyOptions {
   /** Zero runs at least this long (and aligned) become holes; 0 writes every byte. */
   sparseSize: number;
-  /** Chunks in flight (qemu-img's -m). */
-  parallel: number;
+  /**
+   * Chunks in flight (qemu-img's -m); by default 8, or 3 when the target
+   * compresses what it stores: compressing keeps both cores busy with fewer,
+   * and each chunk in flight holds its compressed copy too.
+   */
+  parallel?: number;
   /**
    * Let writes start out of order (qemu-img's -W). In order, each chunk's
    * writes start once the previous chunk's have started, so the target is
@@ -41,9 +45,11 @@ export interface CopyOptions {
   compress: boolean;
 }
 
+const DEFAULT_PARALLEL = 8;
+const COMPRESSING_PARALLEL = 3;
+
 export const DEFAULT_COPY_OPTIONS: CopyOptions = {
   sparseSize: 4096,
-  parallel: 8,
   outOfOrder: false,
   targetIsZero: false,
   chunkSize: 2 << 20,
@@ -101,7 +107,7 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
   };
 
   await runWorkers(
-    Math.max(1, opts.parallel),
+    Math.max(1, opts.parallel ?? (cluster || target.compressesWrites ? COMPRESSING_PARALLEL : DEFAULT_PARALLEL)),
     () => {
       const r = chunks.next();
       return r.done ? undefined : r.value;

@@ -35,6 +35,7 @@ import { checkQcow2 } from './check.js';
 import { codecFor, COMPRESSION_TYPES, type Codec } from './compression.js';
 import { BlockError } from '../../image/errors.js';
 import { Mutex, RangeLock } from '../../image/locks.js';
+import { COMPRESS_CONCURRENCY, mapLimited } from '../../image/parallel.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionValues } from '../../options/schema.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
@@ -96,9 +97,6 @@ type WriteStep =
       hi: number;
       part: (k: number) => [number, number];
     };
-
-/** Clusters one compressClusters call deflates at once. */
-const COMPRESS_CONCURRENCY = 4;
 
 export class Qcow2Image
   implements FormatImage, Resizable, HasBacking, ChangesBacking, Emptiable, CompressedWrites, Checkable, Snapshots, Amendable
@@ -1121,14 +1119,7 @@ export class Qcow2Image
       // Stored plainly when compressing does not save anything.
       return { cluster, z: await this.codec.compress(cluster) };
     };
-    // A few at a time per call: each deflate stream holds ~270 KiB, and the
-    // copy pipeline already runs several calls at once.
-    const packed: Awaited<ReturnType<typeof squeeze>>[] = [];
-    const count = Math.ceil(buf.length / cs);
-    for (let i = 0; i < count; i += COMPRESS_CONCURRENCY) {
-      const batch = Array.from({ length: Math.min(COMPRESS_CONCURRENCY, count - i) }, (_, k) => squeeze(i + k));
-      packed.push(...(await Promise.all(batch)));
-    }
+    const packed = await mapLimited(Math.ceil(buf.length / cs), COMPRESS_CONCURRENCY, squeeze);
     return () =>
       this.modifyClusters(...this.clustersOf(offset, buf.length), async () => {
         await this.bitmaps?.track(offset, buf.length);

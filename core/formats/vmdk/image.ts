@@ -245,6 +245,10 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
     return e instanceof StreamExtent ? e : undefined;
   }
 
+  get compressesWrites(): boolean {
+    return this.stream !== undefined && !this.readOnly;
+  }
+
   /** Grains (or, for flat extents, 64 KiB): qemu-img convert -c works on any VMDK, compressing only streams. */
   get compressionCluster(): number {
     const first = this.extents[0]?.extent;

@@ -6,9 +6,10 @@
  */
 import { BlockError } from '../../image/errors.js';
 import { Mutex } from '../../image/locks.js';
+import { COMPRESS_CONCURRENCY, mapLimited } from '../../image/parallel.js';
 import * as L from './limits.js';
 import { SparseExtent, type SparseParts } from './sparse.js';
-import { compressGrain, writeStreamTail } from './stream.js';
+import { compressGrain, putGrain, storedGrainBytes, writeStreamTail } from './stream.js';
 
 export class StreamExtent extends SparseExtent {
   private readonly tablesAtEnd: boolean;
@@ -133,23 +134,20 @@ export class StreamExtent extends SparseExtent {
       await this.checkUnwritten(first + i);
       this.pending.delete(first + i); // a whole grain replaces what part of it was waiting
     }
-    const lba = (g: number) => (g * gb) / L.SECTOR;
-    const grains = await Promise.all(
-      Array.from({ length: count }, (_, i) => compressGrain(buf.subarray(i * gb, (i + 1) * gb), lba(first + i))),
-    );
+    const grains = await mapLimited(count, COMPRESS_CONCURRENCY, (i) => compressGrain(buf.subarray(i * gb, (i + 1) * gb)));
     return () =>
       this.lock.run(async () => {
         for (let i = 0; i < count; i++) await this.checkUnwritten(first + i);
         await this.cutTail();
-        const total = grains.reduce((n, b) => n + b.length, 0);
-        const out = new Uint8Array(total);
+        const out = new Uint8Array(grains.reduce((n, z) => n + storedGrainBytes(z), 0));
         const entries: number[] = [];
         let pos = 0;
-        for (const b of grains) {
+        grains.forEach((z, i) => {
           entries.push(this.nextSector + pos / L.SECTOR);
-          out.set(b, pos);
-          pos += b.length;
-        }
+          putGrain(out, pos, ((first + i) * gb) / L.SECTOR, z);
+          pos += storedGrainBytes(z);
+        });
+        const total = out.length;
         await this.file.write(out, this.nextSector * L.SECTOR);
         this.nextSector += total / L.SECTOR;
         this.fileSize = Math.max(this.fileSize, this.nextSector * L.SECTOR);
