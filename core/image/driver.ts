@@ -143,6 +143,22 @@ export interface CheckReport {
   compressedClusters: number;
 }
 
+/** A report with nothing found yet, for a check to fill in. */
+export function emptyCheckReport(): CheckReport {
+  return {
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
+    imageEndOffset: 0,
+    totalClusters: 0,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    compressedClusters: 0,
+  };
+}
+
 /** qemu-img check -r: nothing, leaks only, or leaks and corruptions. */
 export const REPAIR_MODES = ['none', 'leaks', 'all'] as const;
 export type RepairMode = (typeof REPAIR_MODES)[number];

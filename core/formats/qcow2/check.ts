@@ -4,7 +4,7 @@
  * flags; optionally repair leaks (refcount too high) and corruptions
  * (refcount too low, wrong flags). Messages and counts follow qemu-img.
  */
-import type { CheckReport, RepairMode } from '../../image/driver.js';
+import { emptyCheckReport, type CheckReport, type RepairMode } from '../../image/driver.js';
 import { decodeL1, decodeL2, hostOf } from './l2.js';
 import { OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED } from './limits.js';
 import type { Qcow2Image } from './image.js';
@@ -30,18 +30,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
   const cs = img.clusterSize;
   const h = img.header;
   const rc = img.refcounts;
-  const report: CheckReport = {
-    corruptions: 0,
-    leaks: 0,
-    checkErrors: 0,
-    corruptionsFixed: 0,
-    leaksFixed: 0,
-    imageEndOffset: 0,
-    totalClusters: Math.ceil(h.size / cs),
-    allocatedClusters: 0,
-    fragmentedClusters: 0,
-    compressedClusters: 0,
-  };
+  const report: CheckReport = { ...emptyCheckReport(), totalClusters: Math.ceil(h.size / cs) };
   const fileClusters = Math.ceil((await img.proto.size()) / cs);
   const expected = new Uint32Array(fileClusters);
   const beyond = new Map<number, number>();

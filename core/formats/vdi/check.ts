@@ -4,7 +4,7 @@
  * header's count of allocated blocks must match the map. Like QEMU it
  * reports no cluster counts and repairs nothing.
  */
-import type { CheckReport, RepairMode } from '../../image/driver.js';
+import { emptyCheckReport, type CheckReport, type RepairMode } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import type { VdiHeader } from './header.js';
 import { isAllocated } from './limits.js';
@@ -14,18 +14,7 @@ export function checkVdi(header: VdiHeader, bmap: Uint32Array, repair: RepairMod
     const message = 'VDI images cannot be repaired (qemu-img cannot repair them either)';
     throw new BlockError('Unsupported', message, { op: 'check' });
   }
-  const report: CheckReport = {
-    corruptions: 0,
-    leaks: 0,
-    checkErrors: 0,
-    corruptionsFixed: 0,
-    leaksFixed: 0,
-    imageEndOffset: 0,
-    totalClusters: 0,
-    allocatedClusters: 0,
-    fragmentedClusters: 0,
-    compressedClusters: 0,
-  };
+  const report: CheckReport = emptyCheckReport();
   const blocks = header.blocksInImage;
   const used = new Uint8Array(blocks);
   let allocated = 0;

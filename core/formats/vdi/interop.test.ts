@@ -5,11 +5,12 @@
  * probing agree.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
-import { prng, type Rng } from '../../test/prng.js';
+import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
+import { prng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 
@@ -22,42 +23,6 @@ beforeAll(() => (t = tempDir('platter-vdi-interop-')));
 afterAll(() => t?.cleanup());
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
-
-/** A sparse raw file: random data at unaligned places, written zeros, holes, data at both ends. */
-function makeRaw(path: string, size: number, rng: Rng): Uint8Array {
-  const content = new Uint8Array(size);
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, size);
-    const put = (off: number, data: Uint8Array) => {
-      content.set(data, off);
-      writeSync(fd, data, 0, data.length, off);
-    };
-    for (let i = 0; i < 20; i++) {
-      const len = rng.int(1, 300 * KiB);
-      put(rng.int(0, size - len), rng.bytes(len));
-    }
-    // A whole block of written zeros: convert must leave it unallocated.
-    put(5 * MiB, new Uint8Array(MiB));
-    put(0, rng.bytes(3000));
-    put(size - 1000, rng.bytes(1000));
-  } finally {
-    closeSync(fd);
-  }
-  return content;
-}
-
-/** Everything the guest sees in an image, read by Platter. */
-async function platterRead(path: string): Promise<Uint8Array> {
-  const img = await openImage(path);
-  try {
-    const buf = new Uint8Array(img.size);
-    await img.read(buf, 0);
-    return buf;
-  } finally {
-    await img.close();
-  }
-}
 
 /** The 16 bytes of the image UUID (header offset 0x188). */
 const imageUuid = (path: string) => readFileSync(path).subarray(0x188, 0x198).toString('hex');
@@ -120,14 +85,14 @@ describe.skipIf(!HAS_QEMU)('vdi interop: Platter writes, QEMU reads', () => {
       expect(problems(qemuCheck(path, 'vdi'))).toEqual(CLEAN);
       writeFileSync(t.path(`pw-${kind.label}.raw`), model);
       expect(qemuCompare(path, t.path(`pw-${kind.label}.raw`))).toBe('Images are identical.');
-      expect(sha256(await platterRead(path))).toBe(sha256(model));
+      expect(sha256(await readGuestBytes(path))).toBe(sha256(model));
       const pmap = (await platter(['map', '--output=json', path])).stdout;
       expect(JSON.parse(pmap)).toEqual(JSON.parse(sh('qemu-img', ['map', '--output=json', path])));
     });
 
     it(`${kind.label}: convert -O vdi of a mixed raw file checks clean and compares equal`, async () => {
       const raw = t.path(`conv-${kind.label}.raw`);
-      makeRaw(raw, 24 * MiB, prng(7));
+      makeMixedRaw(raw, 24 * MiB, prng(7));
       const out = t.path(`conv-${kind.label}.vdi`);
       const r = await platter(['convert', '-O', 'vdi', ...kind.opts, raw, out]);
       expect(r.stderr).toBe('');
@@ -209,7 +174,7 @@ describe.skipIf(!HAS_QEMU)('vdi interop: QEMU writes, Platter reads', () => {
       model.fill(0, 3 * MiB, 4 * MiB);
       qemuIo(path, cmds, 'vdi');
 
-      expect(sha256(await platterRead(path))).toBe(sha256(model));
+      expect(sha256(await readGuestBytes(path))).toBe(sha256(model));
       writeFileSync(t.path(`qw-${kind.label}.raw`), model);
       expect((await platter(['compare', path, t.path(`qw-${kind.label}.raw`)])).code).toBe(0);
 

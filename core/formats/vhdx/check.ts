@@ -5,24 +5,13 @@
  * not repaired, as in QEMU. A log left to replay (a read-only check, which
  * QEMU cannot open at all) counts as a corruption too.
  */
-import type { CheckReport } from '../../image/driver.js';
+import { emptyCheckReport, type CheckReport } from '../../image/driver.js';
 
 export function checkVhdx(
   found: { logReplayed: boolean; logPending: boolean; problems: readonly string[] },
   log: (line: string) => void,
 ): CheckReport {
-  const report: CheckReport = {
-    corruptions: 0,
-    leaks: 0,
-    checkErrors: 0,
-    corruptionsFixed: found.logReplayed ? 1 : 0,
-    leaksFixed: 0,
-    imageEndOffset: 0,
-    totalClusters: 0,
-    allocatedClusters: 0,
-    fragmentedClusters: 0,
-    compressedClusters: 0,
-  };
+  const report: CheckReport = { ...emptyCheckReport(), corruptionsFixed: found.logReplayed ? 1 : 0 };
   if (found.logPending) {
     log('ERROR: the VHDX log needs to be replayed; check -r all replays it');
     report.corruptions++;

@@ -6,11 +6,12 @@
  * maps every VHDX byte as data at no offset, so maps are not compared.)
  */
 import { createHash } from 'node:crypto';
-import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
-import { prng, type Rng } from '../../test/prng.js';
+import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
+import { prng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 
@@ -24,40 +25,6 @@ beforeAll(() => (t = tempDir('platter-vhdx-interop-')));
 afterAll(() => t?.cleanup());
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
-
-/** A sparse raw file: random data at unaligned places, written zeros, holes, data at both ends. */
-function makeRaw(path: string, size: number, rng: Rng): Uint8Array {
-  const content = new Uint8Array(size);
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, size);
-    const put = (off: number, data: Uint8Array) => {
-      content.set(data, off);
-      writeSync(fd, data, 0, data.length, off);
-    };
-    for (let i = 0; i < 20; i++) {
-      const len = rng.int(1, 300 * KiB);
-      put(rng.int(0, size - len), rng.bytes(len));
-    }
-    put(5 * MiB, new Uint8Array(MiB));
-    put(0, rng.bytes(3000));
-    put(size - 1000, rng.bytes(1000));
-  } finally {
-    closeSync(fd);
-  }
-  return content;
-}
-
-async function platterRead(path: string): Promise<Uint8Array> {
-  const img = await openImage(path);
-  try {
-    const buf = new Uint8Array(img.size);
-    await img.read(buf, 0);
-    return buf;
-  } finally {
-    await img.close();
-  }
-}
 
 /** vhdiinfo reads the image without complaint. */
 function expectVhdiReads(path: string, size: number): void {
@@ -118,13 +85,13 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: Platter writes, QEMU and libvhdi read'
       const raw = path.replace(/\.vhdx$/, '.raw');
       writeFileSync(raw, model);
       expect(qemuCompare(path, raw)).toBe('Images are identical.');
-      expect(sha256(await platterRead(path))).toBe(sha256(model));
+      expect(sha256(await readGuestBytes(path))).toBe(sha256(model));
       expectVhdiReads(path, SIZE);
     });
 
     it(`${combo.label}: convert -O vhdx of a mixed raw file`, async () => {
       const raw = t.path(`conv-${combo.label.replace(/\W+/g, '-')}.raw`);
-      makeRaw(raw, SIZE, prng(combo.label.length));
+      makeMixedRaw(raw, SIZE, prng(combo.label.length));
       const out = raw.replace(/\.raw$/, '.vhdx');
       const r = await platter(['convert', '-O', 'vhdx', ...combo.opts, raw, out]);
       expect(r.stderr).toBe('');
@@ -149,7 +116,7 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: Platter writes, QEMU and libvhdi read'
       cmds.push(`write -z ${3 * MiB} ${MiB}`);
       model.fill(0, 3 * MiB, 4 * MiB);
       qemuIo(path, cmds, 'vhdx');
-      expect(sha256(await platterRead(path))).toBe(sha256(model));
+      expect(sha256(await readGuestBytes(path))).toBe(sha256(model));
       const theirs = qemuInfo(path);
       const ours = JSON.parse((await platter(['info', '--output=json', path])).stdout);
       for (const key of ['virtual-size', 'format', 'cluster-size', 'dirty-flag'] as const) expect(ours[key], key).toEqual(theirs[key]);
@@ -173,7 +140,7 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
     } finally {
       await img.close();
     }
-    expect(sha256(await platterRead(path))).toBe(sha256(model));
+    expect(sha256(await readGuestBytes(path))).toBe(sha256(model));
     if (HAS_VHDI) expect(sh('vhdiinfo', [path])).toMatch(/Bytes per sector\s*: 4096 bytes/);
     const r = await platter(['create', '-q', '-f', 'vhdx', '-o', 'logical_sector_size=1024', t.path('bad.vhdx'), '8M']);
     expect(r.code).toBe(1);
@@ -186,7 +153,7 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
     expect(st.blocks * 512).toBeGreaterThanOrEqual(st.size);
     // Converting into one keeps it so, whatever the source's holes.
     const raw = t.path('fixed-alloc.raw');
-    makeRaw(raw, 16 * MiB, prng(3));
+    makeMixedRaw(raw, 16 * MiB, prng(3));
     const out = t.path('fixed-alloc-conv.vhdx');
     expect((await platter(['convert', '-O', 'vhdx', '-o', 'subformat=fixed,block_size=1M', raw, out])).code).toBe(0);
     const s2 = statSync(out);
@@ -222,7 +189,7 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
   it('measure: the size Platter\'s convert makes (qemu-img cannot measure vhdx)', async () => {
     expect(shStatus('qemu-img', ['measure', '-O', 'vhdx', '--size', '10M']).stderr).toContain('does not support size measurement');
     const raw = t.path('measure.raw');
-    makeRaw(raw, SIZE, prng(5));
+    makeMixedRaw(raw, SIZE, prng(5));
     for (const opts of [['-o', 'block_size=1M'], ['-o', 'subformat=fixed,block_size=1M']]) {
       const out = t.path('measure.vhdx');
       await platter(['convert', '-O', 'vhdx', ...opts, raw, out]);

@@ -10,10 +10,11 @@ import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
+import { readGuestBytes } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { hasTool, tempDir } from '../../test/tmp.js';
 import { openCowdExtent } from './cowd.js';
-import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, readImage, statusRuns } from './legacy-test-helpers.js';
+import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, statusRuns } from './legacy-test-helpers.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 
@@ -241,8 +242,8 @@ describe('COWD extents', () => {
       expect(Buffer.from(ours).equals(Buffer.from(guest))).toBe(true);
       expect(Buffer.from(qemuRead(desc, t.path('desc.raw'))).equals(Buffer.from(ours))).toBe(true);
       // The whole image, descriptor and all, through the driver (read-only: these extents are never written).
-      expect(Buffer.from(await readImage(desc)).equals(Buffer.from(ours))).toBe(true);
-      expect(Buffer.from(await readImage(path)).equals(Buffer.from(ours)), 'the lone COWD file').toBe(true);
+      expect(Buffer.from(await readGuestBytes(desc, 'vmdk')).equals(Buffer.from(ours))).toBe(true);
+      expect(Buffer.from(await readGuestBytes(path, 'vmdk')).equals(Buffer.from(ours)), 'the lone COWD file').toBe(true);
       await expect(openImage(desc, { readOnly: false })).rejects.toThrow(/can only be read/);
       // Opened directly, QEMU looks for "CID" text at byte 512 (where a KDMV file keeps its
       // descriptor) and refuses the file without it; real COWD files have none there. That

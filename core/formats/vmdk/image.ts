@@ -5,17 +5,18 @@
  * new content ID (CID), as QEMU and VMware do.
  */
 import { randomInt } from 'node:crypto';
-import type {
-  BackingImage,
-  BackingRef,
-  Checkable,
-  CheckReport,
-  CompressedWrites,
-  FormatImage,
-  FormatInfo,
-  HasBacking,
-  LayerExtent,
-  RepairMode,
+import {
+  emptyCheckReport,
+  type BackingImage,
+  type BackingRef,
+  type Checkable,
+  type CheckReport,
+  type CompressedWrites,
+  type FormatImage,
+  type FormatInfo,
+  type HasBacking,
+  type LayerExtent,
+  type RepairMode,
 } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
@@ -220,18 +221,7 @@ export class VmdkImage implements FormatImage, HasBacking, Checkable, Compressed
    */
   async check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
     if (repair !== 'none') throw new BlockError('Unsupported', 'vmdk images cannot be repaired');
-    const report: CheckReport = {
-      corruptions: 0,
-      leaks: 0,
-      checkErrors: 0,
-      corruptionsFixed: 0,
-      leaksFixed: 0,
-      imageEndOffset: 0,
-      totalClusters: 0,
-      allocatedClusters: 0,
-      fragmentedClusters: 0,
-      compressedClusters: 0,
-    };
+    const report: CheckReport = emptyCheckReport();
     for (const p of this.extents) {
       if (!(p.extent instanceof SparseExtent)) continue;
       report.corruptions += await p.extent.check(log, p.base);

@@ -8,7 +8,6 @@ import { readFileSync } from 'node:fs';
 import { expect } from 'vitest';
 import type { LayerExtent } from '../../image/driver.js';
 import type { ErrorKind } from '../../image/errors.js';
-import { openImage } from '../../image/open.js';
 import { openProtocol } from '../../io/open.js';
 import type { Protocol } from '../../io/protocol.js';
 import { expectRefused as refused } from '../../test/hostile.js';
@@ -72,16 +71,4 @@ export function qemuRefuses(vmdk: string, raw: string): boolean {
  */
 export function expectRefused(fn: () => Promise<unknown>, path: string, kind: ErrorKind, message: RegExp): Promise<void> {
   return refused(fn, path, kind, message, BOUNDS);
-}
-
-/** The guest contents of a whole VMDK (descriptor and extents) read through Platter's driver. */
-export async function readImage(path: string): Promise<Uint8Array> {
-  const image = await openImage(path, { format: 'vmdk' });
-  try {
-    const buf = new Uint8Array(image.size);
-    await image.read(buf, 0);
-    return buf;
-  } finally {
-    await image.close();
-  }
 }

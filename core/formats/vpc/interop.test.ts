@@ -5,12 +5,13 @@
  * vhdiinfo with the same media size; what QEMU writes reads identically in
  * Platter; sizes (by creator app), info, map and measure agree.
  */
-import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
 import { platter } from '../../test/cli.js';
-import { prng, type Rng } from '../../test/prng.js';
+import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
+import { prng } from '../../test/prng.js';
 import { qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 import { vhdChecksumAt, vhdFixture } from './fixture.js';
@@ -30,39 +31,6 @@ const SUBFORMATS = [
   { label: 'dynamic, force_size', options: 'subformat=dynamic,force_size=on' },
   { label: 'fixed, force_size', options: 'subformat=fixed,force_size=on' },
 ];
-
-/**
- * A sparse raw file: random data at unaligned places, holes, data at both
- * ends, and (unless told not to) a written block of zeros.
- */
-function makeRaw(path: string, size: number, rng: Rng, writtenZeros = true): void {
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, size);
-    const put = (off: number, data: Uint8Array) => writeSync(fd, data, 0, data.length, off);
-    for (let i = 0; i < 20; i++) {
-      const len = rng.int(1, 300 * KiB);
-      put(rng.int(0, size - len), rng.bytes(len));
-    }
-    if (writtenZeros) put(5 * MiB, new Uint8Array(2 * MiB));
-    put(0, rng.bytes(3000));
-    put(size - 1000, rng.bytes(1000));
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Everything the guest sees in an image, read by Platter. */
-async function platterRead(path: string): Promise<Uint8Array> {
-  const img = await openImage(path, { format: 'vpc' });
-  try {
-    const buf = new Uint8Array(img.size);
-    await img.read(buf, 0);
-    return buf;
-  } finally {
-    await img.close();
-  }
-}
 
 /** qemu-img compare of a raw file and a VHD (named: qemu probes fixed VHDs as raw). */
 function compareWithRaw(raw: string, vhd: string): string {
@@ -124,7 +92,7 @@ describe.skipIf(!HAS_QEMU)('vpc: what Platter writes', () => {
 
     it(`${sub.label}: platter convert -O vpc of a raw file with holes compares equal in qemu-img`, async () => {
       const raw = t.path(`src${n}.raw`);
-      makeRaw(raw, 24 * MiB, prng(20 + n));
+      makeMixedRaw(raw, 24 * MiB, prng(20 + n), { zeroRun: 2 * MiB });
       const out = t.path(`cv${n}.vhd`);
       const r = await platter(['convert', '-O', 'vpc', '-o', sub.options, raw, out]);
       expect(r.code, r.stderr).toBe(0);
@@ -207,7 +175,7 @@ describe.skipIf(!HAS_QEMU)('vpc: what qemu-img writes', () => {
       qemuIo(path, cmds, 'vpc');
       const raw = t.path(`qw${n}.raw`);
       sh('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', path, raw]);
-      const mine = await platterRead(path);
+      const mine = await readGuestBytes(path, 'vpc');
       expect(mine.length).toBe(size);
       expect(Buffer.compare(mine, readFileSync(raw))).toBe(0);
       // The same map, key for key.
@@ -224,7 +192,7 @@ describe.skipIf(!HAS_QEMU)('vpc: what qemu-img writes', () => {
   it('measure gives the size qemu-img convert -O vpc makes (qemu-img itself cannot measure vpc)', async () => {
     const raw = t.path('measure.raw');
     // Written zeros count as data to measure (as in qemu-img measure) but convert skips them: none here.
-    makeRaw(raw, 24 * MiB, prng(40), false);
+    makeMixedRaw(raw, 24 * MiB, prng(40), { zeroRun: 0 });
     expect(shStatus('qemu-img', ['measure', '-O', 'vpc', raw]).stderr).toContain('does not support size measurement');
     for (const sub of SUBFORMATS) {
       const q = t.path('measure.vhd');
