@@ -15,8 +15,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { openProtocol } from '../../io/open.js';
-import type { Protocol } from '../../io/protocol.js';
 import { qemuCompare, qemuIo } from '../../test/qemu.js';
+import { recording, replay, type Recorded } from '../../test/recording.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 import { vhdx } from './index.js';
 
@@ -26,45 +26,6 @@ const MiB = 1 << 20;
 let t: ReturnType<typeof tempDir>;
 beforeAll(() => (t = tempDir('platter-vhdx-crash-')));
 afterAll(() => t?.cleanup());
-
-type Recorded = { kind: 'write'; offset: number; data: Uint8Array } | { kind: 'truncate'; size: number };
-
-/** A protocol that records every write and truncate it passes on. */
-function recording(proto: Protocol, log: Recorded[]): Protocol {
-  return new Proxy(proto, {
-    get(target, prop, receiver) {
-      if (prop === 'write') {
-        return async (buf: Uint8Array, offset: number) => {
-          log.push({ kind: 'write', offset, data: buf.slice() });
-          await target.write(buf, offset);
-        };
-      }
-      if (prop === 'truncate') {
-        return async (size: number, prealloc?: never) => {
-          log.push({ kind: 'truncate', size });
-          await target.truncate(size, prealloc);
-        };
-      }
-      const v = Reflect.get(target, prop, receiver);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
-  });
-}
-
-/** The file after the first `n` recorded changes. */
-function replay(base: Uint8Array, log: Recorded[], n: number): Uint8Array {
-  let file = Buffer.from(base);
-  for (const r of log.slice(0, n)) {
-    const size = r.kind === 'truncate' ? r.size : Math.max(file.length, r.offset + r.data.length);
-    if (size !== file.length) {
-      const next = Buffer.alloc(size);
-      file.copy(next, 0, 0, Math.min(file.length, size));
-      file = next;
-    }
-    if (r.kind === 'write') file.set(r.data, r.offset);
-  }
-  return file;
-}
 
 const blockKey = (b: Uint8Array) => createHash('sha1').update(b).digest('hex').slice(0, 12);
 
