@@ -27,14 +27,14 @@ import type {
 import { BlockError } from '../../image/errors.js';
 import { Mutex, RangeLock } from '../../image/locks.js';
 import type { Protocol } from '../../io/protocol.js';
-import { Bat, batGeometry, bitmapIndex, checkBatSize, payloadIndex } from './bat.js';
+import { Bat, batGeometry, bitmapIndex, payloadIndex } from './bat.js';
 import { checkVhdx } from './check.js';
 import { newGuid } from './guid.js';
 import type { HeaderWriter } from './headers-update.js';
 import * as L from './limits.js';
 import { buildEntry, maxSectorsPerEntry } from './log.js';
 import { parentFileName, type VhdxMetadata } from './metadata.js';
-import type { FileRegions, RegionTable } from './region.js';
+import { serializeRegionTable, type FileRegions, type RegionTable } from './region.js';
 
 interface Backing {
   read(buf: Uint8Array, offset: number): Promise<void>;
@@ -387,6 +387,36 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
    * BAT region has; the new size and BAT entries go through the log
    * together, so a crash leaves the old size or the new one.
    */
+  /**
+   * Gives a grown BAT a region of its own past the end of the file, as the
+   * old one has no room (QEMU cannot grow a VHDX at all). The region table
+   * sits in the header section, which the log cannot reach, so the switch is
+   * its two copies written in turn: the new BAT is whole and flushed before
+   * the first copy names it; until the second copy is written, the first
+   * (which QEMU reads, and Platter first) already does. The old BAT region
+   * becomes unused space.
+   */
+  private async moveBat(bat: Bat): Promise<void> {
+    // Entries not yet written may point at data not yet flushed.
+    await this.proto.flush();
+    const region = { offset: this.fileEnd, length: roundUp(bat.bytes.length, L.OBJECT_ALIGNMENT) };
+    this.fileEnd += region.length;
+    await this.proto.truncate(this.fileEnd);
+    await this.proto.write(bat.bytes, region.offset);
+    await this.proto.flush();
+    const table = serializeRegionTable({ bat: region, metadata: this.parts.table.metadata });
+    await this.metaLock.run(async () => {
+      for (const at of [L.REGION_TABLE1_OFFSET, L.REGION_TABLE2_OFFSET]) {
+        await this.proto.write(table, at);
+        await this.proto.flush();
+      }
+    });
+    this.parts.table.bat = region;
+    this.parts.regions.add(region.offset, region.length, 'BAT');
+    // Every entry is in the new region now.
+    bat.takeChanges();
+  }
+
   async resize(size: number, opts: { prealloc: ResizePreallocation }): Promise<void> {
     if (opts.prealloc !== 'off') {
       throw new BlockError('Unsupported', `Unsupported preallocation mode: ${opts.prealloc}`);
@@ -399,12 +429,6 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
     await this.ranges.all(async () => {
       const old = this.bat.geometry;
       const g = batGeometry(newSize, this.bs, lss, false);
-      try {
-        checkBatSize(g, this.parts.table.bat.length);
-      } catch {
-        const why = `the VHDX BAT has no room for ${g.entries} entries; growing it that far is not supported`;
-        throw new BlockError('Unsupported', why);
-      }
       // The old last block's bytes past the old end become visible: they must read as zeros.
       const lastOld = Math.floor((this.size - 1) / this.bs);
       const tail = this.size % this.bs;
@@ -425,6 +449,7 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
         bat.set(payloadIndex(g, b), L.PAYLOAD_FULLY_PRESENT, host);
       }
       if (fixed && (await this.proto.size()) < this.fileEnd) await this.proto.truncate(this.fileEnd, 'full');
+      if (g.entries * 8 > this.parts.table.bat.length) await this.moveBat(bat);
       this.bat = bat;
       const at = this.meta.diskSizeOffset;
       const sectorAt = at - (at % S);

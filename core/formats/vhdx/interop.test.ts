@@ -219,6 +219,30 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
     }
   });
 
+  it('grows past the room of its BAT region: the BAT moves to the end, and qemu-img reads it all clean', async () => {
+    // 1 MiB blocks: a 1 MiB BAT region holds entries for about 128 GiB; 200 GiB needs more.
+    const path = t.path('grow-far.vhdx');
+    sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', path, '8M']);
+    qemuIo(path, ['write -P 7 0 3M', 'write -P 8 6M 512k'], 'vhdx');
+    const r = await platter(['resize', path, '200G']);
+    expect(r.code, r.stderr).toBe(0);
+    qemuIo(path, ['write -P 9 150G 2M', 'write -P 10 214748360704 4k'], 'vhdx');
+    expect(problems(qemuCheck(path, 'vhdx'))).toEqual(CLEAN);
+    expect(qemuInfo(path)['virtual-size']).toBe(200 * 1024 * MiB);
+    // Both tools read every piece, and zeros between.
+    qemuIo(path, ['read -P 7 0 3M', 'read -P 0 3M 3M', 'read -P 8 6M 512k', 'read -P 9 150G 2M', 'read -P 10 214748360704 4k'], 'vhdx');
+    const img = await openImage(path);
+    try {
+      for (const [at, len, fill] of [[0, 3 * MiB, 7], [6 * MiB, 512 * KiB, 8], [150 * 1024 * MiB, 2 * MiB, 9], [200 * 1024 * MiB - 4096, 4096, 10], [100 * 1024 * MiB, MiB, 0]]) {
+        const buf = new Uint8Array(len);
+        await img.read(buf, at);
+        expect(buf.every((b) => b === fill), `${len} bytes at ${at}`).toBe(true);
+      }
+    } finally {
+      await img.close();
+    }
+  });
+
   it('check agrees with qemu-img on a truncated image', async () => {
     const path = t.path('trunc.vhdx');
     sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', path, '8M']);
