@@ -1,4 +1,4 @@
-// One image: its info, backing chain, snapshots and allocation map.
+// One image: its info, backing chain, snapshots, allocation map and what can be done to it.
 import { useEffect, useMemo, useState } from 'react';
 import type { ImageInfo, MapExtent } from '../electron/ipc/contract.js';
 import { formatSize } from '../core/options/size.js';
@@ -44,9 +44,39 @@ function SnapshotTable({ snapshots }: { snapshots: Snapshot[] }) {
   );
 }
 
+/** What can be done to the image: compact (VDI), for now. */
+function Actions({ path, onChanged }: { path: string; onChanged: () => void }) {
+  const actions = useLoad(() => api().actions({ path }), path);
+  const [compacting, setCompacting] = useState<{ running?: boolean; result?: string; error?: string }>({});
+  if (!actions.value?.compact) return null;
+  const run = () => {
+    setCompacting({ running: true });
+    api().compact({ path }).then(
+      ({ before, after }) => {
+        setCompacting({ result: `The file went from ${formatBytes(before)} to ${formatBytes(after)}.` });
+        onChanged();
+      },
+      (e) => setCompacting({ error: errorText(e) }),
+    );
+  };
+  return (
+    <section aria-labelledby="actions-title">
+      <h3 id="actions-title">Actions</h3>
+      <p className="muted">Compact drops the blocks that hold only zeros and packs the file, as VBoxManage does.</p>
+      <button type="button" onClick={run} disabled={compacting.running}>Compact</button>
+      {compacting.running ? <p className="muted" role="status">Compacting…</p> : null}
+      {compacting.result ? <p role="status" data-testid="compact-result">{compacting.result}</p> : null}
+      {compacting.error ? <p className="error" role="alert">{compacting.error}</p> : null}
+    </section>
+  );
+}
+
 export function Inspector({ path }: { path: string }) {
-  const info = useLoad(() => api().info({ path, backingChain: true }), path);
-  const map = useLoad<MapExtent[]>(() => api().map({ path }), path);
+  // Bumped after an action changes the file, so what is shown is read again.
+  const [version, setVersion] = useState(0);
+  const key = `${path}#${version}`;
+  const info = useLoad(() => api().info({ path, backingChain: true }), key);
+  const map = useLoad<MapExtent[]>(() => api().map({ path }), key);
   const top = info.value?.[0];
   const snapshots = useMemo(() => top?.snapshots ?? [], [top]);
 
@@ -101,6 +131,8 @@ export function Inspector({ path }: { path: string }) {
           </section>
         </>
       ) : null}
+      {/* Outside the part that reloads, so its result stays in view. */}
+      <Actions path={path} onChanged={() => setVersion((v) => v + 1)} />
     </article>
   );
 }

@@ -145,6 +145,10 @@ export const contract = {
   freeSpace: method(z.object({ path: Path }), z.object({ bytes: Bytes })),
   create: method(z.object({ path: Path, format: FormatName, size: Bytes, options: OptionTexts }), z.object({ path: z.string() })),
   check: method(z.object({ path: Path, repair: z.enum(['none', 'leaks', 'all']) }), CheckResult),
+  /** What the app can do to this image beyond reading it (the Inspector's buttons). */
+  actions: method(z.object({ path: Path }), z.object({ compact: z.boolean() })),
+  /** Drops the stored blocks that read as zeros and packs the file (VBoxManage compact); its size before and after. */
+  compact: method(z.object({ path: Path }), z.object({ before: Bytes, after: Bytes })),
   /** Starts a convert job; progress comes as `job` events. */
   startConvert: method(
     z.object({

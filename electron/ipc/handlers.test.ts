@@ -143,6 +143,23 @@ describe('handlers', () => {
     expectError(await h.call('check', { path: t.path('empty.img'), repair: 'none' }), 'Unsupported', `${t.path('empty.img')}: raw images have no metadata to check`);
   });
 
+  it.skipIf(!hasQemu)('actions says which images compact, and compact packs a VDI that qemu-img then finds clean', async () => {
+    const { h } = setup();
+    const vdi = t.path('disk.vdi');
+    sh('qemu-img', ['create', '-q', '-f', 'vdi', vdi, '8M']);
+    // Stored blocks: data, then zeros written as data (what compact drops), then data.
+    qemuIo(vdi, ['write -P 1 0 1M', 'write -P 0 1M 2M', 'write -P 2 3M 1M'], 'vdi');
+    const qcow2 = t.path('disk.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', qcow2, '8M']);
+    expect(expectOk(await h.call('actions', { path: vdi }))).toEqual({ compact: true });
+    expect(expectOk(await h.call('actions', { path: qcow2 }))).toEqual({ compact: false });
+    const r = expectOk(await h.call('compact', { path: vdi })) as { before: number; after: number };
+    expect(r.before - r.after).toBe(2 * MiB);
+    expect(problems(qemuCheck(vdi, 'vdi'))).toEqual(CLEAN);
+    qemuIo(vdi, ['read -P 1 0 1M', 'read -P 0 1M 2M', 'read -P 2 3M 1M'], 'vdi');
+    expectError(await h.call('compact', { path: qcow2 }), 'Unsupported', `${qcow2}: qcow2 images cannot be compacted`);
+  });
+
   it('unknown methods are refused', async () => {
     const { h } = setup();
     expectError(await h.call('constructor', {}), 'Validation', /^method: unknown method/);

@@ -10,7 +10,10 @@ import path from 'node:path';
 import { snapshotJson } from '../../core/cli/snapshot-list.js';
 import { createOptionsOf, DRIVERS } from '../../core/image/registry.js';
 import { listDevices } from '../../core/io/devices.js';
+import { isCompactable } from '../../core/image/driver.js';
+import { openImage } from '../../core/image/open.js';
 import { check } from '../../core/ops/check.js';
+import { compact } from '../../core/ops/compact.js';
 import { create } from '../../core/ops/create.js';
 import { info } from '../../core/ops/info.js';
 import { map } from '../../core/ops/map.js';
@@ -108,6 +111,15 @@ function implement(deps: HandlerDeps): Impl {
       const report = await check({ filename, repair, log: (line) => log.push(line) });
       return { ...report, log };
     },
+    actions: async ({ path: filename }) => {
+      const image = await openImage(filename, { noBacking: true });
+      try {
+        return { compact: isCompactable(image.layer) };
+      } finally {
+        await image.close();
+      }
+    },
+    compact: ({ path: filename }) => compact({ filename }),
     startConvert: async (input) => ({ jobId: deps.jobs.startConvert(input) }),
     cancelJob: async ({ jobId }) => ({ cancelled: deps.jobs.cancel(jobId) }),
     listJobs: async () => deps.jobs.list(),

@@ -12,6 +12,8 @@ export const METHOD_NAMES = [
   'freeSpace',
   'create',
   'check',
+  'actions',
+  'compact',
   'startConvert',
   'cancelJob',
   'listJobs',
