@@ -35,6 +35,9 @@ const CASES: { format: string; name: string; options: string; seed: number; snap
   { format: 'vhdx', name: 'dynamic', options: 'block_size=1M', seed: 9 },
   { format: 'vhdx', name: 'dynamic, NOT_PRESENT blocks', options: 'block_size=1M,block_state_zero=off', seed: 10 },
   { format: 'vhdx', name: 'fixed', options: 'subformat=fixed,block_size=1M', seed: 11 },
+  { format: 'vmdk', name: 'monolithicSparse', options: 'subformat=monolithicSparse', seed: 12 },
+  { format: 'vmdk', name: 'monolithicSparse, zeroed grains', options: 'subformat=monolithicSparse,zeroed_grain=on', seed: 13 },
+  { format: 'vmdk', name: 'monolithicFlat', options: 'subformat=monolithicFlat', seed: 14 },
 ];
 
 describe.skipIf(!HAS_QEMU)('concurrent requests', () => {
