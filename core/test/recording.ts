@@ -1,9 +1,12 @@
 /**
  * For crash tests: a protocol that records the writes and truncates it
- * passes on, and the file as it would be after a crash after any of them
- * (earlier ones done, later ones lost).
+ * passes on, the file as it would be after a crash after any of them
+ * (earlier ones done, later ones lost), and what each guest block may then read.
  */
+import { createHash } from 'node:crypto';
 import type { Protocol } from '../io/protocol.js';
+
+const MiB = 1 << 20;
 
 export type Recorded = { kind: 'write'; offset: number; data: Uint8Array } | { kind: 'truncate'; size: number };
 
@@ -47,4 +50,55 @@ export function replay(base: Uint8Array, log: Recorded[], n: number): Uint8Array
     }
   }
   return file;
+}
+
+const blockKey = (b: Uint8Array) => createHash('sha1').update(b).digest('hex').slice(0, 12);
+
+/**
+ * The guest's 1 MiB blocks and every content each has had: after a crash,
+ * a block must read as one of them (nothing flushed lost, nothing from
+ * another block). `fill(i)` is block i's byte at the start.
+ */
+export class BlockHistory {
+  private readonly blocks: Uint8Array[];
+  private readonly seen: Set<string>[];
+
+  constructor(count: number, fill: (i: number) => number) {
+    this.blocks = Array.from({ length: count }, (_, i) => new Uint8Array(MiB).fill(fill(i)));
+    this.seen = this.blocks.map((b) => new Set([blockKey(b)]));
+  }
+
+  /** Writes `data` at `at` in block `block`, to the image and to the history. */
+  async write(img: Writes, block: number, at: number, data: Uint8Array): Promise<void> {
+    await img.write(data, block * MiB + at);
+    this.blocks[block].set(data, at);
+    this.record();
+  }
+
+  /** Writes zeros over block `block`, to the image and to the history. */
+  async zero(img: Writes, block: number, mayUnmap: boolean): Promise<void> {
+    await img.writeZeroes(block * MiB, MiB, mayUnmap);
+    this.zeroed(block);
+  }
+
+  /** Block `block` now reads as zeros (a discard done by the caller). */
+  zeroed(block: number): void {
+    this.blocks[block].fill(0);
+    this.record();
+  }
+
+  /** Why `bytes` cannot be block `block` after a crash, or undefined if it can. */
+  refuses(block: number, bytes: Uint8Array): string | undefined {
+    const key = blockKey(bytes);
+    return this.seen[block].has(key) ? undefined : `block ${block} reads ${key}`;
+  }
+
+  private record(): void {
+    this.blocks.forEach((b, i) => this.seen[i].add(blockKey(b)));
+  }
+}
+
+interface Writes {
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
 }

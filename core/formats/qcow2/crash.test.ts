@@ -24,9 +24,9 @@
  */
 import { spawn } from 'node:child_process';
 import { copyFileSync, readFileSync, rmSync } from 'node:fs';
-import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
+import { buildCrashWorker } from '../../test/crash-build.js';
 import { crashOps, GuestModel, OP_KINDS, PREFILL_BYTE, type CrashOp, type CrashVariant } from '../../test/crash-ops.js';
 import { prng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, type QemuCheck } from '../../test/qemu.js';
@@ -132,19 +132,7 @@ beforeAll(async () => {
   t = tempDir();
   if (!HAS_QEMU) return;
   worker = t.path('crash-worker.mjs');
-  await build({
-    entryPoints: [new URL('../../test/crash-worker.ts', import.meta.url).pathname],
-    outfile: worker,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    external: ['koffi'],
-    // native.ts loads koffi relative to itself: from the temporary folder it
-    // would not find it, and the worker would run without the FFI calls.
-    define: { 'import.meta.url': JSON.stringify(new URL('../../io/native.ts', import.meta.url).href) },
-    logLevel: 'warning',
-  });
+  await buildCrashWorker(worker);
   for (const v of VARIANTS) {
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', v.options, base(v), String(v.size)]);
     if (v.prefill) sh('qemu-io', ['-c', `write -P ${PREFILL_BYTE} 0 ${v.prefill}`, base(v)]);

@@ -12,9 +12,9 @@
  */
 import { spawn } from 'node:child_process';
 import { copyFileSync, writeFileSync } from 'node:fs';
-import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
+import { buildCrashWorker } from '../../test/crash-build.js';
 import { crashOps, type CrashOp, type CrashVariant } from '../../test/crash-ops.js';
 import { prng } from '../../test/prng.js';
 import { qemuCompare } from '../../test/qemu.js';
@@ -47,17 +47,7 @@ beforeAll(async () => {
   t = tempDir('platter-vhdx-kill-');
   if (!HAS_QEMU) return;
   worker = t.path('crash-worker.mjs');
-  await build({
-    entryPoints: [new URL('../../test/crash-worker.ts', import.meta.url).pathname],
-    outfile: worker,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    external: ['koffi'],
-    define: { 'import.meta.url': JSON.stringify(new URL('../../io/native.ts', import.meta.url).href) },
-    logLevel: 'warning',
-  });
+  await buildCrashWorker(worker);
   base = t.path('base.vhdx');
   sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', VARIANT.options, base, String(VARIANT.size)]);
 });

@@ -14,7 +14,7 @@ import { readGuestBytes } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { hasTool, tempDir } from '../../test/tmp.js';
 import { openCowdExtent } from './cowd.js';
-import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, statusRuns } from './legacy-test-helpers.js';
+import { expectRefused, openExtent, qemuRead, qemuRefuses, oneExtentDescriptor, openAndReadAll, readAll, statusRuns } from './legacy-test-helpers.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 
@@ -112,18 +112,7 @@ function put(name: string, bytes: Uint8Array): string {
 
 /** A vmfsSparse descriptor naming one COWD extent (how VMware lays out such disks). */
 function descriptor(name: string, extent: string, sectors: number): string {
-  const text = [
-    '# Disk DescriptorFile',
-    'version=1',
-    'CID=12345678',
-    'parentCID=ffffffff',
-    'createType="vmfsSparse"',
-    '',
-    '# Extent description',
-    `RW ${sectors} VMFSSPARSE "${extent}"`,
-    '',
-  ].join('\n');
-  return put(name, new TextEncoder().encode(text));
+  return put(name, oneExtentDescriptor('vmfsSparse', 'VMFSSPARSE', extent, sectors));
 }
 
 const openCowd = (path: string, length?: number) => openExtent(path, (f) => openCowdExtent(f, length));
@@ -268,15 +257,7 @@ function hostile(name: string, patch: (b: Bytes, l: CowdLayout) => unknown): { p
 
 /** Opens `path` and reads all of it, 1 MiB at a time. */
 async function openAndRead(path: string, length?: number): Promise<void> {
-  const extent = await openCowd(path, length);
-  try {
-    const buf = new Uint8Array(1 << 20);
-    for (let at = 0; at < extent.length; at += buf.length) {
-      await extent.read(buf.subarray(0, Math.min(buf.length, extent.length - at)), at);
-    }
-  } finally {
-    await extent.close();
-  }
+  return openAndReadAll(() => openCowd(path, length));
 }
 
 describe('hostile COWD extents (one field changed each) are refused with one sentence', () => {

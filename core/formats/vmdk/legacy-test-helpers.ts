@@ -49,6 +49,19 @@ export async function readAll(extent: VmdkExtent): Promise<Uint8Array> {
   return buf;
 }
 
+/** Opens an extent and reads all of it, 1 MiB at a time (what a hostile test makes it do). */
+export async function openAndReadAll(open: () => Promise<VmdkExtent>): Promise<void> {
+  const extent = await open();
+  try {
+    const buf = new Uint8Array(1 << 20);
+    for (let at = 0; at < extent.length; at += buf.length) {
+      await extent.read(buf.subarray(0, Math.min(buf.length, extent.length - at)), at);
+    }
+  } finally {
+    await extent.close();
+  }
+}
+
 /** The guest contents as qemu-img reads them (`convert -f vmdk -O raw`). */
 export function qemuRead(vmdk: string, raw: string): Uint8Array {
   sh('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', vmdk, raw]);
@@ -71,4 +84,20 @@ export function qemuRefuses(vmdk: string, raw: string): boolean {
  */
 export function expectRefused(fn: () => Promise<unknown>, path: string, kind: ErrorKind, message: RegExp): Promise<void> {
   return refused(fn, path, kind, message, BOUNDS);
+}
+
+/** A descriptor naming one extent of `type` (so qemu-img and the driver open it). */
+export function oneExtentDescriptor(createType: string, type: string, extent: string, sectors: number): Uint8Array {
+  const text = [
+    '# Disk DescriptorFile',
+    'version=1',
+    'CID=12345678',
+    'parentCID=ffffffff',
+    `createType="${createType}"`,
+    '',
+    '# Extent description',
+    `RW ${sectors} ${type} "${extent}"`,
+    '',
+  ].join('\n');
+  return new TextEncoder().encode(text);
 }

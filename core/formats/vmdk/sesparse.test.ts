@@ -13,7 +13,7 @@ import { Bytes } from '../../test/headers.js';
 import { readGuestBytes } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { hasTool, tempDir } from '../../test/tmp.js';
-import { expectRefused, openExtent, qemuRead, qemuRefuses, readAll, statusRuns } from './legacy-test-helpers.js';
+import { expectRefused, openExtent, qemuRead, qemuRefuses, oneExtentDescriptor, openAndReadAll, readAll, statusRuns } from './legacy-test-helpers.js';
 import { openSeSparseExtent } from './sesparse.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
@@ -160,18 +160,7 @@ function put(name: string, bytes: Uint8Array): string {
 
 /** A descriptor naming one seSparse extent, so qemu-img opens it. */
 function descriptor(name: string, extent: string, sectors: number): string {
-  const text = [
-    '# Disk DescriptorFile',
-    'version=1',
-    'CID=12345678',
-    'parentCID=ffffffff',
-    'createType="seSparse"',
-    '',
-    '# Extent description',
-    `RW ${sectors} SESPARSE "${extent}"`,
-    '',
-  ].join('\n');
-  return put(name, new TextEncoder().encode(text));
+  return put(name, oneExtentDescriptor('seSparse', 'SESPARSE', extent, sectors));
 }
 
 const openSe = (path: string, length: number) => openExtent(path, (f) => openSeSparseExtent(f, length));
@@ -256,15 +245,7 @@ function hostile(name: string, patch: (b: Bytes, l: SeSparseLayout) => unknown):
 
 /** Opens `path` as an extent of `length` bytes and reads all of it, 1 MiB at a time. */
 async function openAndRead(path: string, length = MAIN.sectors * SECTOR): Promise<void> {
-  const extent = await openSe(path, length);
-  try {
-    const buf = new Uint8Array(1 << 20);
-    for (let at = 0; at < extent.length; at += buf.length) {
-      await extent.read(buf.subarray(0, Math.min(buf.length, extent.length - at)), at);
-    }
-  } finally {
-    await extent.close();
-  }
+  return openAndReadAll(() => openSe(path, length));
 }
 
 type Patch = (b: Bytes, l: SeSparseLayout) => unknown;
