@@ -5,6 +5,7 @@ import { useEffect, useState, type FormEvent } from 'react';
 import type { Output } from '../electron/ipc/contract.js';
 import { formatSize } from '../core/options/size.js';
 import { api, errorText } from './api.js';
+import { useRequest } from './use-request.js';
 import { useCreatableFormats } from './formats.js';
 import { initialValues, optionErrors, optionTexts, type FormValues } from './options-model.js';
 import { OptionsForm } from './OptionsForm.js';
@@ -45,8 +46,7 @@ export function ConvertWizard() {
   const [plan, setPlan] = useState<Plan>();
   const [preflight, setPreflight] = useState<Preflight>();
   const [jobId, setJobId] = useState<string>();
-  const [error, setError] = useState<string>();
-  const [busy, setBusy] = useState(false);
+  const { busy, error, setError, run } = useRequest();
 
   const format = formats?.find((f) => f.name === formatName) ?? formats?.[0];
   const decls = format?.createOptions ?? [];
@@ -67,35 +67,23 @@ export function ConvertWizard() {
       options: optionTexts(decls, current),
       compress: compress && COMPRESSIBLE.has(format.name),
     };
-    setBusy(true);
-    setError(undefined);
-    try {
+    await run(async () => {
       // A concatenation needs about the sum of what each source needs.
       const measures = await Promise.all(p.sources.map((source) => api().measure({ format: p.targetFormat, options: p.options, source })));
       const free = await api().freeSpace({ path: p.target });
       setPlan(p);
       setPreflight({ required: measures.reduce((sum, m) => sum + m.required, 0), free: free.bytes });
       setStep('preflight');
-    } catch (err) {
-      setError(errorText(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
 
   const start = async () => {
     if (!plan) return;
-    setBusy(true);
-    setError(undefined);
-    try {
+    await run(async () => {
       const r = await api().startConvert(plan);
       setJobId(r.jobId);
       setStep('job');
-    } catch (err) {
-      setError(errorText(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
 
   if (loadError) return <p className="error" role="alert">{loadError}</p>;

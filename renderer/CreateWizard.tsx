@@ -3,6 +3,7 @@
 import { useState, type FormEvent } from 'react';
 import { parseSize } from '../core/options/size.js';
 import { api, errorText } from './api.js';
+import { useRequest } from './use-request.js';
 import { useCreatableFormats } from './formats.js';
 import { initialValues, optionErrors, optionTexts, type FormValues } from './options-model.js';
 import { OptionsForm } from './OptionsForm.js';
@@ -25,8 +26,7 @@ export function CreateWizard() {
   const [path, setPath] = useState('');
   const [size, setSize] = useState('10G');
   const [values, setValues] = useState<FormValues | undefined>();
-  const [error, setError] = useState<string>();
-  const [busy, setBusy] = useState(false);
+  const { busy, error, setError, run } = useRequest();
 
   const format = formats?.find((f) => f.name === formatName) ?? formats?.[0];
   const decls = format?.createOptions ?? [];
@@ -40,16 +40,10 @@ export function CreateWizard() {
     if (!path.trim()) return setError('Give the new image a path.');
     if (sizeCheck.error) return setError(sizeCheck.error);
     if (Object.keys(errors).length) return setError('Fix the options marked above.');
-    setBusy(true);
-    setError(undefined);
-    try {
+    await run(async () => {
       const r = await api().create({ path: path.trim(), format: format.name, size: sizeCheck.bytes!, options: optionTexts(decls, current) });
       openImage(r.path);
-    } catch (err) {
-      setError(errorText(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
 
   if (loadError) return <p className="error" role="alert">{loadError}</p>;

@@ -3,6 +3,7 @@ import { useEffect, useMemo, useState } from 'react';
 import type { ImageInfo, MapExtent } from '../electron/ipc/contract.js';
 import { formatSize } from '../core/options/size.js';
 import { api, errorText } from './api.js';
+import { useRequest } from './use-request.js';
 import { columnsFor, DataTable } from './DataTable.js';
 import { formatBytes, MapCanvas } from './MapCanvas.js';
 
@@ -47,25 +48,23 @@ function SnapshotTable({ snapshots }: { snapshots: Snapshot[] }) {
 /** What can be done to the image: compact (VDI), for now. */
 function Actions({ path, onChanged }: { path: string; onChanged: () => void }) {
   const actions = useLoad(() => api().actions({ path }), path);
-  const [compacting, setCompacting] = useState<{ running?: boolean; result?: string; error?: string }>({});
+  const compacting = useRequest();
+  const [result, setResult] = useState<string>();
   if (!actions.value?.compact) return null;
-  const run = () => {
-    setCompacting({ running: true });
-    api().compact({ path }).then(
-      ({ before, after }) => {
-        setCompacting({ result: `The file went from ${formatBytes(before)} to ${formatBytes(after)}.` });
-        onChanged();
-      },
-      (e) => setCompacting({ error: errorText(e) }),
-    );
-  };
+  const compact = () =>
+    compacting.run(async () => {
+      setResult(undefined);
+      const { before, after } = await api().compact({ path });
+      setResult(`The file went from ${formatBytes(before)} to ${formatBytes(after)}.`);
+      onChanged();
+    });
   return (
     <section aria-labelledby="actions-title">
       <h3 id="actions-title">Actions</h3>
       <p className="muted">Compact drops the blocks that hold only zeros and packs the file, as VBoxManage does.</p>
-      <button type="button" onClick={run} disabled={compacting.running}>Compact</button>
-      {compacting.running ? <p className="muted" role="status">Compacting…</p> : null}
-      {compacting.result ? <p role="status" data-testid="compact-result">{compacting.result}</p> : null}
+      <button type="button" onClick={() => void compact()} disabled={compacting.busy}>Compact</button>
+      {compacting.busy ? <p className="muted" role="status">Compacting…</p> : null}
+      {result ? <p role="status" data-testid="compact-result">{result}</p> : null}
       {compacting.error ? <p className="error" role="alert">{compacting.error}</p> : null}
     </section>
   );
