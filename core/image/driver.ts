@@ -40,13 +40,13 @@ export interface LayerExtent {
   /** The file `hostOffset` is in, when not the layer's own (a qcow2 data file). */
   hostFile?: Protocol;
   compressed?: boolean;
-  /** 'data' that reads as zeros: a hole in the file under it (a VMDK flat extent), which maps show as zero data. */
-  zero?: boolean;
   /**
-   * False when holes in the file at `hostOffset` still map as data, not
-   * zeros: QEMU maps a vpc block as data without asking the file.
+   * For 'data', whether it reads as zeros, when the driver knows: true for a
+   * hole under it in another file (a VMDK flat extent), false for data that
+   * maps as data whatever the file holds (QEMU maps a vpc block so). Left
+   * out, the image asks its own file (a hole there reads as zeros).
    */
-  fileHolesAreZeros?: boolean;
+  zero?: boolean;
 }
 
 /** How an image names its backing file, as stored in its header. */

@@ -139,7 +139,7 @@ export class Image {
     // zeros: ask the file, as QEMU does, so copies need not read it. (Like
     // QEMU, not a separate data file: its holes stay data in maps.)
     let zero = ext.state !== 'data' || ext.zero === true;
-    if (ext.state === 'data' && ext.hostOffset !== undefined && !ext.compressed && !ext.hostFile && ext.fileHolesAreZeros !== false) {
+    if (ext.state === 'data' && ext.hostOffset !== undefined && !ext.compressed && !ext.hostFile && ext.zero === undefined) {
       const file = await this.wrap('block-status', offset, () => this.protocol.blockStatus(ext.hostOffset!, ext.length));
       ext.length = Math.min(ext.length, file.length);
       zero = !file.data;

@@ -289,7 +289,7 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
       return { offset, length: len, state: this.differencing ? 'unallocated' : 'zero' };
     }
     // QEMU maps an allocated block as data without asking the file about holes in it.
-    const host = { hostOffset: this.hostOffset(first.entry, offset), fileHolesAreZeros: false };
+    const host = { hostOffset: this.hostOffset(first.entry, offset), zero: false };
     if (!this.differencing) return { offset, length: first.len, state: 'data', ...host };
     const run = (await this.bitmapRuns(first.block, first.entry, offset, first.len))[0];
     return run.present
