@@ -565,7 +565,9 @@ export class Qcow2Image
     this.checkWritable();
     if (!buf.length) return;
     await this.ranges.hold(...this.clustersOf(offset, buf.length), async () => {
-      await this.metadata(async () => this.bitmaps?.track(offset, buf.length));
+      // No lock round trip per write for images without bitmaps (most).
+      const bitmaps = this.bitmaps;
+      if (bitmaps) await this.metadata(() => bitmaps.track(offset, buf.length));
       await this.writeClusters(buf, offset, (fn) => this.metadata(fn));
     });
   }
