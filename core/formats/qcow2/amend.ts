@@ -13,7 +13,7 @@ import { expandZeroClusters } from './expand-zero.js';
 import { featureTableFor } from './header.js';
 import type { Qcow2Image } from './image.js';
 import * as L from './limits.js';
-import { changeRefcountWidth } from './refcount-width.js';
+import { changeRefcountWidth } from './refcount-switch.js';
 import { saveSnapshotTable } from './snapshots.js';
 
 const invalid = (msg: string) => new BlockError('InvalidArgument', msg);

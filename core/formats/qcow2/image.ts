@@ -897,15 +897,16 @@ export class Qcow2Image
     await deleteSnapshot(this, idOrName);
   }
 
-  /** Overwrites the active L1 table in place with `l1` (same size). */
-  async replaceL1(l1: BigUint64Array): Promise<void> {
-    if (l1.length) await this.proto.write(encodeTable(l1, 8), this.header.l1TableOffset);
+  /**
+   * Takes `l1` as the active L1 table once the header names it (snapshot
+   * operations): tables cached from before may have been freed by the
+   * switch, and so may the cluster compressed data was being packed into.
+   */
+  adoptL1(l1: BigUint64Array): void {
+    this.dropL2Cache();
     this.l1 = l1;
-  }
-
-  /** growL1 for callers that already hold the lock. */
-  growL1Locked(entries: number): Promise<void> {
-    return this.growL1(entries);
+    this.compressedTail = 0;
+    this.lastCompressed = undefined;
   }
 
   private async setL1(i: number, e: bigint): Promise<void> {

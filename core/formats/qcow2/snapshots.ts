@@ -1,15 +1,16 @@
 /**
- * Internal snapshots: a snapshot is a copy of the L1 table plus one more
+ * Internal snapshots: a snapshot is an L1 table of its own plus one more
  * reference on every cluster it reaches; writes then copy shared clusters.
- * Each operation counts references before anything points at them and
- * releases only after nothing does, so a crash leaves leaks, not damage.
+ * Every operation builds the new state beside the old one and switches to
+ * it with one header write (switchView), so a crash leaves leaks, not damage.
  */
 import type { SnapshotInfo } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
+import type { Qcow2Header } from './header.js';
 import { decodeL1, hostOf } from './l2.js';
 import type { Qcow2Image } from './image.js';
-import { OFLAG_COPIED } from './limits.js';
-import { MAX_SNAPSHOTS } from './limits.js';
+import { MAX_SNAPSHOTS, OFLAG_COPIED } from './limits.js';
+import { switchRefcounts } from './refcount-switch.js';
 import { serializeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
 import { encodeTable, readTable } from './tables.js';
 
@@ -33,15 +34,19 @@ export function describeSnapshots(img: Qcow2Image): SnapshotInfo[] {
   }));
 }
 
-/** How many references `l1` holds on each host cluster (L2 tables and data). */
-async function reachable(img: Qcow2Image, l1: BigUint64Array): Promise<Map<number, number>> {
+/**
+ * The references `l1` holds, by host cluster: each L2 table it names adds one
+ * to every cluster the table maps (a table shared by two L1 tables is counted
+ * from each, as QEMU counts), and, with `tables`, one to the table itself.
+ */
+async function reachable(img: Qcow2Image, l1: BigUint64Array, tables: boolean): Promise<Map<number, number>> {
   const cs = img.clusterSize;
   const refs = new Map<number, number>();
   const add = (c: number) => refs.set(c, (refs.get(c) ?? 0) + 1);
   for (let i = 0; i < l1.length; i++) {
     const { offset } = decodeL1(l1[i], cs, i);
     if (!offset) continue;
-    add(offset / cs);
+    if (tables) add(offset / cs);
     const table = await img.readL2(offset);
     for (let j = 0; j < img.l2Entries; j++) {
       const m = img.entryAt(table, j, () => `L2 entry ${j} at ${offset}`);
@@ -55,59 +60,50 @@ async function reachable(img: Qcow2Image, l1: BigUint64Array): Promise<Map<numbe
   return refs;
 }
 
-/** Refuses (before anything changes) increments the refcount width cannot hold. */
-async function checkRoom(img: Qcow2Image, refs: Map<number, number>): Promise<void> {
-  for (const [c, n] of refs) {
-    if ((await img.refcounts.get(c)) + n > img.refcounts.max) {
+/** The clusters `l1` itself takes (at least one, as QEMU frees it). */
+function l1Clusters(img: Qcow2Image, offset: number, entries: number): { offset: number; clusters: number } {
+  return { offset, clusters: Math.max(1, Math.ceil((entries * 8) / img.clusterSize)) };
+}
+
+function addTo(delta: Map<number, number>, refs: Map<number, number>, sign: 1 | -1): void {
+  for (const [c, n] of refs) delta.set(c, (delta.get(c) ?? 0) + sign * n);
+}
+
+/** Refuses (before anything changes) counts the refcount width cannot hold. */
+async function checkRoom(img: Qcow2Image, delta: Map<number, number>): Promise<void> {
+  for (const [c, n] of delta) {
+    if (n > 0 && (await img.refcounts.get(c)) + n > img.refcounts.max) {
       throw new BlockError('Unsupported', `cluster ${c} would need a refcount above ${img.refcounts.max} (refcount_bits too small)`);
     }
   }
 }
 
-async function applyRefs(img: Qcow2Image, refs: Map<number, number>, sign: 1 | -1): Promise<void> {
-  for (const [c, n] of refs) await img.refcounts.update(c, 1, sign * n);
+/** Writes the snapshot list to new clusters (none for an empty list). */
+async function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): Promise<{ offset: number; clusters: number }> {
+  if (!entries.length) return { offset: 0, clusters: 0 };
+  const cs = img.clusterSize;
+  const raw = serializeSnapshotTable(entries, img.header.version);
+  const clusters = Math.ceil(raw.length / cs);
+  const offset = await img.refcounts.allocate(clusters);
+  const padded = new Uint8Array(clusters * cs);
+  padded.set(raw);
+  await img.proto.write(padded, offset);
+  return { offset, clusters };
 }
 
-/** Makes the active tables' COPIED flags say again whether each refcount is one. */
-async function refreshCopiedFlags(img: Qcow2Image): Promise<void> {
-  const cs = img.clusterSize;
-  const rc = img.refcounts;
-  const l1 = img.l1Table;
-  for (let i = 0; i < l1.length; i++) {
-    const { offset } = decodeL1(l1[i], cs, i);
-    if (!offset) continue;
-    const table = await img.readL2(offset);
-    for (let j = 0; j < img.l2Entries; j++) {
-      const host = hostOf(img.entryAt(table, j, () => `L2 entry ${j} at ${offset}`));
-      if (!host) continue;
-      const e = table[j * img.l2Stride];
-      const one = (await rc.get(host / cs)) === 1;
-      if (one !== (e & OFLAG_COPIED) > 0n) {
-        await img.rewriteL2Entry(offset, j, one ? e | OFLAG_COPIED : e & ~OFLAG_COPIED);
-      }
-    }
-    const one = (await rc.get(offset / cs)) === 1;
-    const e = one ? l1[i] | OFLAG_COPIED : l1[i] & ~OFLAG_COPIED;
-    if (e !== l1[i]) await img.rewriteL1Entry(i, e);
-  }
+/** Where the current snapshot list lies. */
+function snapshotTableNow(img: Qcow2Image): { offset: number; clusters: number } {
+  if (!img.snapshots.length) return { offset: 0, clusters: 0 };
+  const size = serializeSnapshotTable(img.snapshots, img.header.version).length;
+  return { offset: img.header.snapshotsOffset, clusters: Math.ceil(size / img.clusterSize) };
 }
 
 /** Writes the snapshot list to new clusters, points the header at it, frees the old one. */
 export async function saveSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): Promise<void> {
   const h = img.header;
-  const cs = img.clusterSize;
-  const oldSize = serializeSnapshotTable(img.snapshots, h.version).length;
-  const old = { offset: h.snapshotsOffset, clusters: img.snapshots.length ? Math.ceil(oldSize / cs) : 0 };
-  const raw = serializeSnapshotTable(entries, h.version);
-  let offset = 0;
-  if (entries.length) {
-    const clusters = Math.ceil(raw.length / cs);
-    offset = await img.refcounts.allocate(clusters);
-    const padded = new Uint8Array(clusters * cs);
-    padded.set(raw);
-    await img.proto.write(padded, offset);
-    await img.proto.flush();
-  }
+  const old = snapshotTableNow(img);
+  const { offset } = await writeSnapshotTable(img, entries);
+  await img.proto.flush();
   h.snapshotsOffset = offset;
   h.nbSnapshots = entries.length;
   await img.writeHeader();
@@ -116,27 +112,80 @@ export async function saveSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[
   if (old.clusters) await img.refcounts.free(old.offset, old.clusters);
 }
 
+/**
+ * The one way snapshot operations change an image. The active view gets its
+ * own new copies of the L2 tables `activeFrom` names, their COPIED flags
+ * saying what the counts will be (old counts plus `delta`); a new L1 table
+ * names them, a new snapshot list is written when it changes, and one header
+ * write switches to all of it together with new refcount structures (see
+ * refcount-switch.ts). Until that write the image is the old one, after it
+ * the new one: a crash anywhere leaves at most leaks, and the active tables'
+ * COPIED flags agree with the counts at every point, which updating tables
+ * and counts in place (QEMU's way) cannot promise.
+ */
+async function switchView(
+  img: Qcow2Image,
+  v: {
+    activeFrom: BigUint64Array;
+    delta: Map<number, number>;
+    snapshots?: SnapshotEntry[];
+    size?: number;
+    /** Clusters no longer used once switched, besides the old active L1 table and snapshot list. */
+    freeAfter?: { offset: number; clusters: number }[];
+    /** The old active L1 table stays in use (a new snapshot's). */
+    keepL1?: boolean;
+  },
+): Promise<void> {
+  const cs = img.clusterSize;
+  const w = img.l2Stride;
+  const counted = async (c: number) => (await img.refcounts.get(c)) + (v.delta.get(c) ?? 0);
+  const l1 = new BigUint64Array(v.activeFrom.length);
+  for (let i = 0; i < l1.length; i++) {
+    const { offset } = decodeL1(v.activeFrom[i], cs, i);
+    if (!offset) continue;
+    const table = BigUint64Array.from(await img.readL2(offset));
+    for (let j = 0; j < img.l2Entries; j++) {
+      const host = hostOf(img.entryAt(table, j, () => `L2 entry ${j} at ${offset}`));
+      if (!host) continue;
+      const e = table[j * w];
+      table[j * w] = (await counted(host / cs)) === 1 ? e | OFLAG_COPIED : e & ~OFLAG_COPIED;
+    }
+    const copy = await img.refcounts.allocate(1);
+    await img.proto.write(encodeTable(table, cs), copy);
+    // A fresh copy has one reference: the new L1 table's.
+    l1[i] = BigInt(copy) | OFLAG_COPIED;
+  }
+  const rawL1 = encodeTable(l1, cs);
+  const l1Offset = await img.refcounts.allocate(rawL1.length / cs);
+  await img.proto.write(rawL1, l1Offset);
+  const freeAfter = [...(v.freeAfter ?? [])];
+  if (!v.keepL1) freeAfter.push(l1Clusters(img, img.header.l1TableOffset, img.l1Table.length));
+  const header: Partial<Qcow2Header> = { l1TableOffset: l1Offset, l1Size: l1.length, size: v.size ?? img.size };
+  if (v.snapshots) {
+    const table = await writeSnapshotTable(img, v.snapshots);
+    Object.assign(header, { snapshotsOffset: table.offset, nbSnapshots: v.snapshots.length });
+    const old = snapshotTableNow(img);
+    if (old.clusters) freeAfter.push(old);
+  }
+  await img.proto.flush();
+  await switchRefcounts(img, { delta: v.delta, header, freeAfter });
+  img.adoptL1(l1);
+  if (v.snapshots) img.snapshots = v.snapshots;
+}
+
 export async function createSnapshot(img: Qcow2Image, name: string, now = Date.now()): Promise<SnapshotEntry> {
   if (img.snapshots.length >= MAX_SNAPSHOTS) throw new BlockError('Unsupported', `an image holds at most ${MAX_SNAPSHOTS} snapshots`);
   // Checked before anything changes: a shared cluster needs a refcount of 2.
   if (img.refcounts.max < 2) throw new BlockError('Unsupported', 'an image with refcount_bits=1 cannot hold snapshots');
   return img.exclusive(async () => {
-    const cs = img.clusterSize;
     const l1 = img.l1Table;
-    const refs = await reachable(img, l1);
-    await checkRoom(img, refs);
-    // 1. The snapshot's own copy of the L1 table.
-    const raw = encodeTable(l1, cs);
-    const l1Offset = await img.refcounts.allocate(raw.length / cs);
-    await img.proto.write(raw, l1Offset);
-    // 2. One more reference on everything it reaches; shared clusters lose COPIED.
-    await applyRefs(img, refs, +1);
-    await refreshCopiedFlags(img);
-    await img.proto.flush();
-    // 3. List it.
+    // The snapshot keeps the active L1 table and its L2 tables as they are;
+    // the active view's new copies of those tables reach every data cluster once more.
+    const delta = await reachable(img, l1, false);
+    await checkRoom(img, delta);
     const id = String(img.snapshots.reduce((max, s) => Math.max(max, Number(s.id) || 0), 0) + 1);
     const entry: SnapshotEntry = {
-      l1TableOffset: l1Offset,
+      l1TableOffset: img.header.l1TableOffset,
       l1Size: l1.length,
       id,
       name,
@@ -148,7 +197,7 @@ export async function createSnapshot(img: Qcow2Image, name: string, now = Date.n
       // icount 0, as qemu-img records for snapshots taken with no guest running.
       extraRest: new Uint8Array(8),
     };
-    await saveSnapshotTable(img, [...img.snapshots, entry]);
+    await switchView(img, { activeFrom: l1, delta, snapshots: [...img.snapshots, entry], keepL1: true });
     return entry;
   });
 }
@@ -157,23 +206,14 @@ export async function applySnapshot(img: Qcow2Image, key: string): Promise<void>
   const sn = findSnapshot(img, key);
   await img.exclusive(async () => {
     const snapL1 = await readTable(img.proto, sn.l1TableOffset, sn.l1Size);
-    if (sn.l1Size > img.l1Table.length) await img.growL1Locked(sn.l1Size);
-    const old = BigUint64Array.from(img.l1Table);
-    // Count the snapshot's clusters for the active view before it points at them...
-    const refs = await reachable(img, snapL1);
-    await checkRoom(img, refs);
-    await applyRefs(img, refs, +1);
-    const next = new BigUint64Array(img.l1Table.length);
-    next.set(snapL1);
-    await img.replaceL1(next);
-    if (sn.diskSize !== undefined && sn.diskSize !== img.size) {
-      img.header.size = sn.diskSize;
-      await img.writeHeader();
-    }
-    // ...then release what the old active view held.
-    await applyRefs(img, await reachable(img, old), -1);
-    await refreshCopiedFlags(img);
-    await img.proto.flush();
+    // The active view's copies of the snapshot's tables reach its data once
+    // more; the old active view's tables (and, through them, their data) lose a reference.
+    const delta = await reachable(img, snapL1, false);
+    addTo(delta, await reachable(img, img.l1Table, true), -1);
+    await checkRoom(img, delta);
+    const activeFrom = new BigUint64Array(Math.max(sn.l1Size, img.l1Table.length));
+    activeFrom.set(snapL1);
+    await switchView(img, { activeFrom, delta, size: sn.diskSize });
   });
 }
 
@@ -181,15 +221,27 @@ export async function deleteSnapshot(img: Qcow2Image, key: string): Promise<void
   const sn = findSnapshot(img, key);
   await img.exclusive(async () => {
     const snapL1 = await readTable(img.proto, sn.l1TableOffset, sn.l1Size);
-    // Unlist it first: a crash after this leaks its clusters, never frees a listed one.
-    await saveSnapshotTable(
-      img,
-      img.snapshots.filter((s) => s !== sn),
-    );
-    await applyRefs(img, await reachable(img, snapL1), -1);
-    const cs = img.clusterSize;
-    await img.refcounts.free(sn.l1TableOffset, Math.max(1, Math.ceil((sn.l1Size * 8) / cs)));
-    await refreshCopiedFlags(img);
-    await img.proto.flush();
+    // Its tables and what they reach lose its references; the active view
+    // moves to copies of its tables (whose COPIED flags may now be set), so
+    // those tables lose the active view's reference, and its data keeps its count.
+    const delta = await reachable(img, snapL1, true);
+    for (const [c, n] of delta) delta.set(c, -n);
+    addTo(delta, await tablesOf(img, img.l1Table), -1);
+    await switchView(img, {
+      activeFrom: img.l1Table,
+      delta,
+      snapshots: img.snapshots.filter((s) => s !== sn),
+      freeAfter: [l1Clusters(img, sn.l1TableOffset, sn.l1Size)],
+    });
   });
+}
+
+/** The L2 tables `l1` names, one reference each. */
+function tablesOf(img: Qcow2Image, l1: BigUint64Array): Map<number, number> {
+  const refs = new Map<number, number>();
+  l1.forEach((e, i) => {
+    const { offset } = decodeL1(e, img.clusterSize, i);
+    if (offset) refs.set(offset / img.clusterSize, (refs.get(offset / img.clusterSize) ?? 0) + 1);
+  });
+  return refs;
 }

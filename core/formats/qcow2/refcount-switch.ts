@@ -1,21 +1,47 @@
 /**
- * Changing the width of the refcount entries (amend refcount_bits), in the
- * crash-safe order QEMU uses: the new refcount blocks and table are
- * allocated through the old structures (so the copied counts include them),
- * written, then one header write switches to them, and only then are the
- * old structures freed through the new ones. A crash at any point leaves a
- * consistent image that at most leaks clusters.
+ * Moving an image to new refcount structures in one header write, in the
+ * crash-safe order QEMU uses for a change of refcount width: the new
+ * refcount blocks and table are allocated through the old structures (so the
+ * copied counts include them), written, then one header write switches to
+ * them, and only then are the old structures freed through the new ones. A
+ * crash at any point leaves a consistent image that at most leaks clusters.
+ *
+ * Two users: amend's change of refcount width, and snapshot operations,
+ * whose new counts (and new active L1 table and snapshot list, switched by
+ * the same header write) must take effect at the same moment, because the
+ * COPIED flags of the active tables must agree with the counts at every
+ * point a crash can stop at.
  */
 import { BlockError } from '../../image/errors.js';
+import type { Qcow2Header } from './header.js';
 import type { Qcow2Image } from './image.js';
 import { MAX_REFTABLE_BYTES } from './limits.js';
 import { loadRefcounts, writeRefcount, type RefcountTableLocation } from './refcounts.js';
 
-export async function changeRefcountWidth(
+export interface RefcountSwitch {
+  /** log2 of the new refcount width (default: the current one). */
+  order?: number;
+  /** Changes to the counts, by cluster index, that the new structures hold. */
+  delta?: ReadonlyMap<number, number>;
+  /** Other header fields the same header write changes. */
+  header?: Partial<Qcow2Header>;
+  /** Structures no longer used once the header points elsewhere: freed through the new counts. */
+  freeAfter?: { offset: number; clusters: number }[];
+  progress?: (done: number, total: number) => void;
+}
+
+export function changeRefcountWidth(
   img: Qcow2Image,
   order: number,
   progress: (done: number, total: number) => void = () => undefined,
 ): Promise<void> {
+  return switchRefcounts(img, { order, progress });
+}
+
+export async function switchRefcounts(img: Qcow2Image, opts: RefcountSwitch): Promise<void> {
+  const order = opts.order ?? img.header.refcountOrder;
+  const delta = opts.delta ?? new Map<number, number>();
+  const progress = opts.progress ?? (() => undefined);
   const cs = img.clusterSize;
   const old = img.refcounts;
   const bits = 2 ** order;
@@ -38,7 +64,8 @@ export async function changeRefcountWidth(
         i = (oldBlock + 1) * old.perBlock - nb * perBlock - 1;
         continue;
       }
-      const v = await old.get(c);
+      const v = (await old.get(c)) + (delta.get(c) ?? 0);
+      if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${c} would drop below zero`);
       if (!v) continue;
       if (v > max) {
         throw new BlockError(
@@ -104,10 +131,16 @@ export async function changeRefcountWidth(
   await img.proto.write(raw, table!.offset);
   await img.proto.flush();
 
-  // 4. Switch the header to them in one write.
+  // 4. Switch the header to them (and to whatever else changes with them) in one write.
   const h = img.header;
-  const before = { refcountOrder: h.refcountOrder, refcountTableOffset: h.refcountTableOffset, refcountTableClusters: h.refcountTableClusters };
-  Object.assign(h, { refcountOrder: order, refcountTableOffset: table!.offset, refcountTableClusters: table!.clusters });
+  const next: Partial<Qcow2Header> = {
+    ...opts.header,
+    refcountOrder: order,
+    refcountTableOffset: table!.offset,
+    refcountTableClusters: table!.clusters,
+  };
+  const before = Object.fromEntries(Object.keys(next).map((k) => [k, h[k as keyof Qcow2Header]]));
+  Object.assign(h, next);
   try {
     await img.writeHeader();
     await img.proto.flush();
@@ -121,6 +154,7 @@ export async function changeRefcountWidth(
   const oldTable = old.tableLocation;
   for (const offset of old.blocks) if (offset) await img.refcounts.free(offset, 1);
   await img.refcounts.free(oldTable.offset, oldTable.clusters);
+  for (const s of opts.freeAfter ?? []) await img.refcounts.free(s.offset, s.clusters);
   await img.proto.flush();
   progress(3 * n, 3 * n);
 }
