@@ -4,32 +4,15 @@
  * BlockError; on the command line one line `platter: FILE: ...`, exit 1) or
  * read: never a crash, a JavaScript error text, a hang or a large allocation.
  *
- * Field offsets are the hosted sparse header's (block/vmdk.c VMDK4Header,
- * after the 4-byte magic; little-endian).
+ * Field offsets: sparse-test-helpers.ts (block/vmdk.c VMDK4Header).
  */
-import { symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockError, type ErrorKind } from '../../image/errors.js';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
 import { tempDir } from '../../test/tmp.js';
-
-const H = {
-  magic: 0, //              "KDMV"
-  version: 4, //            u32: 1..3
-  flags: 8, //              u32: bit 0 newline test, 1 redundant GD, 2 zeroed grains, 16 compressed, 17 markers
-  capacity: 12, //          u64: sectors
-  grainSize: 20, //         u64: sectors per grain
-  descriptorOffset: 28, //  u64: sector
-  descriptorSize: 36, //    u64: sectors
-  numGTEsPerGT: 44, //      u32
-  rgdOffset: 48, //         u64: sector of the redundant grain directory
-  gdOffset: 56, //          u64: sector of the grain directory
-  overhead: 64, //          u64: sectors before the first grain
-  uncleanShutdown: 72, //   u8
-  newlineBytes: 73, //      "\n \r\n"
-  compressAlgorithm: 77, // u16: 0 none, 1 deflate
-} as const;
+import { H } from './sparse-test-helpers.js';
 
 /** The base image's layout, in sectors: 1 MiB of guest, one grain table. */
 const CAPACITY = 2048;
@@ -260,6 +243,32 @@ describe('hostile descriptor files', () => {
     expect((await refusal(path)).message).toMatch(/extent file \/etc\/hosts is outside the image's folder; pass --allow-external-files/);
     const img = await openImage(path, { allowExternalFiles: true });
     await img.close();
+  });
+
+  it('refuses extents leading out of the folder by ../ or a symlink to a regular file, unless allowed', async () => {
+    // The image lives in disk/; its neighbour one level up is a plain file it must not reach on its own.
+    mkdirSync(t.path('disk'));
+    write('outside-flat.vmdk', Buffer.alloc(512, 5));
+    write('disk/inside-flat.vmdk', Buffer.alloc(512, 6));
+    symlinkSync(t.path('outside-flat.vmdk'), t.path('disk/out-link-flat.vmdk'));
+    symlinkSync(t.path('disk/inside-flat.vmdk'), t.path('disk/in-link-flat.vmdk'));
+    const up = write('disk/up.vmdk', descriptor('RW 1 FLAT "../outside-flat.vmdk" 0'));
+    const link = write('disk/link.vmdk', descriptor('RW 1 FLAT "out-link-flat.vmdk" 0'));
+    const outside = (name: string) => `extent file ${name} is outside the image's folder; pass --allow-external-files`;
+    expect((await refusal(up)).message).toContain(outside('../outside-flat.vmdk'));
+    expect((await refusal(link)).message).toContain(outside('out-link-flat.vmdk'));
+    // Allowed, both read the outside file; a symlink that stays inside the folder needs no permission.
+    const inLink = write('disk/in-link.vmdk', descriptor('RW 1 FLAT "in-link-flat.vmdk" 0'));
+    for (const [path, fill, allowExternalFiles] of [[up, 5, true], [link, 5, true], [inLink, 6, false]] as const) {
+      const img = await openImage(path, { allowExternalFiles });
+      try {
+        const buf = new Uint8Array(512);
+        await img.read(buf, 0);
+        expect(buf.every((b) => b === fill), path).toBe(true);
+      } finally {
+        await img.close();
+      }
+    }
   });
 
   it('refuses extents that are devices, named directly or through a symlink in the folder', async () => {
