@@ -1,10 +1,15 @@
 /** The shared handlers: valid calls reach core/ops, malformed ones are refused before anything is done. */
-import { readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { makeMixedRaw } from '../../core/test/images.js';
+import { prng } from '../../core/test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuInfo, qemuIo } from '../../core/test/qemu.js';
-import { hasTool, sh, tempDir } from '../../core/test/tmp.js';
-import { contract, type Input, type JobInfo } from './contract.js';
-import { createHandlers, noDialogs, type HandlerDeps, type Reply } from './handlers.js';
+import { hasTool, sh, shStatus, tempDir } from '../../core/test/tmp.js';
+import { initialValues, optionTexts } from '../../renderer/options-model.js';
+import { JobManager } from '../jobs.js';
+import { contract, type Input, type JobInfo, type Output } from './contract.js';
+import { createHandlers, noDialogs, type HandlerDeps, type Handlers, type Reply } from './handlers.js';
 import { METHOD_NAMES } from './methods.js';
 
 const MiB = 1 << 20;
@@ -194,5 +199,52 @@ describe('handlers', () => {
     const jobs = { startConvert: () => 'j', cancel: () => true, list: () => [{ id: 1 } as unknown as JobInfo] };
     const h = createHandlers({ jobs, ...noDialogs });
     expectError(await h.call('listJobs', {}), 'Validation', /^output\.0\./);
+  });
+});
+
+describe.skipIf(!hasQemu)('handlers: a VHD for Azure (fixed, exact size in whole MiB), as the wizards ask', () => {
+  // Converts run as jobs in the built worker, as in the Electron main process and the web host.
+  const WORKER = fileURLToPath(new URL('../../dist/electron/job-worker.cjs', import.meta.url));
+
+  /** The option texts the create and convert wizards send for vpc with subformat fixed and force_size ticked. */
+  async function azureOptions(h: Handlers): Promise<Record<string, string>> {
+    const formats = expectOk(await h.call('formats', {})) as Output<'formats'>;
+    const decls = formats.find((f) => f.name === 'vpc')!.createOptions;
+    return optionTexts(decls, { ...initialValues(decls), subformat: 'fixed', force_size: true });
+  }
+
+  /** Exactly `size` guest bytes in qemu-img, then one footer sector saying "fixed disk" (type 2). */
+  function expectAzureVhd(p: string, size: number): void {
+    const info = JSON.parse(sh('qemu-img', ['info', '--output=json', '-f', 'vpc', p]));
+    expect(info['virtual-size']).toBe(size);
+    expect(statSync(p).size).toBe(size + 512);
+    const footer = readFileSync(p).subarray(size);
+    expect(footer.subarray(0, 8).toString('latin1')).toBe('conectix');
+    expect(footer.readUInt32BE(60)).toBe(2);
+  }
+
+  it('create with subformat=fixed,force_size=on makes a 30 MiB fixed VHD', async () => {
+    const { h } = setup();
+    const options = await azureOptions(h);
+    expect(options).toEqual({ subformat: 'fixed', force_size: 'on' });
+    const p = t.path('azure.vhd');
+    expect(expectOk(await h.call('create', { path: p, format: 'vpc', size: 30 * MiB, options }))).toEqual({ path: p });
+    expectAzureVhd(p, 30 * MiB);
+  });
+
+  it('startConvert of a raw file of a whole number of MiB makes a fixed VHD of exactly its size', async () => {
+    expect(existsSync(WORKER), `${WORKER} is missing: run \`npm run build\``).toBe(true);
+    const jobs = new JobManager({ workerPath: WORKER, onEvent: () => undefined });
+    const h = createHandlers({ jobs, ...noDialogs });
+    const source = t.path('disk.raw');
+    makeMixedRaw(source, 12 * MiB, prng(7));
+    const target = t.path('azure.vhd');
+    const options = await azureOptions(h);
+    const input = { sources: [source], target, targetFormat: 'vpc', options, compress: false };
+    const { jobId } = expectOk(await h.call('startConvert', input)) as Output<'startConvert'>;
+    expect(await jobs.settled(jobId)).toMatchObject({ state: 'done' });
+    expectAzureVhd(target, 12 * MiB);
+    const same = shStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'vpc', source, target]);
+    expect(same.stdout + same.stderr).toBe('Images are identical.\n');
   });
 });

@@ -9,11 +9,14 @@ import { createHash } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
+import { openProtocol } from '../../io/open.js';
 import { platter } from '../../test/cli.js';
 import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
+import { recording, replay, type Recorded } from '../../test/recording.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+import { vhdx } from './index.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -26,17 +29,23 @@ afterAll(() => t?.cleanup());
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 
-/** vhdiinfo reads the image without complaint. */
-function expectVhdiReads(path: string, size: number): void {
-  if (!HAS_VHDI) return;
+/** vhdiinfo's report on an image it reads without complaint: exit 0, nothing on stderr. */
+function vhdiinfo(path: string): string {
   const r = shStatus('vhdiinfo', [path]);
   expect(r.status, r.stdout + r.stderr).toBe(0);
-  expect(r.stdout).toContain(`(${size} bytes)`);
+  expect(r.stderr).toBe('');
+  return r.stdout;
+}
+
+/** vhdiinfo reads the image without complaint, at its size. */
+function expectVhdiReads(path: string, size: number): void {
+  if (HAS_VHDI) expect(vhdiinfo(path)).toContain(`(${size} bytes)`);
 }
 
 const SIZE = 40 * MiB + 512;
 const COMBOS = ['dynamic', 'fixed'].flatMap((subformat) =>
-  ['1M', '32M', '0'].flatMap((block) =>
+  // 256M is the largest block size VHDX allows: the whole image is one partial block.
+  ['1M', '32M', '256M', '0'].flatMap((block) =>
     ['on', 'off'].flatMap((zero) =>
       ['1M', '4M'].map((log) => ({
         label: `${subformat} block_size=${block} block_state_zero=${zero} log_size=${log}`,
@@ -141,7 +150,7 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
       await img.close();
     }
     expect(sha256(await readGuestBytes(path))).toBe(sha256(model));
-    if (HAS_VHDI) expect(sh('vhdiinfo', [path])).toMatch(/Bytes per sector\s*: 4096 bytes/);
+    if (HAS_VHDI) expect(vhdiinfo(path)).toMatch(/Bytes per sector\s*: 4096 bytes/);
     const r = await platter(['create', '-q', '-f', 'vhdx', '-o', 'logical_sector_size=1024', t.path('bad.vhdx'), '8M']);
     expect(r.code).toBe(1);
   });
@@ -159,6 +168,23 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
     const s2 = statSync(out);
     expect(s2.blocks * 512).toBeGreaterThanOrEqual(s2.size);
     expect(qemuCompare(out, raw)).toBe('Images are identical.');
+  });
+
+  it('fixed, block_state_zero=on: its blocks stay present, where qemu-img marks them ZERO (see README)', async () => {
+    const opts = ['-o', 'subformat=fixed,block_size=1M,block_state_zero=on'];
+    const [ours, theirs] = [t.path('fixed-zero-p.vhdx'), t.path('fixed-zero-q.vhdx')];
+    expect((await platter(['create', '-q', '-f', 'vhdx', ...opts, ours, '4M'])).code).toBe(0);
+    sh('qemu-img', ['create', '-q', '-f', 'vhdx', ...opts, theirs, '4M']);
+    const map = async (path: string) => JSON.parse((await platter(['map', '--output=json', path])).stdout);
+    const present = { length: 4 * MiB, data: true, zero: false, offset: 8 * MiB };
+    expect(await map(ours)).toEqual([expect.objectContaining(present)]);
+    expect(await map(theirs)).toEqual([expect.objectContaining({ length: 4 * MiB, data: false, zero: true })]);
+    expect(statSync(ours).size).toBe(statSync(theirs).size);
+    // So a write to qemu-img's allocates a second block at the end; Platter's stays the size it was made.
+    const before = statSync(ours).size;
+    for (const path of [ours, theirs]) qemuIo(path, ['write -P 3 0 1M'], 'vhdx');
+    expect([statSync(ours).size, statSync(theirs).size]).toEqual([before, before + MiB]);
+    expect(problems(qemuCheck(ours, 'vhdx'))).toEqual(CLEAN);
   });
 
   it('create rounds and refuses as qemu-img does', async () => {
@@ -259,5 +285,76 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: the rest', () => {
     expect(line(ours.stderr + ours.stdout)).toBe(line(theirs.stderr));
     // Opening it otherwise is refused, as by QEMU.
     expect((await platter(['info', path])).code).toBe(1);
+  });
+
+  /**
+   * An image as a crash leaves it between writing a log entry and applying it:
+   * a block allocated by Platter, its data written but its BAT entry only in the log.
+   */
+  async function dirtyLogImage(path: string): Promise<Uint8Array> {
+    sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', path, '8M']);
+    qemuIo(path, ['write -P 1 0 1M'], 'vhdx');
+    const base = readFileSync(path);
+    const writes: Recorded[] = [];
+    const proto = recording(await openProtocol(path, { readOnly: false }), writes);
+    const img = await vhdx.open(proto, { readOnly: false });
+    await img.write(new Uint8Array(MiB).fill(2), 4 * MiB);
+    await img.close();
+    await proto.close();
+    for (let n = 1; n <= writes.length; n++) {
+      const bytes = replay(base, writes, n);
+      writeFileSync(path, bytes);
+      const image = await openImage(path, { format: 'vhdx' });
+      try {
+        if ((await image.layer.info()).dirty) return bytes;
+      } finally {
+        await image.close();
+      }
+    }
+    throw new Error('no write left a log to replay');
+  }
+
+  it('check without -r reports a dirty log (exit 2) where qemu-img cannot open it (exit 1): see README', async () => {
+    const path = t.path('dirty-plain.vhdx');
+    const bytes = await dirtyLogImage(path);
+    const q = shStatus('qemu-img', ['check', path]);
+    expect(q.status).toBe(1);
+    expect(q.stderr).toContain('contains a log that needs to be replayed');
+    const p = await platter(['check', path]);
+    expect(p.code).toBe(2);
+    expect(p.stderr).toBe('ERROR: the VHDX log needs to be replayed; check -r all replays it\n');
+    expect(p.stdout).toContain('1 errors were found on the image.');
+    // Neither writes without -r.
+    expect(Buffer.compare(readFileSync(path), bytes)).toBe(0);
+  });
+
+  it('check -r all prints what qemu-img check -r all prints, and exits as it does: dirty log, truncation', async () => {
+    const dirty = await dirtyLogImage(t.path('dirty.vhdx'));
+    const trunc = t.path('trunc-r.vhdx');
+    sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', trunc, '8M']);
+    qemuIo(trunc, ['write -P 1 0 1M', 'write -P 2 4M 1M'], 'vhdx');
+    const truncated = readFileSync(trunc).subarray(0, -512 * KiB);
+    for (const [name, bytes, status] of [['dirty', dirty, 0], ['truncated', truncated, 2]] as const) {
+      const [ours, theirs] = [t.path(`${name}-p.vhdx`), t.path(`${name}-q.vhdx`)];
+      writeFileSync(ours, bytes);
+      writeFileSync(theirs, bytes);
+      const q = shStatus('qemu-img', ['check', '-r', 'all', theirs]);
+      const p = await platter(['check', '-r', 'all', ours]);
+      expect(p.stdout, name).toBe(q.stdout);
+      expect([p.code, q.status], name).toEqual([status, status]);
+      // The same messages, but qemu-img puts its name before each.
+      expect(p.stderr, name).toBe(q.stderr.replace(/^qemu-img: /gm, ''));
+      if (name === 'dirty') {
+        // The log replayed (the block it allocates reads back), the same guest contents, clean.
+        expect(p.stdout).toContain('1 corruptions');
+        qemuIo(ours, ['read -P 1 0 1M', 'read -P 2 4M 1M'], 'vhdx');
+        expect(qemuCompare(ours, theirs)).toBe('Images are identical.');
+        expect(problems(qemuCheck(ours, 'vhdx'))).toEqual(CLEAN);
+      } else {
+        // Neither can repair a truncation: both files are left as they were.
+        expect(Buffer.compare(readFileSync(ours), bytes)).toBe(0);
+        expect(Buffer.compare(readFileSync(theirs), bytes)).toBe(0);
+      }
+    }
   });
 });
