@@ -37,6 +37,7 @@ export type CrashOp =
   | { kind: 'compress'; offset: number; data: Uint8Array }
   | { kind: 'snapshot-create'; name: string }
   | { kind: 'snapshot-delete'; name: string }
+  | { kind: 'snapshot-apply'; name: string }
   | { kind: 'grow'; size: number };
 
 export const OP_KINDS: readonly CrashOp['kind'][] = [
@@ -46,6 +47,7 @@ export const OP_KINDS: readonly CrashOp['kind'][] = [
   'compress',
   'snapshot-create',
   'snapshot-delete',
+  'snapshot-apply',
   'grow',
 ];
 
@@ -87,9 +89,11 @@ export function* crashOps(seed: number, v: CrashVariant): Generator<CrashOp> {
       const name = `s${++made}`;
       snapshots.push(name);
       yield { kind: 'snapshot-create', name };
-    } else if (r < 0.58 && snapshots.length) {
+    } else if (r < 0.52 && snapshots.length) {
       const [name] = snapshots.splice(rng.int(0, snapshots.length), 1);
       yield { kind: 'snapshot-delete', name };
+    } else if (r < 0.58 && snapshots.length) {
+      yield { kind: 'snapshot-apply', name: snapshots[rng.int(0, snapshots.length)] };
     } else if (r < 0.64 && !snapshots.length && size + v.growStep <= v.maxSize) {
       // Qcow2 images with snapshots cannot be resized: grow only without.
       size = Math.min(v.maxSize, size + rng.int(1, 4) * v.growStep);
@@ -105,6 +109,8 @@ export function* crashOps(seed: number, v: CrashVariant): Generator<CrashOp> {
 export class GuestModel {
   readonly window: Uint8Array;
   size: number;
+  /** What each snapshot holds: its window and virtual size. */
+  private snapshots = new Map<string, { window: Uint8Array; size: number }>();
 
   constructor(private readonly v: CrashVariant) {
     this.window = new Uint8Array(v.window);
@@ -116,6 +122,7 @@ export class GuestModel {
     const m = new GuestModel(this.v);
     m.window.set(this.window);
     m.size = this.size;
+    m.snapshots = new Map(this.snapshots);
     return m;
   }
 
@@ -136,8 +143,18 @@ export class GuestModel {
       case 'grow':
         this.size = op.size;
         return;
-      default:
+      case 'snapshot-create':
+        this.snapshots.set(op.name, { window: this.window.slice(), size: this.size });
         return;
+      case 'snapshot-delete':
+        this.snapshots.delete(op.name);
+        return;
+      case 'snapshot-apply': {
+        const sn = this.snapshots.get(op.name)!;
+        this.window.set(sn.window);
+        this.size = sn.size;
+        return;
+      }
     }
   }
 }

@@ -43,6 +43,9 @@ async function run(img: Image, op: CrashOp): Promise<void> {
     case 'snapshot-delete':
       if (!hasSnapshots(layer)) throw new Error('no snapshots');
       return layer.deleteSnapshot(op.name);
+    case 'snapshot-apply':
+      if (!hasSnapshots(layer)) throw new Error('no snapshots');
+      return layer.applySnapshot(op.name);
     case 'grow':
       if (!isResizable(layer)) throw new Error('not resizable');
       return layer.resize(op.size, { prealloc: 'off', shrink: false });

@@ -13,9 +13,9 @@
  *
  * The worker (core/test/crash-worker.ts) runs seeded random operations on
  * images of several variants: writes of any size and alignment, zero
- * writes, discards, compressed writes, snapshot creation and deletion, and
- * resizes that move the L1 table; one variant also outgrows its refcount
- * table. Three kills in four come at an exact moment: the worker kills
+ * writes, discards, compressed writes, snapshot creation, deletion and
+ * application, and resizes that move the L1 table; one variant also
+ * outgrows its refcount table. Three kills in four come at an exact moment: the worker kills
  * itself before a chosen write of a chosen operation (reproducible); every
  * fourth comes from outside after a random delay.
  *
