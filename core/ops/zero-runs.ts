@@ -21,7 +21,7 @@ export function zeroRuns(buf: Uint8Array, baseOffset: number, blockSize: number)
   while (pos < buf.length) {
     const alignedEnd = (Math.floor((baseOffset + pos) / blockSize) + 1) * blockSize - baseOffset;
     const end = Math.min(alignedEnd, buf.length);
-    const zero = isZero(buf.subarray(pos, end));
+    const zero = isZero(buf, pos, end);
     const last = runs[runs.length - 1];
     if (last && last.zero === zero) last.length += end - pos;
     else runs.push({ start: pos, length: end - pos, zero });
