@@ -16,6 +16,7 @@ import { platter } from '../../test/cli.js';
 import { expectRefused } from '../../test/hostile.js';
 import { tempDir } from '../../test/tmp.js';
 import { setVhdxChecksum } from './crc32c.js';
+import { MAX_LOG_OVERLAY_SECTORS } from './limits.js';
 import { buildEntry } from './log.js';
 
 const KiB = 1024;
@@ -184,6 +185,42 @@ describe('hostile VHDX images are refused with one clear sentence', () => {
       dirtyLog(e, { damage: (entry) => new DataView(entry.buffer).setBigUint64(64 + 16, 1n << 45n, true) }),
     );
     await expectRefused(() => openImage(path), path, 'Corrupt', /writes at .*beyond the file/);
+  });
+
+  it('a log entry that writes into the log itself', async () => {
+    const path = imageWith('log-into-log', (e) =>
+      dirtyLog(e, { damage: (entry) => new DataView(entry.buffer).setBigUint64(64 + 16, BigInt(LOG + 4 * KiB), true) }),
+    );
+    await expectRefused(() => openImage(path), path, 'Corrupt', /writes at 1052672, into the log itself/);
+  });
+
+  it('a log replacing more sectors than a read-only open notes: refused, check -r all replays it', async () => {
+    const path = t.path('log-many.vhdx');
+    expect((await platter(['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M,log_size=9M', path, '4M'])).code).toBe(0);
+    const img = await openImage(path, { readOnly: false });
+    await img.write(new Uint8Array(MiB).fill(0x11), 0);
+    await img.close();
+    const e = new Edit(new Uint8Array(readFileSync(path)));
+    const guid = new Uint8Array(16).fill(0x5a);
+    for (const h of [H1, H2]) e.b.set(guid, h + 48);
+    // Zeroed ranges are noted one by one too: one more than the limit, all over block 0's last sector.
+    const zero = { fileOffset: e.b.length - 4 * KiB, zeroLength: 4 * KiB };
+    const writes = Array.from({ length: MAX_LOG_OVERLAY_SECTORS + 1 }, () => zero);
+    e.b.set(buildEntry({ sequence: 5n, logGuid: guid, tail: 0, fileSize: e.b.length, writes }), LOG);
+    writeFileSync(path, e.sums().b);
+    const tooMany = new RegExp(`replaces more than ${MAX_LOG_OVERLAY_SECTORS} sectors, too many to replay read-only`);
+    await expectRefused(() => openImage(path), path, 'Unsupported', tooMany);
+    const r = await platter(['check', '-r', 'all', path]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const buf = new Uint8Array(MiB);
+    const repaired = await openImage(path);
+    try {
+      await repaired.read(buf, 0);
+    } finally {
+      await repaired.close();
+    }
+    expect(buf.subarray(0, MiB - 4 * KiB).every((x) => x === 0x11)).toBe(true);
+    expect(buf.subarray(MiB - 4 * KiB).every((x) => x === 0)).toBe(true);
   });
 
   it('a log of overlapping entries that all fail their checksum: refused, not searched for ever', async () => {

@@ -90,15 +90,20 @@ export const LOG_DESC_SIZE = 32;
 /** A data sector carries 4084 bytes; the first 8 and last 4 ride in its descriptor. */
 export const LOG_DATA_BYTES = 4084;
 /**
- * A read-only open replays a dirty log in memory: at most this much of it
- * (the log itself is at most 4 GiB; a real one holds a few MiB of metadata).
+ * A read-only open replays a dirty log over the file without changing it:
+ * each sector the log replaces (and each range it zeroes) is noted in memory,
+ * some 60 bytes apiece, the data staying in the log. Real logs replace BAT
+ * pages and metadata, and the largest BAT (64 TiB in 1 MiB blocks) is 512 MiB:
+ * 131072 sectors. Twice that is allowed (some 16 MiB of index); a log that
+ * replaces more is refused read-only, while check -r all, which replays it
+ * into the file a descriptor sector at a time, has no such limit.
  */
-export const MAX_LOG_OVERLAY = 256 * MiB;
+export const MAX_LOG_OVERLAY_SECTORS = 262144;
 
 /**
  * The log search checksums candidate entries; a real log's entries are each
- * checked about once, so at most this many times the log's length are read
- * before the log is called damaged (QEMU's search has no bound).
+ * read a few times at most, so at most this many times the log's length are
+ * read before the log is called damaged (QEMU's search has no bound).
  */
 export const LOG_SEARCH_BUDGET = 8;
 

@@ -1,193 +1,122 @@
 /**
- * The metadata log: a circular buffer of 4 KiB sectors holding entries
- * ("loge" header, descriptors, data sectors; CRC-32C over the whole entry).
+ * The metadata log's entries: a "loge" header, descriptors, data sectors,
+ * all in 4 KiB sectors of a circular buffer, a CRC-32C over the whole entry.
  * Metadata changes are written here first, then to their place, so a crash
- * in between is repaired by replaying the log. Finding the active sequence
- * follows the spec and QEMU's vhdx_log_search: every sector may start an
- * entry; entries that follow each other with consecutive sequence numbers
- * form a sequence; the one whose last entry has the highest number wins.
+ * in between is repaired by replaying the log. This module reads and writes
+ * one entry; log-search.ts finds the entries to replay, log-replay.ts
+ * replays them. Nothing here holds more than one log sector: a log may be
+ * almost 4 GiB.
  */
 import { BlockError } from '../../image/errors.js';
-import type { Protocol } from '../../io/protocol.js';
-import { hasValidChecksum, setVhdxChecksum } from './crc32c.js';
+import { setVhdxChecksum } from './crc32c.js';
 import { guidEquals } from './guid.js';
 import * as L from './limits.js';
+import type { LogReader } from './log-reader.js';
 
 const S = L.LOG_SECTOR_SIZE;
+/** Descriptor slots in a sector; the entry header takes the first two of the first sector. */
+const SLOTS = S / L.LOG_DESC_SIZE;
+const HEADER_SLOTS = L.LOG_HEADER_SIZE / L.LOG_DESC_SIZE;
 
+/**
+ * One write of the log. A data write's sector is its data sector in the log
+ * (at file offset `from`) with the first 8 and last 4 bytes taken from its
+ * descriptor (`edges`: the 4 trailing bytes, then the 8 leading ones, as the
+ * descriptor stores them); the sector is read when it is replayed.
+ */
 export type LogOp =
-  | { kind: 'data'; fileOffset: number; data: Uint8Array }
+  | { kind: 'data'; fileOffset: number; from: number; edges: Uint8Array }
   | { kind: 'zero'; fileOffset: number; length: number };
+export type DataOp = Extract<LogOp, { kind: 'data' }>;
+export type ZeroOp = Extract<LogOp, { kind: 'zero' }>;
 
-export interface LogEntry {
-  /** Where the entry starts in the log. */
-  at: number;
+/** An entry header that passed the checks made before the entry is read (QEMU's vhdx_log_hdr_is_valid). */
+export interface EntryHeader {
   length: number;
   sequence: bigint;
+  /** Descriptors, and the sectors they take with the header. */
+  count: number;
+  descSectors: number;
   flushedFileOffset: number;
   lastFileOffset: number;
-  ops: LogOp[];
 }
 
 /** Sectors the header and `count` descriptors take: 126 fit beside the header, 128 in each further sector. */
-export const descriptorSectors = (count: number) => Math.ceil((count + 2) / 128);
+export const descriptorSectors = (count: number) => Math.ceil((count + HEADER_SLOTS) / SLOTS);
 
-const corrupt = (message: string): never => {
+export const corrupt = (message: string): never => {
   throw new BlockError('Corrupt', message, { op: 'open' });
 };
-const ascii = (b: Uint8Array, at: number) => String.fromCharCode(...b.subarray(at, at + 4));
+/** Whether the 4 bytes at `at` are the signature `sig` (compared in place: every log sector is looked at). */
+function isSignature(b: Uint8Array, at: number, sig: string): boolean {
+  for (let i = 0; i < 4; i++) if (b[at + i] !== sig.charCodeAt(i)) return false;
+  return true;
+}
+const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
-/** `n` bytes of the circular log from `at`. */
-function circular(log: Uint8Array, at: number, n: number): Uint8Array {
-  const start = at % log.length;
-  if (start + n <= log.length) return log.subarray(start, start + n);
-  const out = new Uint8Array(n);
-  out.set(log.subarray(start));
-  out.set(log.subarray(0, n - (log.length - start)), log.length - start);
-  return out;
+/** The entry header in `sector`, if it is one of this log (else undefined: any sector may hold anything). */
+export function parseEntryHeader(sector: Uint8Array, logLength: number, logGuid: Uint8Array): EntryHeader | undefined {
+  if (!isSignature(sector, 0, L.LOG_ENTRY_SIGNATURE)) return undefined;
+  const v = view(sector);
+  const length = v.getUint32(8, true);
+  const sequence = v.getBigUint64(16, true);
+  const count = v.getUint32(24, true);
+  if (length === 0 || length % S || length > logLength || sequence === 0n) return undefined;
+  if (!guidEquals(sector.subarray(32, 48), logGuid)) return undefined;
+  const descSectors = descriptorSectors(count);
+  if (descSectors * S > length) return undefined;
+  const flushedFileOffset = Number(v.getBigUint64(48, true));
+  return { length, sequence, count, descSectors, flushedFileOffset, lastFileOffset: Number(v.getBigUint64(56, true)) };
 }
 
 /**
- * The entry at `at` if its header and checksum are valid (else undefined).
- * An entry that passes both but whose descriptors or data sectors are wrong
- * is a damaged log, refused as QEMU refuses it.
+ * The operations of the entry at `at`, one descriptor sector's worth (at
+ * most 128) at a time, each descriptor checked as QEMU checks it
+ * (vhdx_log_desc_is_valid): once its checksum has matched, an entry with a
+ * wrong descriptor is a damaged log, refused.
  */
-function entryAt(log: Uint8Array, at: number, logGuid: Uint8Array, budget: { bytes: number }): LogEntry | undefined {
-  const head = circular(log, at, L.LOG_HEADER_SIZE);
-  if (ascii(head, 0) !== L.LOG_ENTRY_SIGNATURE) return undefined;
-  const hv = new DataView(head.buffer, head.byteOffset, head.byteLength);
-  const length = hv.getUint32(8, true);
-  const sequence = hv.getBigUint64(16, true);
-  const count = hv.getUint32(24, true);
-  if (length === 0 || length % S || length > log.length || sequence === 0n) return undefined;
-  if (!guidEquals(head.subarray(32, 48), logGuid)) return undefined;
-  const descSectors = descriptorSectors(count);
-  if (descSectors * S > length) return undefined;
-  // Every sector may start an entry as long as the log: a hostile log would make the search quadratic.
-  budget.bytes -= length;
-  if (budget.bytes < 0) corrupt('the VHDX log is not valid (too many overlapping entries to search)');
-  const entry = circular(log, at, length);
-  if (!hasValidChecksum(entry, 4)) return undefined;
-  const v = new DataView(entry.buffer, entry.byteOffset, entry.byteLength);
-  const ops: LogOp[] = [];
-  let dataAt = descSectors * S;
-  for (let i = 0; i < count; i++) {
-    const d = L.LOG_HEADER_SIZE + i * L.LOG_DESC_SIZE;
-    const sig = ascii(entry, d);
-    const fileOffset = Number(v.getBigUint64(d + 16, true));
-    const what = `VHDX log entry ${sequence}: descriptor ${i}`;
-    if (v.getBigUint64(d + 24, true) !== sequence) corrupt(`${what} has another sequence number`);
-    if (fileOffset % S) corrupt(`${what} file offset ${fileOffset} is not 4 KiB aligned`);
-    if (sig === L.LOG_ZERO_SIGNATURE) {
-      const zeroLength = Number(v.getBigUint64(d + 8, true));
-      if (zeroLength % S) corrupt(`${what} (zero) length ${zeroLength} is not 4 KiB aligned`);
-      ops.push({ kind: 'zero', fileOffset, length: zeroLength });
-    } else if (sig === L.LOG_DESC_SIGNATURE) {
-      if (dataAt + S > length) corrupt(`VHDX log entry ${sequence} has fewer data sectors than descriptors`);
-      const ds = entry.subarray(dataAt, dataAt + S);
-      const dv = new DataView(ds.buffer, ds.byteOffset, S);
-      const seq = (BigInt(dv.getUint32(4, true)) << 32n) | BigInt(dv.getUint32(S - 4, true));
-      if (ascii(ds, 0) !== L.LOG_DATA_SIGNATURE || seq !== sequence) {
-        corrupt(`VHDX log entry ${sequence}: data sector ${i} is not valid`);
-      }
-      const data = new Uint8Array(S);
-      data.set(entry.subarray(d + 8, d + 16), 0);
-      data.set(ds.subarray(8, 8 + L.LOG_DATA_BYTES), 8);
-      data.set(entry.subarray(d + 4, d + 8), S - 4);
-      ops.push({ kind: 'data', fileOffset, data });
-      dataAt += S;
-    } else {
-      corrupt(`${what} has an unknown signature`);
-    }
-  }
-  return {
-    at,
-    length,
-    sequence,
-    flushedFileOffset: Number(hv.getBigUint64(48, true)),
-    lastFileOffset: Number(hv.getBigUint64(56, true)),
-    ops,
-  };
-}
-
-/** The active sequence of the log (the log region's bytes), or [] when there is none. */
-export function findActiveSequence(log: Uint8Array, logGuid: Uint8Array): LogEntry[] {
-  const budget = { bytes: L.LOG_SEARCH_BUDGET * log.length };
-  let best: LogEntry[] = [];
-  for (let at = 0; at < log.length; ) {
-    const first = entryAt(log, at, logGuid, budget);
-    if (!first) {
-      at += S;
-      continue;
-    }
-    const seq = [first];
-    let next = at + first.length;
-    let used = first.length;
-    for (;;) {
-      const last = seq[seq.length - 1];
-      if (used >= log.length) break;
-      const e = entryAt(log, next, logGuid, budget);
-      if (!e || e.sequence !== last.sequence + 1n || used + e.length > log.length) break;
-      seq.push(e);
-      next += e.length;
-      used += e.length;
-    }
-    // The highest last number wins; for the same last entry, the longer sequence (it starts nearer the tail).
-    const head = seq[seq.length - 1].sequence;
-    const bestHead = best.length ? best[best.length - 1].sequence : -1n;
-    if (head > bestHead || (head === bestHead && seq.length > best.length)) best = seq;
-    // A sequence that wraps past the end was the last to find.
-    if (next >= log.length) break;
-    at = next;
-  }
-  return best;
-}
-
-/** Reads the log region and finds its active sequence (a header with a null log GUID has none). */
-export async function readActiveSequence(
-  proto: Protocol,
-  offset: number,
-  length: number,
-  logGuid: Uint8Array,
-): Promise<LogEntry[]> {
-  if (length === 0) return [];
-  if (length > L.MAX_LOG_OVERLAY) {
-    throw new BlockError('Unsupported', `the VHDX log (${length} bytes) is too large to replay`, { op: 'open' });
-  }
-  const log = new Uint8Array(length);
-  await proto.read(log, offset);
-  return findActiveSequence(log, logGuid);
-}
-
-/** Checks that replaying `entries` into a file of `fileSize` bytes stays within sensible bounds. */
-export function validateReplay(entries: readonly LogEntry[], fileSize: number): void {
-  for (const e of entries) {
-    if (e.flushedFileOffset > fileSize) {
-      const sizes = `written when the file was ${e.flushedFileOffset} bytes, but it is ${fileSize}`;
-      corrupt(`the VHDX log was ${sizes}: the image has probably been truncated`);
-    }
-    const limit = Math.max(fileSize, e.lastFileOffset);
-    if (e.lastFileOffset > L.MAX_DISK_SIZE * 2) {
-      corrupt(`VHDX log entry ${e.sequence} has a last file offset of ${e.lastFileOffset}`);
-    }
-    for (const op of e.ops) {
-      const end = op.fileOffset + (op.kind === 'data' ? S : op.length);
-      if (end > limit) {
-        corrupt(`VHDX log entry ${e.sequence} writes at ${op.fileOffset}, beyond the file (${limit} bytes)`);
+export async function* entryOps(log: LogReader, at: number, h: EntryHeader): AsyncGenerator<LogOp[]> {
+  const dataSectors = h.length / S - h.descSectors;
+  let data = 0;
+  for (let s = 0; s < h.descSectors; s++) {
+    const sector = await log.sector(at + s * S);
+    const v = view(sector);
+    const ops: LogOp[] = [];
+    for (let slot = s ? 0 : HEADER_SLOTS; slot < SLOTS; slot++) {
+      const i = s * SLOTS + slot - HEADER_SLOTS;
+      if (i >= h.count) break;
+      const d = slot * L.LOG_DESC_SIZE;
+      const fileOffset = Number(v.getBigUint64(d + 16, true));
+      const what = `VHDX log entry ${h.sequence}: descriptor ${i}`;
+      if (v.getBigUint64(d + 24, true) !== h.sequence) corrupt(`${what} has another sequence number`);
+      if (fileOffset % S) corrupt(`${what} file offset ${fileOffset} is not 4 KiB aligned`);
+      if (isSignature(sector, d, L.LOG_ZERO_SIGNATURE)) {
+        const length = Number(v.getBigUint64(d + 8, true));
+        if (length % S) corrupt(`${what} (zero) length ${length} is not 4 KiB aligned`);
+        ops.push({ kind: 'zero', fileOffset, length });
+      } else if (isSignature(sector, d, L.LOG_DESC_SIGNATURE)) {
+        if (data === dataSectors) corrupt(`VHDX log entry ${h.sequence} has fewer data sectors than descriptors`);
+        const from = log.fileOffset(at + (h.descSectors + data++) * S);
+        ops.push({ kind: 'data', fileOffset, from, edges: sector.slice(d + 4, d + 16) });
+      } else {
+        corrupt(`${what} has an unknown signature`);
       }
     }
+    yield ops;
   }
 }
 
-/** Applies `entries` to `target`, in order, and grows it to the entries' last file offset. */
-export async function replay(target: Protocol, entries: readonly LogEntry[]): Promise<void> {
-  for (const e of entries) {
-    for (const op of e.ops) {
-      if (op.kind === 'data') await target.write(op.data, op.fileOffset);
-      else await target.writeZeroes(op.fileOffset, op.length, false);
-    }
-    if ((await target.size()) < e.lastFileOffset) await target.truncate(e.lastFileOffset);
-  }
+/** Whether `sector` is a data sector of entry `sequence`: signature, and sequence number split around the data. */
+export function isDataSector(sector: Uint8Array, sequence: bigint): boolean {
+  const v = view(sector);
+  const seq = (BigInt(v.getUint32(4, true)) << 32n) | BigInt(v.getUint32(S - 4, true));
+  return isSignature(sector, 0, L.LOG_DATA_SIGNATURE) && seq === sequence;
+}
+
+/** Turns a data sector, in place, into the sector it carries: the first 8 and last 4 bytes come from `edges`. */
+export function restoreSector(sector: Uint8Array, edges: Uint8Array): void {
+  sector.set(edges.subarray(4, 12), 0);
+  sector.set(edges.subarray(0, 4), S - 4);
 }
 
 /** Data sectors that fit in one entry of a log of `logLength` bytes (one sector is left open, as QEMU does). */
@@ -198,17 +127,20 @@ export function maxSectorsPerEntry(logLength: number): number {
   return n;
 }
 
-/** One log entry writing whole 4 KiB sectors `writes` (file offsets 4 KiB aligned). */
+/** What a log entry does to one place of the file: write a whole 4 KiB sector, or zero a range. */
+export type EntryWrite = { fileOffset: number; data: Uint8Array } | { fileOffset: number; zeroLength: number };
+
+/** One log entry doing `writes` in order (file offsets and zero lengths 4 KiB aligned). */
 export function buildEntry(opts: {
   sequence: bigint;
   logGuid: Uint8Array;
   tail: number;
   fileSize: number;
-  writes: readonly { fileOffset: number; data: Uint8Array }[];
+  writes: readonly EntryWrite[];
 }): Uint8Array {
-  const n = opts.writes.length;
-  const descSectors = descriptorSectors(n);
-  const length = (descSectors + n) * S;
+  const descSectors = descriptorSectors(opts.writes.length);
+  const dataSectors = opts.writes.filter((w) => 'data' in w).length;
+  const length = (descSectors + dataSectors) * S;
   const buf = new Uint8Array(length);
   const v = new DataView(buf.buffer);
   const enc = new TextEncoder();
@@ -216,22 +148,28 @@ export function buildEntry(opts: {
   v.setUint32(8, length, true);
   v.setUint32(12, opts.tail, true);
   v.setBigUint64(16, opts.sequence, true);
-  v.setUint32(24, n, true);
+  v.setUint32(24, opts.writes.length, true);
   buf.set(opts.logGuid, 32);
   v.setBigUint64(48, BigInt(opts.fileSize), true);
   v.setBigUint64(56, BigInt(opts.fileSize), true);
+  let ds = descSectors * S;
   opts.writes.forEach((w, i) => {
     const d = L.LOG_HEADER_SIZE + i * L.LOG_DESC_SIZE;
+    v.setBigUint64(d + 16, BigInt(w.fileOffset), true);
+    v.setBigUint64(d + 24, opts.sequence, true);
+    if ('zeroLength' in w) {
+      buf.set(enc.encode(L.LOG_ZERO_SIGNATURE), d);
+      v.setBigUint64(d + 8, BigInt(w.zeroLength), true);
+      return;
+    }
     buf.set(enc.encode(L.LOG_DESC_SIGNATURE), d);
     buf.set(w.data.subarray(S - 4, S), d + 4);
     buf.set(w.data.subarray(0, 8), d + 8);
-    v.setBigUint64(d + 16, BigInt(w.fileOffset), true);
-    v.setBigUint64(d + 24, opts.sequence, true);
-    const ds = (descSectors + i) * S;
     buf.set(enc.encode(L.LOG_DATA_SIGNATURE), ds);
     v.setUint32(ds + 4, Number(opts.sequence >> 32n), true);
     buf.set(w.data.subarray(8, 8 + L.LOG_DATA_BYTES), ds + 8);
     v.setUint32(ds + S - 4, Number(opts.sequence & 0xffffffffn), true);
+    ds += S;
   });
   setVhdxChecksum(buf, 4);
   return buf;

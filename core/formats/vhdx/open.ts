@@ -11,7 +11,9 @@ import { checkFileIdentifier, pickHeader, validateLogFields, type CurrentHeader 
 import { HeaderWriter } from './headers-update.js';
 import { VhdxImage } from './image.js';
 import * as L from './limits.js';
-import { readActiveSequence, replay, validateReplay } from './log.js';
+import { LogReader } from './log-reader.js';
+import { intoFile, replay, validateReplay } from './log-replay.js';
+import { findActiveSequence } from './log-search.js';
 import { readMetadata } from './metadata.js';
 import { LogOverlay } from './overlay.js';
 import { FileRegions, parseRegionTables } from './region.js';
@@ -45,17 +47,18 @@ export async function openVhdx(file: Protocol, opts: DriverOpenOptions): Promise
   let logPending = false;
   const h = current.header;
   if (!isNullGuid(h.logGuid) && h.logLength > 0) {
-    const entries = await readActiveSequence(file, h.logOffset, h.logLength, h.logGuid);
-    if (entries.length) {
-      validateReplay(entries, fileSize);
+    const log = new LogReader(file, h.logOffset, h.logLength, h.logGuid);
+    const seq = await findActiveSequence(log);
+    if (seq) {
+      await validateReplay(log, seq, fileSize);
       if (opts.readOnly) {
-        proto = await LogOverlay.over(file);
+        proto = await LogOverlay.replayed(file, log, seq);
         logPending = true;
       } else {
+        await replay(intoFile(file), log, seq);
+        await file.flush();
         logReplayed = true;
       }
-      await replay(proto, entries);
-      await proto.flush();
       section = await readSection(proto);
       current = currentHeader(section);
     }
