@@ -332,7 +332,7 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
       const writes = [...pages.map((p) => ({ fileOffset: batAt + p * S, data: this.bat.page(p) })), ...extra];
       try {
         await this.proto.flush();
-        const max = maxSectorsPerEntry(this.parts.headers.header.logLength);
+        const max = Math.min(L.QEMU_MAX_LOG_DESCRIPTORS, maxSectorsPerEntry(this.parts.headers.header.logLength));
         for (let i = 0; i < writes.length; i += max) await this.logged(writes.slice(i, i + max));
       } catch (err) {
         this.bat.restore(pages);

@@ -87,6 +87,14 @@ export const LOG_ZERO_SIGNATURE = 'zero';
 export const LOG_DATA_SIGNATURE = 'data';
 export const LOG_HEADER_SIZE = 64;
 export const LOG_DESC_SIZE = 32;
+/**
+ * Descriptors per log entry that QEMU can replay: 7.2's log reader reads an
+ * entry's descriptor sectors all into the same 4 KiB, so only an entry whose
+ * header and descriptors fit in its first sector (64 + 126 x 32 bytes) is
+ * readable there. Platter writes no larger entry, so qemu-img can repair a
+ * crash at any point.
+ */
+export const QEMU_MAX_LOG_DESCRIPTORS = (LOG_SECTOR_SIZE - LOG_HEADER_SIZE) / LOG_DESC_SIZE;
 /** A data sector carries 4084 bytes; the first 8 and last 4 ride in its descriptor. */
 export const LOG_DATA_BYTES = 4084;
 /**
