@@ -16,7 +16,8 @@ import { BlockError } from '../../image/errors.js';
 import type { Qcow2Header } from './header.js';
 import type { Qcow2Image } from './image.js';
 import { MAX_REFTABLE_BYTES } from './limits.js';
-import { loadRefcounts, writeRefcount, type RefcountTableLocation } from './refcounts.js';
+import { isZero } from '../../io/zero.js';
+import { loadRefcounts, readRefcount, writeRefcount, type RefcountTableLocation } from './refcounts.js';
 
 export interface RefcountSwitch {
   /** log2 of the new refcount width (default: the current one). */
@@ -49,11 +50,44 @@ export async function switchRefcounts(img: Qcow2Image, opts: RefcountSwitch): Pr
   // Wider than 53 bits holds anything a refcount read here can be.
   const max = bits >= 53 ? Infinity : 2 ** bits - 1;
 
+  /** The deltas by the new block holding their counts: [index in the block, delta]. */
+  const changes = new Map<number, [number, number][]>();
+  for (const [c, d] of delta) {
+    const nb = Math.floor(c / perBlock);
+    let list = changes.get(nb);
+    if (!list) changes.set(nb, (list = []));
+    list.push([c % perBlock, d]);
+  }
+  const checked = (c: number, v: number): number => {
+    if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${c} would drop below zero`);
+    if (v > max) {
+      const at = `cluster at offset 0x${(c * cs).toString(16)}`;
+      const why = `${at} has a refcount of ${v}`;
+      throw new BlockError('Unsupported', `cannot decrease refcount entry width to ${bits} bits: ${why}`);
+    }
+    return v;
+  };
+  const scratch = new Uint8Array(cs);
+
   /**
    * Whether any cluster new block `nb` covers is in use, reading the counts
    * through the old structures; with `into`, also stores them there in the new width.
    */
   const countsOf = async (nb: number, into?: Uint8Array): Promise<boolean> => {
+    if (bits === old.bits) {
+      // Same width: the old block's bytes with the deltas applied (snapshot
+      // operations), without a look-up per cluster.
+      const b = await old.blockBytes(nb);
+      const mine = changes.get(nb);
+      if (!b && !mine) return false;
+      const out = into ?? scratch;
+      if (b) out.set(b);
+      else out.fill(0);
+      for (const [i, d] of mine ?? []) {
+        writeRefcount(out, i, bits, checked(nb * perBlock + i, readRefcount(out, i, bits) + d));
+      }
+      return !isZero(out);
+    }
     let used = false;
     for (let i = 0; i < perBlock; i++) {
       const c = nb * perBlock + i;
@@ -64,15 +98,8 @@ export async function switchRefcounts(img: Qcow2Image, opts: RefcountSwitch): Pr
         i = (oldBlock + 1) * old.perBlock - nb * perBlock - 1;
         continue;
       }
-      const v = (await old.get(c)) + (delta.get(c) ?? 0);
-      if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${c} would drop below zero`);
+      const v = checked(c, (await old.get(c)) + (delta.get(c) ?? 0));
       if (!v) continue;
-      if (v > max) {
-        throw new BlockError(
-          'Unsupported',
-          `cannot decrease refcount entry width to ${bits} bits: cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${v}`,
-        );
-      }
       used = true;
       if (into) writeRefcount(into, i, bits, v);
     }

@@ -72,6 +72,8 @@ export class Refcounts {
   /** The refcount blocks' offsets: allocations and frees must keep off them. */
   private readonly blockOffsets: Set<number>;
   private readonly cache = new Map<number, Uint8Array>();
+  /** The block last looked up (the cache's most recent entry). */
+  private lastBlock?: { offset: number; bytes: Uint8Array };
   /**
    * Cached blocks with counts raised in memory only (deferred allocations),
    * as byte ranges [from, to): written by writeBack, which the image runs
@@ -146,18 +148,27 @@ export class Refcounts {
     return this.end;
   }
 
+  /** Refcount block `index` as stored (not to be modified), or undefined if there is none. */
+  blockBytes(index: number): Promise<Uint8Array | undefined> {
+    return this.block(index);
+  }
+
   private async block(index: number): Promise<Uint8Array | undefined> {
     const off = this.table[index];
     if (!off) return undefined;
+    // Runs of look-ups hit the same block: it is already the most recent.
+    if (this.lastBlock?.offset === off) return this.lastBlock.bytes;
     let b = this.cache.get(off);
     if (b) {
       this.cache.delete(off);
       this.cache.set(off, b);
+      this.lastBlock = { offset: off, bytes: b };
       return b;
     }
     b = new Uint8Array(this.clusterSize);
     await this.proto.read(b, off);
     this.cache.set(off, b);
+    this.lastBlock = { offset: off, bytes: b };
     // Least recently used first; blocks with unwritten counts stay (there are few).
     for (const old of this.cache.keys()) {
       if (this.cache.size * this.clusterSize <= BLOCK_CACHE_BYTES) break;
@@ -354,6 +365,7 @@ export class Refcounts {
     this.table[bi] = offset;
     this.blockOffsets.add(offset);
     this.cache.set(offset, b);
+    this.lastBlock = undefined;
     const entry = new Uint8Array(8);
     new DataView(entry.buffer).setBigUint64(0, BigInt(offset));
     await this.proto.write(entry, this.location.offset + bi * 8);
@@ -413,6 +425,7 @@ export class Refcounts {
     for (const [bi, b] of blocks) {
       await this.proto.write(b, table[bi]);
       this.cache.set(table[bi], b);
+      this.lastBlock = undefined;
     }
     const tableOffset = (start + newBlocks.length) * cs;
     const raw = new Uint8Array(tableClusters * cs);

@@ -60,6 +60,9 @@ async function reachable(img: Qcow2Image, l1: BigUint64Array, tables: boolean): 
   return refs;
 }
 
+/** Table copies held in memory at once by a snapshot operation. */
+const COPY_BATCH_BYTES = 8 << 20;
+
 /** The clusters `l1` itself takes (at least one, as QEMU frees it). */
 function l1Clusters(img: Qcow2Image, offset: number, entries: number): { offset: number; clusters: number } {
   return { offset, clusters: Math.max(1, Math.ceil((entries * 8) / img.clusterSize)) };
@@ -73,13 +76,17 @@ function addTo(delta: Map<number, number>, refs: Map<number, number>, sign: 1 | 
 async function checkRoom(img: Qcow2Image, delta: Map<number, number>): Promise<void> {
   for (const [c, n] of delta) {
     if (n > 0 && (await img.refcounts.get(c)) + n > img.refcounts.max) {
-      throw new BlockError('Unsupported', `cluster ${c} would need a refcount above ${img.refcounts.max} (refcount_bits too small)`);
+      const max = img.refcounts.max;
+      throw new BlockError('Unsupported', `cluster ${c} would need a refcount above ${max} (refcount_bits too small)`);
     }
   }
 }
 
 /** Writes the snapshot list to new clusters (none for an empty list). */
-async function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): Promise<{ offset: number; clusters: number }> {
+async function writeSnapshotTable(
+  img: Qcow2Image,
+  entries: SnapshotEntry[],
+): Promise<{ offset: number; clusters: number }> {
   if (!entries.length) return { offset: 0, clusters: 0 };
   const cs = img.clusterSize;
   const raw = serializeSnapshotTable(entries, img.header.version);
@@ -140,6 +147,20 @@ async function switchView(
   const w = img.l2Stride;
   const counted = async (c: number) => (await img.refcounts.get(c)) + (v.delta.get(c) ?? 0);
   const l1 = new BigUint64Array(v.activeFrom.length);
+  // The copies go out in batches of contiguous clusters: one allocation and one write each.
+  const batch: { index: number; raw: Uint8Array }[] = [];
+  const writeBatch = async () => {
+    if (!batch.length) return;
+    const at = await img.refcounts.allocate(batch.length);
+    const raw = new Uint8Array(batch.length * cs);
+    batch.forEach((t, k) => {
+      raw.set(t.raw, k * cs);
+      // A fresh copy has one reference: the new L1 table's.
+      l1[t.index] = BigInt(at + k * cs) | OFLAG_COPIED;
+    });
+    await img.proto.write(raw, at);
+    batch.length = 0;
+  };
   for (let i = 0; i < l1.length; i++) {
     const { offset } = decodeL1(v.activeFrom[i], cs, i);
     if (!offset) continue;
@@ -150,11 +171,10 @@ async function switchView(
       const e = table[j * w];
       table[j * w] = (await counted(host / cs)) === 1 ? e | OFLAG_COPIED : e & ~OFLAG_COPIED;
     }
-    const copy = await img.refcounts.allocate(1);
-    await img.proto.write(encodeTable(table, cs), copy);
-    // A fresh copy has one reference: the new L1 table's.
-    l1[i] = BigInt(copy) | OFLAG_COPIED;
+    batch.push({ index: i, raw: encodeTable(table, cs) });
+    if (batch.length * cs >= COPY_BATCH_BYTES) await writeBatch();
   }
+  await writeBatch();
   const rawL1 = encodeTable(l1, cs);
   const l1Offset = await img.refcounts.allocate(rawL1.length / cs);
   await img.proto.write(rawL1, l1Offset);
@@ -174,7 +194,9 @@ async function switchView(
 }
 
 export async function createSnapshot(img: Qcow2Image, name: string, now = Date.now()): Promise<SnapshotEntry> {
-  if (img.snapshots.length >= MAX_SNAPSHOTS) throw new BlockError('Unsupported', `an image holds at most ${MAX_SNAPSHOTS} snapshots`);
+  if (img.snapshots.length >= MAX_SNAPSHOTS) {
+    throw new BlockError('Unsupported', `an image holds at most ${MAX_SNAPSHOTS} snapshots`);
+  }
   // Checked before anything changes: a shared cluster needs a refcount of 2.
   if (img.refcounts.max < 2) throw new BlockError('Unsupported', 'an image with refcount_bits=1 cannot hold snapshots');
   return img.exclusive(async () => {

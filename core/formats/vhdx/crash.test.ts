@@ -96,7 +96,7 @@ describe.skipIf(!HAS_QEMU)('vhdx crash safety', () => {
     }, 240_000);
   }
 
-  it('a flush changing more BAT pages than one QEMU-readable log entry holds: a crash after each entry repairs in qemu-img', async () => {
+  it('a flush of more BAT pages than a QEMU-readable log entry holds: a crash after each entry repairs', async () => {
     const path = t.path('many-pages.vhdx');
     // block_state_zero=off: the blocks start NOT_PRESENT, so zeroing one changes its entry.
     sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M,block_state_zero=off', path, '70G']);
