@@ -5,12 +5,11 @@
  * writes reads identically in Platter; chains made by either tool read the
  * same in both; descriptors and `info` agree.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
+import { hasFuseTool, withFuseMount } from '../../test/fuse.js';
 import { prng, type Rng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
@@ -21,11 +20,7 @@ const MiB = 1 << 20;
 const GiB = 1 << 30;
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
 const HAS_VMDKINFO = hasTool('vmdkinfo', 'apt-get install libvmdk-utils');
-/** vmdkmount needs FUSE, and root to unmount (the tests' machines have no fusermount). */
-const HAS_VMDKMOUNT =
-  hasTool('vmdkmount', 'apt-get install libvmdk-utils') &&
-  ((existsSync('/dev/fuse') && process.getuid?.() === 0) ||
-    (console.warn('SKIPPED tests that need vmdkmount: no /dev/fuse, or not root (needed to unmount)'), false));
+const HAS_VMDKMOUNT = hasFuseTool('vmdkmount', 'apt-get install libvmdk-utils');
 const TIMEOUT = 120_000;
 
 let t: ReturnType<typeof tempDir>;
@@ -269,19 +264,8 @@ describe.skipIf(!HAS_QEMU)('VMDK interop with qemu-img', () => {
         truncateFile(raw, size);
         const out = fresh(`lv-${subformat}`);
         expect((await platter(['convert', '-O', 'vmdk', '-o', `subformat=${subformat}`, raw, out])).code).toBe(0);
-        const mnt = t.path(`mnt-${seq}`);
-        mkdirSync(mnt);
-        // -v keeps it in the foreground; unmounting ends it.
-        const child = spawn('vmdkmount', ['-v', out, mnt], { stdio: 'ignore' });
-        const exited = new Promise((r) => child.once('exit', r));
-        try {
-          for (let i = 0; i < 50 && !existsSync(`${mnt}/vmdk1`); i++) await sleep(100);
-          expect(readFileSync(`${mnt}/vmdk1`).equals(readFileSync(raw))).toBe(true);
-        } finally {
-          shStatus('umount', [mnt]);
-          await Promise.race([exited, sleep(5000)]);
-          if (child.exitCode === null) child.kill();
-        }
+        const seen = await withFuseMount('vmdkmount', out, t.path(`mnt-${seq}`), 'vmdk1', (f) => readFileSync(f));
+        expect(seen.equals(readFileSync(raw))).toBe(true);
       },
       TIMEOUT,
     );

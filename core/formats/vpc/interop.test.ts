@@ -2,7 +2,8 @@
  * Platter's VHD driver against qemu-img and qemu-io (7.2) and libyal's
  * vhdiinfo, both ways, for dynamic and fixed images with and without
  * force_size: what Platter writes compares equal in QEMU and opens in
- * vhdiinfo with the same media size; what QEMU writes reads identically in
+ * vhdiinfo with the same media size, and libvhdi's vhdimount reads its guest
+ * bytes as the source's; what QEMU writes reads identically in
  * Platter; sizes (by creator app), info, map and measure agree.
  */
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
 import { platter } from '../../test/cli.js';
+import { firstDifference, hasFuseTool, withFuseMount } from '../../test/fuse.js';
 import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { qemuIo } from '../../test/qemu.js';
@@ -20,6 +22,7 @@ const KiB = 1024;
 const MiB = 1 << 20;
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
 const HAS_VHDI = hasTool('vhdiinfo', 'apt-get install libvhdi-utils');
+const HAS_VHDIMOUNT = hasFuseTool('vhdimount', 'apt-get install libvhdi-utils');
 
 let t: ReturnType<typeof tempDir>;
 beforeAll(() => (t = tempDir('platter-vpc-interop-')));
@@ -151,6 +154,27 @@ describe.skipIf(!HAS_QEMU)('vpc: what Platter writes', () => {
     expect(q.stderr).toContain("The image size is too large for file format 'vpc'");
     // 2040 GiB itself is allowed.
     expect((await platter(['create', '-q', '-f', 'vpc', '-o', 'force_size=on', t.path('big.vhd'), '2040G'])).code).toBe(0);
+  });
+});
+
+describe.skipIf(!HAS_VHDIMOUNT)('vpc: libvhdi (vhdimount) reads the guest bytes Platter wrote', () => {
+  SUBFORMATS.forEach((sub, n) => {
+    it(`${sub.label}: platter convert -O vpc of a raw file with holes, every byte the source's`, async () => {
+      const raw = t.path(`vm${n}.raw`);
+      const source = makeMixedRaw(raw, 24 * MiB, prng(50 + n), { zeroRun: 2 * MiB });
+      const out = t.path(`vm${n}.vhd`);
+      const r = await platter(['convert', '-O', 'vpc', '-o', sub.options, raw, out]);
+      expect(r.code, r.stderr).toBe(0);
+      // Without force_size the disk rounds up to a CHS geometry (as qemu-img's, tested above): zeros past the source.
+      const mine = await readGuestBytes(out, 'vpc');
+      if (sub.options.includes('force_size')) expect(mine.length).toBe(source.length);
+      expect(mine.length).toBeGreaterThanOrEqual(source.length);
+      const expected = new Uint8Array(mine.length);
+      expected.set(source);
+      expect(firstDifference(mine, expected), 'Platter').toBeUndefined();
+      const seen = await withFuseMount('vhdimount', out, t.path(`vm-mnt-${n}`), 'vhdi1', (f) => readFileSync(f));
+      expect(firstDifference(seen, expected), 'vhdimount').toBeUndefined();
+    });
   });
 });
 
