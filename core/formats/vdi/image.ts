@@ -46,13 +46,22 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
   private readonly ranges = new RangeLock();
   /** Metadata writes, one at a time. */
   private readonly meta = new Mutex();
+  /**
+   * File bytes from here on were never written before, except by the
+   * allocation that took them: a new block there needs no zeros written
+   * around its data, since the file's holes read as zeros. Raised when
+   * blocks are moved (the only other writes past the blocks in use).
+   */
+  private freshFrom: number;
 
   constructor(
     readonly proto: Protocol,
     readonly header: VdiHeader,
     private bmap: BlockMap,
     readonly readOnly: boolean,
+    fileSize: number,
   ) {
+    this.freshFrom = fileSize;
     this.size = header.diskSize;
     let next = header.blocksAllocated;
     for (const e of bmap.entries) if (L.isAllocated(e) && e < header.blocksInImage && e >= next) next = e + 1;
@@ -151,13 +160,17 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
     const runStart = g * BS;
     const runEnd = Math.min((g + count) * BS, end);
     const whole = at === runStart && runEnd === (g + count) * BS;
-    // Whole blocks go straight from the caller's buffer; a partial one is padded with zeros.
+    // Whole blocks go straight from the caller's buffer; a partial one is
+    // padded with zeros, unless its place was never written (then the rest
+    // reads as zeros already, and syncMetadata makes the file cover it).
     let data = buf.subarray(at - offset, runEnd - offset);
-    if (!whole) {
+    let host = this.hostOffset(first) + (at - runStart);
+    if (!whole && this.hostOffset(first) < this.freshFrom) {
       data = new Uint8Array(count * BS);
       data.set(buf.subarray(at - offset, runEnd - offset), at - runStart);
+      host = this.hostOffset(first);
     }
-    await this.proto.write(data, this.hostOffset(first));
+    await this.proto.write(data, host);
     for (let i = 0; i < count; i++) this.bmap.set(g + i, first + i);
     return runEnd;
   }
@@ -240,6 +253,8 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       await this.syncMetadata();
       progress?.(i + batch.length, moves.length);
     }
+    // Moved blocks may have landed past what was written before.
+    this.freshFrom = Math.max(this.freshFrom, await this.proto.size());
   }
 
   private async writeHeader(): Promise<void> {
@@ -256,6 +271,9 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
       if (!this.bmap.hasChanges && this.header.blocksAllocated === this.nextIndex) return;
       const sectors = this.bmap.takeChanges();
       try {
+        // New blocks' unwritten tails may lie past the end of the file: it covers them before the map points there.
+        const end = this.hostOffset(this.nextIndex);
+        if ((await this.proto.size()) < end) await this.proto.truncate(end);
         await this.proto.flush();
         await this.writeHeader();
         await writeMapSectors(this.proto, this.header.offsetBmap, sectors);
@@ -270,7 +288,11 @@ export class VdiImage implements FormatImage, Resizable, Checkable, Compactable 
     const r = this.runs(offset, length).next().value!;
     // Never written and discarded blocks alike read as zeros (QEMU maps both as zero).
     if (!L.isAllocated(r.entry)) return { offset, length: r.len, state: 'zero' };
-    return { offset, length: r.len, state: 'data', hostOffset: this.hostOffset(r.entry) + (offset % BS) };
+    // As QEMU maps them: a dynamic image's stored block is data whatever the
+    // file holds there (a hole in a new block's unwritten part); a static
+    // image's preallocated blocks read as zeros where the file has holes.
+    const hostOffset = this.hostOffset(r.entry) + (offset % BS);
+    return { offset, length: r.len, state: 'data', hostOffset, zero: this.isStatic ? undefined : false };
   }
 
   async flush(): Promise<void> {

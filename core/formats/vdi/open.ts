@@ -10,5 +10,6 @@ export async function openVdi(proto: Protocol, readOnly: boolean): Promise<VdiIm
   const sector = new Uint8Array(Math.min(HEADER_BYTES, fileSize));
   await proto.read(sector, 0);
   const header = parseHeader(sector, fileSize);
-  return new VdiImage(proto, header, await BlockMap.read(proto, header.offsetBmap, header.blocksInImage), readOnly);
+  const bmap = await BlockMap.read(proto, header.offsetBmap, header.blocksInImage);
+  return new VdiImage(proto, header, bmap, readOnly, fileSize);
 }
