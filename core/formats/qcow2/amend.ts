@@ -13,7 +13,7 @@ import { expandZeroClusters } from './expand-zero.js';
 import { featureTableFor } from './header.js';
 import type { Qcow2Image } from './image.js';
 import * as L from './limits.js';
-import { changeRefcountWidth } from './refcount-switch.js';
+import { switchRefcounts } from './refcount-switch.js';
 import { saveSnapshotTable } from './snapshots.js';
 
 const invalid = (msg: string) => new BlockError('InvalidArgument', msg);
@@ -51,7 +51,7 @@ export async function amendQcow2(img: Qcow2Image, o: OptionValues, progress: Ame
     step++;
   }
   if (order !== h.refcountOrder) {
-    await img.exclusive(() => changeRefcountWidth(img, order, stepProgress));
+    await img.exclusive(() => switchRefcounts(img, { order, progress: stepProgress }));
     step++;
   }
   if (o.lazy_refcounts !== undefined && o.lazy_refcounts !== lazy) {

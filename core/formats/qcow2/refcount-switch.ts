@@ -31,14 +31,6 @@ export interface RefcountSwitch {
   progress?: (done: number, total: number) => void;
 }
 
-export function changeRefcountWidth(
-  img: Qcow2Image,
-  order: number,
-  progress: (done: number, total: number) => void = () => undefined,
-): Promise<void> {
-  return switchRefcounts(img, { order, progress });
-}
-
 export async function switchRefcounts(img: Qcow2Image, opts: RefcountSwitch): Promise<void> {
   const order = opts.order ?? img.header.refcountOrder;
   const delta = opts.delta ?? new Map<number, number>();
