@@ -3,7 +3,7 @@
 import { build } from 'esbuild';
 
 await build({
-  entryPoints: { cli: 'core/cli/main.ts' },
+  entryPoints: { cli: 'core/cli/main.ts', 'copy-worker': 'core/ops/copy-worker.ts' },
   outdir: 'dist',
   outExtension: { '.js': '.mjs' },
   bundle: true,
@@ -49,6 +49,7 @@ await build({
       entryPoints: {
         main: 'electron/main.ts',
         'job-worker': 'electron/job-worker.ts',
+        'copy-worker': 'core/ops/copy-worker.ts',
         'web-host': 'electron/web/start.ts',
       },
       define: { ...electronBundle.define, 'import.meta.url': '__platterModuleUrl' },

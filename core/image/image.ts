@@ -5,6 +5,7 @@
 import type { Protocol } from '../io/protocol.js';
 import { hasCompressedWrites, type FormatDriver, type FormatImage, type FormatInfo } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
+import type { OpenOptions } from './open.js';
 
 /** The state of a run of guest bytes across the whole chain (qemu's block status). */
 export interface BlockStatus {
@@ -26,6 +27,12 @@ export interface BlockStatus {
 }
 
 export class Image {
+  /**
+   * How openImage opened it (the format filled in), so that another thread
+   * can open the same image: a copy worker (see ops/copy-workers.ts).
+   */
+  openedAs?: { filename: string; options: OpenOptions };
+
   constructor(
     readonly filename: string,
     readonly driver: FormatDriver,

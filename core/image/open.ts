@@ -32,6 +32,8 @@ export interface OpenOptions {
   forCheck?: boolean;
   /** How writes reach the disk; 'unsafe' makes flushes no-ops (qemu-img's -t). */
   cache?: CacheMode;
+  /** Blocking reads and writes on this thread, for every file of the chain (see FileOpenOptions). */
+  blocking?: boolean;
 }
 
 /** Backing chains deeper than this are refused (they are loops or mistakes). */
@@ -87,7 +89,8 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
   const readOnly = opts.readOnly ?? true;
   const explicit = opts.format ? findDriver(opts.format) : undefined;
   const name = opts.displayName ?? filename;
-  const proto = await openProtocol(filename, { readOnly, displayName: name, cache: opts.cache });
+  const { cache, blocking } = opts;
+  const proto = await openProtocol(filename, { readOnly, displayName: name, cache, blocking });
   try {
     const driver = explicit ?? probeDriver(await readProbeInput(proto));
     if (opts.snapshot !== undefined && !readOnly) {
@@ -96,7 +99,7 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
     const openFile = async (file: string, o: { readOnly: boolean; what: string }) => {
       const path = resolveNamedFile(filename, file);
       await checkFileAllowed(name, o.what, file, path, opts.allowExternalFiles ?? false);
-      return openProtocol(path, { readOnly: o.readOnly, displayName: resolveNamedFile(name, file), cache: opts.cache });
+      return openProtocol(path, { readOnly: o.readOnly, displayName: resolveNamedFile(name, file), cache, blocking });
     };
     const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair, forCheck: opts.forCheck, openFile });
     if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
@@ -117,7 +120,13 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
         }
         backing = await openChain(
           path,
-          { format: ref.format, readOnly: true, allowExternalFiles: opts.allowExternalFiles, displayName: resolveNamedFile(name, ref.filename) },
+          {
+            format: ref.format,
+            readOnly: true,
+            allowExternalFiles: opts.allowExternalFiles,
+            displayName: resolveNamedFile(name, ref.filename),
+            blocking,
+          },
           chain,
         );
         layer.setBacking(backing);
@@ -126,7 +135,9 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
       await layer.close();
       throw err;
     }
-    return new Image(name, driver, layer, proto, backing);
+    const image = new Image(name, driver, layer, proto, backing);
+    image.openedAs = { filename, options: { ...opts, format: driver.name } };
+    return image;
   } catch (err) {
     await proto.close();
     throw toBlockError(err, { path: name, op: 'open' });

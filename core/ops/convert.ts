@@ -8,6 +8,7 @@ import { createImage, openImage, type NewImage } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
 import { copySpans, DEFAULT_COPY_OPTIONS, type CopyOptions, type CopySpan } from './copy.js';
+import { copyInWorkers } from './copy-workers.js';
 import type { CacheMode } from '../io/protocol.js';
 import type { JobContext } from './job.js';
 
@@ -76,6 +77,9 @@ export async function copyIntoTarget(
   copy: CopyOptions,
   ctx: JobContext,
 ): Promise<void> {
+  const copyAll = async (target: Image, c: CopyOptions) => {
+    if (!(await copyInWorkers(spans, target, c, ctx))) await copySpans(spans, target, c, ctx);
+  };
   const cache = opts.cache ?? 'writeback';
   const durable = cache === 'writeback';
   if (opts.noCreate) {
@@ -86,7 +90,7 @@ export async function copyIntoTarget(
           path: opts.target,
         });
       }
-      await copySpans(spans, target, copy, ctx);
+      await copyAll(target, copy);
       if (durable) await target.flush();
     } finally {
       await target.close();
@@ -99,7 +103,7 @@ export async function copyIntoTarget(
   let created: NewImage | undefined;
   try {
     created = await createImage(opts.target, driver, size, values, { cache });
-    await copySpans(spans, created.image, { ...copy, targetIsZero: true }, ctx);
+    await copyAll(created.image, { ...copy, targetIsZero: true });
     await created.commit({ durable });
   } catch (err) {
     await created?.abort();

@@ -76,7 +76,7 @@ class Throttle {
 }
 
 /** Splits spans into chunks that never cross a span (or chunk-size) boundary. */
-function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopySpan> {
+export function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopySpan> {
   for (const span of spans) {
     for (let at = 0; at < span.length; ) {
       // Align chunk ends to the target's chunk grid, so requests stay aligned.

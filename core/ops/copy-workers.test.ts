@@ -1,0 +1,150 @@
+/**
+ * Copies into raw files on worker threads. The threads run the built worker
+ * script (dist/, which `npm test` builds first), so most tests go through the
+ * built CLI; PLATTER_COPY_THREADS picks the thread count, 1 being the
+ * in-process pipeline to compare with.
+ */
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlockError } from '../image/errors.js';
+import { createImage, openImage } from '../image/open.js';
+import { findDriver } from '../image/registry.js';
+import { platterProcess } from '../test/cli.js';
+import { makeMixedRaw } from '../test/images.js';
+import { prng } from '../test/prng.js';
+import { qemuCompare } from '../test/qemu.js';
+import { hasTool, sh, tempDir } from '../test/tmp.js';
+import { copyInWorkers } from './copy-workers.js';
+import { DEFAULT_COPY_OPTIONS } from './copy.js';
+
+const MiB = 1 << 20;
+/** Above copy-workers' MIN_BYTES, so the CLI copies on threads. */
+const SIZE = 96 * MiB;
+const SCRIPT = new URL('../../dist/copy-worker.mjs', import.meta.url);
+const hasQemu = hasTool('qemu-img', 'apt-get install qemu-utils');
+
+const t = tempDir();
+afterAll(() => t.cleanup());
+
+const allocated = (p: string) => statSync(p).blocks * 512;
+
+/** A qcow2 image whose L2 entry for guest offset 70 MiB has a reserved bit set: reading there fails. */
+function makeBadQcow2(name: string): string {
+  const src = t.path(name);
+  sh('qemu-img', ['create', '-q', '-f', 'qcow2', src, String(SIZE)]);
+  sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x55 0 64k', '-c', 'write -P 0x66 70M 64k', src]);
+  // Set a reserved bit in the L2 entry of guest cluster 70M / 64K.
+  const file = readFileSync(src);
+  const l1 = Number(file.readBigUInt64BE(40));
+  const l2 = Number(file.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+  const at = l2 + ((70 * MiB) / 65536) * 8;
+  const fd = openSync(src, 'r+');
+  const entry = Buffer.alloc(8);
+  entry.writeBigUInt64BE(file.readBigUInt64BE(at) | 0x2n);
+  writeSync(fd, entry, 0, 8, at);
+  closeSync(fd);
+  return src;
+}
+
+describe('copy on worker threads', () => {
+  it('the worker script is built', () => {
+    expect(existsSync(SCRIPT), `${fileURLToPath(SCRIPT)} missing: run npm run build`).toBe(true);
+  });
+
+  it('raw -> raw: byte for byte, written zeros and holes left as holes, like the in-process copy', () => {
+    const src = t.path('mixed.raw');
+    const content = makeMixedRaw(src, SIZE, prng(7), { zeroRun: 3 * MiB });
+    for (const threads of ['1', '2', '3']) {
+      const out = t.path(`out-${threads}.raw`);
+      const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, out], { env: { PLATTER_COPY_THREADS: threads } });
+      expect(r, `threads=${threads}`).toMatchObject({ code: 0, stderr: '' });
+      expect(Buffer.compare(readFileSync(out), content), `threads=${threads}`).toBe(0);
+    }
+    // The 3 MiB of written zeros became a hole on every path.
+    expect(allocated(t.path('out-2.raw'))).toBe(allocated(t.path('out-1.raw')));
+    expect(allocated(t.path('out-3.raw'))).toBe(allocated(t.path('out-1.raw')));
+    expect(allocated(t.path('out-2.raw'))).toBeLessThan(allocated(src) - 2 * MiB);
+  });
+
+  it.skipIf(!hasQemu)('qcow2 with a backing file -> raw: equal to the source per qemu-img', () => {
+    const base = t.path('base.qcow2');
+    const top = t.path('top.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(SIZE)]);
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 1M 20M', '-c', 'write -P 0x22 90M 5M', base]);
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top]);
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 10M 3M', '-c', 'write -z 15M 1M', '-c', 'write -P 0x44 60M 64k', top]);
+    const out = t.path('top.raw');
+    const r = platterProcess(['convert', '-f', 'qcow2', '-O', 'raw', top, out], { env: { PLATTER_COPY_THREADS: '2' } });
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(qemuCompare(top, out)).toMatch(/identical/);
+  });
+
+  it('-n into an existing raw file overwrites its old bytes, zeros included', () => {
+    const src = t.path('mixed-n.raw');
+    const content = makeMixedRaw(src, SIZE, prng(8));
+    const out = t.path('dirty.raw');
+    writeFileSync(out, Buffer.alloc(SIZE, 0xee));
+    const r = platterProcess(['convert', '-n', '-f', 'raw', '-O', 'raw', src, out], { env: { PLATTER_COPY_THREADS: '2' } });
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(Buffer.compare(readFileSync(out), content)).toBe(0);
+  });
+
+  it.skipIf(!hasQemu)("a thread's error ends the convert as one line, and no target is left", () => {
+    const src = makeBadQcow2('bad.qcow2');
+    const r = platterProcess(['convert', '-f', 'qcow2', '-O', 'raw', src, t.path('bad.raw')], {
+      env: { PLATTER_COPY_THREADS: '2' },
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^platter: ${src}: .*reserved bits are set\\n$`));
+    expect(readdirSync(t.dir).filter((n) => n.includes('bad.raw'))).toEqual([]);
+  });
+
+  it.skipIf(!hasQemu)('runs on threads when called directly, and a thread\'s BlockError arrives whole', async () => {
+    const src = t.path('direct.raw');
+    const content = makeMixedRaw(src, SIZE, prng(10));
+    const source = await openImage(src, { format: 'raw' });
+    const created = await createImage(t.path('direct-out.raw'), findDriver('raw'), SIZE, {});
+    try {
+      const spans = [{ source, sourceOffset: 0, length: SIZE, targetOffset: 0 }];
+      const opts = { ...DEFAULT_COPY_OPTIONS, targetIsZero: true };
+      expect(await copyInWorkers(spans, created.image, opts, {}, SCRIPT)).toBe(true);
+      expect(Buffer.compare(readFileSync(created.image.openedAs!.filename), content)).toBe(0);
+      const badPath = makeBadQcow2('bad-direct.qcow2');
+      const bad = await openImage(badPath, { format: 'qcow2' });
+      try {
+        const err = await copyInWorkers([{ ...spans[0], source: bad }], created.image, opts, {}, SCRIPT).catch((e) => e);
+        expect(err).toBeInstanceOf(BlockError);
+        expect(err).toMatchObject({ kind: 'Corrupt', context: { path: badPath } });
+      } finally {
+        await bad.close();
+      }
+    } finally {
+      await created.abort();
+      await source.close();
+    }
+  });
+
+  it('a cancel stops every thread, and the copy returns only then', async () => {
+    const src = t.path('cancel.raw');
+    makeMixedRaw(src, SIZE, prng(9));
+    const source = await openImage(src, { format: 'raw' });
+    const created = await createImage(t.path('cancel-out.raw'), findDriver('raw'), SIZE, {});
+    const controller = new AbortController();
+    try {
+      const copy = copyInWorkers(
+        [{ source, sourceOffset: 0, length: SIZE, targetOffset: 0 }],
+        created.image,
+        { ...DEFAULT_COPY_OPTIONS, targetIsZero: true },
+        { signal: controller.signal, onProgress: () => controller.abort() },
+        SCRIPT,
+      );
+      await expect(copy).rejects.toThrow(new BlockError('Cancelled', 'cancelled'));
+      // Cancelled at the first progress report, before any chunk: no thread wrote a byte.
+      expect(allocated(created.image.openedAs!.filename)).toBe(0);
+    } finally {
+      await created.abort();
+      await source.close();
+    }
+  });
+});
