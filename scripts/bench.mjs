@@ -76,7 +76,8 @@ function parseOptions(argv) {
 const OPERATIONS = [
   'convert', 'convert-writeback', 'convert-unsafe',
   'to-qcow2', 'to-qcow2-unsafe', 'from-qcow2', 'from-qcow2-unsafe', 'compress',
-  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2', 'to-vpc', 'to-vhdx', 'vhdx-to-qcow2',
+  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
+  'to-vpc', 'to-vpc-unsafe', 'to-vhdx', 'to-vhdx-unsafe', 'vhdx-to-qcow2', 'vhdx-to-qcow2-unsafe',
   'compare', 'map', 'hash',
 ];
 
@@ -435,6 +436,7 @@ function operations(img, dir, qemuImg) {
     if (!fs.existsSync(hsrc)) spawnSync(qemuImg, ['convert', '-f', 'raw', '-O', 'vhdx', img.src, hsrc]);
   };
   const rawTo = (fmt, ...o) => ['-f', 'raw', '-O', fmt, ...o];
+  const vhdxToQcow2 = ['-f', 'vhdx', '-O', 'qcow2'];
   return [
     convertRow('convert', 'raw->raw convert', rawToRaw, rawToRaw, img.src, dst),
     // Not a target, a diagnosis: qemu-img convert defaults to cache=unsafe
@@ -465,9 +467,12 @@ function operations(img, dir, qemuImg) {
     // The source is qemu-img's own monolithicSparse copy of the mixed image, made once.
     convertRow('vmdk-to-qcow2', 'vmdk->qcow2 convert', ['-f', 'vmdk', '-O', 'qcow2'], ['-f', 'vmdk', '-O', 'qcow2'], vsrc, qdst, makeVsrc),
     convertRow('to-vpc', 'raw->vpc convert', rawTo('vpc'), rawTo('vpc'), img.src, out('vhd')),
+    convertRow('to-vpc-unsafe', 'raw->vpc, platter -t unsafe', ['-t', 'unsafe', ...rawTo('vpc')], rawTo('vpc'), img.src, out('vhd')),
     convertRow('to-vhdx', 'raw->vhdx convert', rawTo('vhdx'), rawTo('vhdx'), img.src, out('vhdx')),
+    convertRow('to-vhdx-unsafe', 'raw->vhdx, platter -t unsafe', ['-t', 'unsafe', ...rawTo('vhdx')], rawTo('vhdx'), img.src, out('vhdx')),
     // The source is qemu-img's own vhdx copy of the mixed image, made once.
-    convertRow('vhdx-to-qcow2', 'vhdx->qcow2 convert', ['-f', 'vhdx', '-O', 'qcow2'], ['-f', 'vhdx', '-O', 'qcow2'], hsrc, qdst, makeHsrc),
+    convertRow('vhdx-to-qcow2', 'vhdx->qcow2 convert', vhdxToQcow2, vhdxToQcow2, hsrc, qdst, makeHsrc),
+    convertRow('vhdx-to-qcow2-unsafe', 'vhdx->qcow2, platter -t unsafe', ['-t', 'unsafe', ...vhdxToQcow2], vhdxToQcow2, hsrc, qdst, makeHsrc),
     {
       name: 'compare',
       title: 'compare (identical)',
@@ -680,9 +685,9 @@ function targets(results) {
     convertTarget('raw->vmdk convert', 'to-vmdk', undefined, TARGETS.convertRatio),
     convertTarget('raw->vmdk streamOptimized', 'to-vmdk-stream', undefined, TARGETS.convertRatio),
     convertTarget('vmdk->qcow2 convert', 'vmdk-to-qcow2', undefined, TARGETS.convertRatio),
-    convertTarget('raw->vpc convert', 'to-vpc', undefined, TARGETS.convertRatio),
-    convertTarget('raw->vhdx convert', 'to-vhdx', undefined, TARGETS.convertRatio),
-    convertTarget('vhdx->qcow2 convert', 'vhdx-to-qcow2', undefined, TARGETS.convertRatio),
+    convertTarget('raw->vpc convert', 'to-vpc', 'to-vpc-unsafe', TARGETS.convertRatio),
+    convertTarget('raw->vhdx convert', 'to-vhdx', 'to-vhdx-unsafe', TARGETS.convertRatio),
+    convertTarget('vhdx->qcow2 convert', 'vhdx-to-qcow2', 'vhdx-to-qcow2-unsafe', TARGETS.convertRatio),
     { name: 'hash <= 1.20x sha256sum', value: fmt(by.hash?.ratio, 'x'), pass: judge(by.hash?.ratio, TARGETS.hashRatio) },
     { name: `peak memory <= ${TARGETS.peakMiB} MiB`, value: peak === null ? 'n/a' : `${peak.toFixed(0)} MiB`, pass: judge(peak, TARGETS.peakMiB) },
   ];
