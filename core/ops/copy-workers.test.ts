@@ -4,7 +4,8 @@
  * built CLI; PLATTER_COPY_THREADS picks the thread count, 1 being the
  * in-process pipeline to compare with.
  */
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockError } from '../image/errors.js';
@@ -122,6 +123,27 @@ describe('copy on worker threads', () => {
     } finally {
       await created.abort();
       await source.close();
+    }
+  });
+
+  it('a full disk under the threads: one line, and nothing left on the disk', () => {
+    const mnt = t.path('small');
+    mkdirSync(mnt);
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
+    if (mount.status !== 0) {
+      console.warn('SKIPPED threaded full-disk test: cannot mount a small tmpfs here (needs root)');
+      return;
+    }
+    try {
+      const src = t.path('full.raw');
+      makeMixedRaw(src, SIZE, prng(11), { zeroRun: 0 });
+      writeFileSync(src, Buffer.alloc(16 * MiB, 0x33), { flag: 'r+' });
+      const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, `${mnt}/out.raw`], { env: { PLATTER_COPY_THREADS: '2' } });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`platter: ${mnt}/out.raw: no space left on device\n`);
+      expect(readdirSync(mnt)).toEqual([]);
+    } finally {
+      execFileSync('umount', [mnt]);
     }
   });
 
