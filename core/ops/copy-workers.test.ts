@@ -81,6 +81,33 @@ describe('copy on worker threads', () => {
     expect(qemuCompare(top, out)).toMatch(/identical/);
   });
 
+  it.skipIf(!hasQemu)('convert -l: an internal snapshot, reopened by every thread, equals qemu-img\'s export', () => {
+    const src = t.path('snap.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', src, String(SIZE)]);
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x71 2M 30M', '-c', 'write -P 0x72 80M 10M', src]);
+    sh('qemu-img', ['snapshot', '-c', 'before', src]);
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x73 0 90M', src]);
+    const ours = t.path('snap-ours.raw');
+    const theirs = t.path('snap-theirs.raw');
+    const r = platterProcess(['convert', '-l', 'snapshot.name=before', '-f', 'qcow2', '-O', 'raw', src, ours], {
+      env: { PLATTER_COPY_THREADS: '2' },
+    });
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    sh('qemu-img', ['convert', '-l', 'snapshot.name=before', '-f', 'qcow2', '-O', 'raw', src, theirs]);
+    expect(Buffer.compare(readFileSync(ours), readFileSync(theirs))).toBe(0);
+  });
+
+  it('dd with skip and count: the bytes coreutils dd would copy', () => {
+    const src = t.path('dd-src.raw');
+    const content = makeMixedRaw(src, SIZE, prng(12));
+    const out = t.path('dd-out.raw');
+    const r = platterProcess(['dd', '-f', 'raw', '-O', 'raw', 'bs=1M', 'skip=3', 'count=80', `if=${src}`, `of=${out}`], {
+      env: { PLATTER_COPY_THREADS: '3' },
+    });
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(Buffer.compare(readFileSync(out), Buffer.from(content.subarray(3 * MiB, 83 * MiB)))).toBe(0);
+  });
+
   it('-n into an existing raw file overwrites its old bytes, zeros included', () => {
     const src = t.path('mixed-n.raw');
     const content = makeMixedRaw(src, SIZE, prng(8));

@@ -76,10 +76,13 @@ function workerScript(): URL | undefined {
   return existsSync(url) ? url : undefined;
 }
 
+/** At most this many threads even when asked for more (qemu-img's -m allows as many requests). */
+const MAX_ASKED = 16;
+
 /** Threads to copy with, this one included: PLATTER_COPY_THREADS, else one per core up to MAX_THREADS. */
 function threadCount(): number {
   const asked = Number(process.env.PLATTER_COPY_THREADS);
-  return Number.isInteger(asked) && asked >= 1 ? Math.min(asked, MAX_THREADS * 4) : Math.min(availableParallelism(), MAX_THREADS);
+  return Number.isInteger(asked) && asked >= 1 ? Math.min(asked, MAX_ASKED) : Math.min(availableParallelism(), MAX_THREADS);
 }
 
 /** The chunks this thread takes, in order: each goes to whichever thread asks for it first. */
