@@ -174,6 +174,26 @@ describe('copy on worker threads', () => {
     }
   });
 
+  it('a thread that cannot start is reported as an error, never ignored', async () => {
+    const src = t.path('nothread.raw');
+    makeMixedRaw(src, SIZE, prng(13));
+    const source = await openImage(src, { format: 'raw' });
+    const created = await createImage(t.path('nothread-out.raw'), findDriver('raw'), SIZE, {});
+    try {
+      const copy = copyInWorkers(
+        [{ source, sourceOffset: 0, length: SIZE, targetOffset: 0 }],
+        created.image,
+        { ...DEFAULT_COPY_OPTIONS, targetIsZero: true },
+        {},
+        new URL('./no-such-copy-worker.mjs', SCRIPT),
+      );
+      await expect(copy).rejects.toBeInstanceOf(BlockError);
+    } finally {
+      await created.abort();
+      await source.close();
+    }
+  });
+
   it('a cancel stops every thread, and the copy returns only then', async () => {
     const src = t.path('cancel.raw');
     makeMixedRaw(src, SIZE, prng(9));

@@ -184,7 +184,15 @@ export async function copyInWorkers(
       { length: threads - 1 },
       () =>
         new Promise<void>((resolve) => {
-          const worker = new Worker(script, { workerData: task });
+          let worker: Worker;
+          try {
+            worker = new Worker(script, { workerData: task });
+          } catch (err) {
+            // No thread to be had (a resource limit): the copy stops, the threads started so far with it.
+            fail(toBlockError(err, { path: target.filename }));
+            resolve();
+            return;
+          }
           worker.on('message', (m: CopyWorkerMessage) => {
             if (m.type === 'progress') meter.add(m.bytes);
             else if (m.type === 'error') {
