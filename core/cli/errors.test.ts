@@ -2,11 +2,11 @@
  * Every bad input reaches the user as one line, `platter: FILE: what is
  * wrong`, with no stack trace, and leaves nothing half-written behind.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { platter, platterProcess, spawnPlatter } from '../test/cli.js';
-import { tempDir } from '../test/tmp.js';
+import { tempDir, withSmallDisk } from '../test/tmp.js';
 
 let t: ReturnType<typeof tempDir>;
 beforeAll(() => {
@@ -82,22 +82,14 @@ describe('bad inputs', () => {
 
   it('a full disk mid-convert: a clear error and no target left', () => {
     const mnt = t.path('small');
-    mkdirSync(mnt);
-    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt]);
-    if (mount.status !== 0) {
-      console.warn('SKIPPED full-disk test: cannot mount a small tmpfs here (needs root)');
-      return;
-    }
-    try {
+    withSmallDisk(mnt, '2m', 'full-disk test', () => {
       const src = t.path('big.raw');
       writeFileSync(src, Buffer.alloc(8 << 20, 0x33));
       const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, `${mnt}/out.raw`]);
       expect(r.code).toBe(1);
       expectOneLine(r.stderr, `platter: ${mnt}/out.raw: no space left on device`);
       expect(readdirSync(mnt)).toEqual([]);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+    });
   });
 
   it('stack traces only with PLATTER_DEBUG=1', () => {

@@ -4,8 +4,7 @@
  * built CLI; PLATTER_COPY_THREADS picks the thread count, 1 being the
  * in-process pipeline to compare with.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockError } from '../image/errors.js';
@@ -15,7 +14,7 @@ import { platterProcess } from '../test/cli.js';
 import { makeMixedRaw } from '../test/images.js';
 import { prng } from '../test/prng.js';
 import { qemuCompare } from '../test/qemu.js';
-import { hasTool, sh, tempDir } from '../test/tmp.js';
+import { hasTool, sh, tempDir, withSmallDisk } from '../test/tmp.js';
 import { copyInWorkers } from './copy-workers.js';
 import { DEFAULT_COPY_OPTIONS } from './copy.js';
 
@@ -155,13 +154,7 @@ describe('copy on worker threads', () => {
 
   it('a full disk under the threads: one line, and nothing left on the disk', () => {
     const mnt = t.path('small');
-    mkdirSync(mnt);
-    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
-    if (mount.status !== 0) {
-      console.warn('SKIPPED threaded full-disk test: cannot mount a small tmpfs here (needs root)');
-      return;
-    }
-    try {
+    withSmallDisk(mnt, '8m', 'threaded full-disk test', () => {
       const src = t.path('full.raw');
       makeMixedRaw(src, SIZE, prng(11), { zeroRun: 0 });
       writeFileSync(src, Buffer.alloc(16 * MiB, 0x33), { flag: 'r+' });
@@ -169,10 +162,9 @@ describe('copy on worker threads', () => {
       expect(r.code).toBe(1);
       expect(r.stderr).toBe(`platter: ${mnt}/out.raw: no space left on device\n`);
       expect(readdirSync(mnt)).toEqual([]);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+    });
   });
+
 
   it('a thread that cannot start is reported as an error, never ignored', async () => {
     const src = t.path('nothread.raw');

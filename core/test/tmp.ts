@@ -1,6 +1,6 @@
 /** Test helpers: temporary folders and external tools that may be missing. */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -29,4 +29,22 @@ export function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): st
 export function shStatus(cmd: string, args: string[], opts: { cwd?: string } = {}) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * Runs `fn` with a tmpfs of `size` (e.g. '2m') mounted at `dir`, for tests of
+ * a full disk; unmounts after. Without root there is no such mount: `what`
+ * is reported as skipped and `fn` does not run.
+ */
+export function withSmallDisk(dir: string, size: string, what: string, fn: () => void): void {
+  mkdirSync(dir);
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]).status !== 0) {
+    console.warn(`SKIPPED ${what}: cannot mount a small tmpfs here (needs root)`);
+    return;
+  }
+  try {
+    fn();
+  } finally {
+    execFileSync('umount', [dir]);
+  }
 }
