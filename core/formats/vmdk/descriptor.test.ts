@@ -50,6 +50,13 @@ describe('VMDK descriptor', () => {
     expect(formatDescriptor(d)).toBe(QEMU_SPLIT);
   });
 
+  it('writes CIDs as qemu-img does (%x), so a CID under 0x10000000 has no leading zero', () => {
+    const d = parseDescriptor(QEMU_SPLIT);
+    const text = formatDescriptor({ ...d, cid: 0x6cdc924, parentCid: 0x0000abcd });
+    expect(text).toContain('\nCID=6cdc924\nparentCID=abcd\n');
+    expect(parseDescriptor(text)).toMatchObject({ cid: 0x6cdc924, parentCid: 0xabcd });
+  });
+
   it('reads every extent kind, CRLF line ends, a parent and VMware keys', () => {
     const text = [
       '# Disk DescriptorFile',
@@ -124,7 +131,8 @@ describe('VMDK descriptor', () => {
   it('changes only the CID line', () => {
     const text = QEMU_SPLIT.replace('version=1', 'version=1\n# a comment\nsomeVMwareKey="x"');
     const changed = replaceCid(text, 0xabc);
-    expect(changed).toBe(text.replace('CID=58b36504', 'CID=00000abc'));
+    // QEMU's vmdk_write_cid prints it with %x: no leading zeros.
+    expect(changed).toBe(text.replace('CID=58b36504', 'CID=abc'));
     expect(parseDescriptor(changed).cid).toBe(0xabc);
     expect(parseDescriptor(changed).parentCid).toBe(0xffffffff);
   });

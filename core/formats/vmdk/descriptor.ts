@@ -123,7 +123,8 @@ export function parseDescriptor(text: string): Descriptor {
   };
 }
 
-const hex = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
+/** CIDs as QEMU prints them (%x): no leading zeros. */
+const hex = (n: number) => (n >>> 0).toString(16);
 
 export function formatExtentLine(e: ExtentLine): string {
   const file = e.file === undefined ? '' : ` "${e.file}"`;
