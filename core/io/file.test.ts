@@ -1,11 +1,22 @@
-import { closeSync, ftruncateSync, openSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  ftruncateSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockError } from '../image/errors.js';
-import { platterProcess } from '../test/cli.js';
-import { tempDir } from '../test/tmp.js';
+import { PLATTER_BIN, platterProcess } from '../test/cli.js';
+import { hasTool, tempDir } from '../test/tmp.js';
 import { FileProtocol } from './file.js';
 
 const MiB = 1 << 20;
+const hasStrace = hasTool('strace', 'apt-get install strace');
 let t: ReturnType<typeof tempDir>;
 beforeEach(() => (t = tempDir()));
 afterEach(() => t.cleanup());
@@ -108,5 +119,27 @@ describe('FileProtocol', () => {
       kind: 'InvalidArgument',
       message: 'file already exists',
     });
+  });
+
+  it.skipIf(!hasStrace)('never writes more than 1 MiB in one call (never a whole aligned 2 MiB: MAX_WRITE)', () => {
+    const src = t.path('data.raw');
+    const content = Buffer.alloc(6 * MiB);
+    for (let i = 0; i < content.length; i += 4096) content[i] = (i / 4096) % 251 || 1;
+    writeFileSync(src, content);
+    const out = t.path('out.raw');
+    const trace = t.path('trace');
+    // The in-process pipeline, whose chunks are 2 MiB and aligned: each would be one call.
+    // -ff: a file per thread, so no call is split across lines.
+    const convert = [PLATTER_BIN, 'convert', '-f', 'raw', '-O', 'raw', src, out];
+    const r = spawnSync('strace', ['-ff', '-e', 'trace=pwrite64', '-o', trace, process.execPath, ...convert], {
+      env: { ...process.env, PLATTER_COPY_THREADS: '1' },
+      encoding: 'utf8',
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(readFileSync(out).equals(content)).toBe(true);
+    const traced = readdirSync(t.dir).filter((n) => n.startsWith('trace.')).map((n) => readFileSync(t.path(n), 'utf8'));
+    const sizes = [...traced.join('\n').matchAll(/pwrite64\(\d+, .*, (\d+), \d+\) = \d+/g)].map((m) => Number(m[1]));
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(content.length);
+    expect(Math.max(...sizes)).toBe(MiB);
   });
 });

@@ -4,7 +4,16 @@
  * built CLI; PLATTER_COPY_THREADS picks the thread count, 1 being the
  * in-process pipeline to compare with.
  */
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockError } from '../image/errors.js';
@@ -57,7 +66,9 @@ describe('copy on worker threads', () => {
     const content = makeMixedRaw(src, SIZE, prng(7), { zeroRun: 3 * MiB });
     for (const threads of ['1', '2', '3']) {
       const out = t.path(`out-${threads}.raw`);
-      const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, out], { env: { PLATTER_COPY_THREADS: threads } });
+      const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, out], {
+        env: { PLATTER_COPY_THREADS: threads },
+      });
       expect(r, `threads=${threads}`).toMatchObject({ code: 0, stderr: '' });
       expect(Buffer.compare(readFileSync(out), content), `threads=${threads}`).toBe(0);
     }
@@ -73,7 +84,8 @@ describe('copy on worker threads', () => {
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(SIZE)]);
     sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 1M 20M', '-c', 'write -P 0x22 90M 5M', base]);
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top]);
-    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 10M 3M', '-c', 'write -z 15M 1M', '-c', 'write -P 0x44 60M 64k', top]);
+    const writes = ['write -P 0x33 10M 3M', 'write -z 15M 1M', 'write -P 0x44 60M 64k'];
+    sh('qemu-io', ['-f', 'qcow2', ...writes.flatMap((w) => ['-c', w]), top]);
     const out = t.path('top.raw');
     const r = platterProcess(['convert', '-f', 'qcow2', '-O', 'raw', top, out], { env: { PLATTER_COPY_THREADS: '2' } });
     expect(r).toMatchObject({ code: 0, stderr: '' });
@@ -100,7 +112,8 @@ describe('copy on worker threads', () => {
     const src = t.path('dd-src.raw');
     const content = makeMixedRaw(src, SIZE, prng(12));
     const out = t.path('dd-out.raw');
-    const r = platterProcess(['dd', '-f', 'raw', '-O', 'raw', 'bs=1M', 'skip=3', 'count=80', `if=${src}`, `of=${out}`], {
+    const dd = ['dd', '-f', 'raw', '-O', 'raw', 'bs=1M', 'skip=3', 'count=80', `if=${src}`, `of=${out}`];
+    const r = platterProcess(dd, {
       env: { PLATTER_COPY_THREADS: '3' },
     });
     expect(r).toMatchObject({ code: 0, stderr: '' });
@@ -112,7 +125,9 @@ describe('copy on worker threads', () => {
     const content = makeMixedRaw(src, SIZE, prng(8));
     const out = t.path('dirty.raw');
     writeFileSync(out, Buffer.alloc(SIZE, 0xee));
-    const r = platterProcess(['convert', '-n', '-f', 'raw', '-O', 'raw', src, out], { env: { PLATTER_COPY_THREADS: '2' } });
+    const r = platterProcess(['convert', '-n', '-f', 'raw', '-O', 'raw', src, out], {
+      env: { PLATTER_COPY_THREADS: '2' },
+    });
     expect(r).toMatchObject({ code: 0, stderr: '' });
     expect(Buffer.compare(readFileSync(out), content)).toBe(0);
   });
@@ -140,7 +155,8 @@ describe('copy on worker threads', () => {
       const badPath = makeBadQcow2('bad-direct.qcow2');
       const bad = await openImage(badPath, { format: 'qcow2' });
       try {
-        const err = await copyInWorkers([{ ...spans[0], source: bad }], created.image, opts, {}, SCRIPT).catch((e) => e);
+        const badSpans = [{ ...spans[0], source: bad }];
+        const err = await copyInWorkers(badSpans, created.image, opts, {}, SCRIPT).catch((e) => e);
         expect(err).toBeInstanceOf(BlockError);
         expect(err).toMatchObject({ kind: 'Corrupt', context: { path: badPath } });
       } finally {
@@ -158,7 +174,9 @@ describe('copy on worker threads', () => {
       const src = t.path('full.raw');
       makeMixedRaw(src, SIZE, prng(11), { zeroRun: 0 });
       writeFileSync(src, Buffer.alloc(16 * MiB, 0x33), { flag: 'r+' });
-      const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, `${mnt}/out.raw`], { env: { PLATTER_COPY_THREADS: '2' } });
+      const r = platterProcess(['convert', '-f', 'raw', '-O', 'raw', src, `${mnt}/out.raw`], {
+        env: { PLATTER_COPY_THREADS: '2' },
+      });
       expect(r.code).toBe(1);
       expect(r.stderr).toBe(`platter: ${mnt}/out.raw: no space left on device\n`);
       expect(readdirSync(mnt)).toEqual([]);

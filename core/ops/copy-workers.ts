@@ -82,7 +82,8 @@ const MAX_ASKED = 16;
 /** Threads to copy with, this one included: PLATTER_COPY_THREADS, else one per core up to MAX_THREADS. */
 function threadCount(): number {
   const asked = Number(process.env.PLATTER_COPY_THREADS);
-  return Number.isInteger(asked) && asked >= 1 ? Math.min(asked, MAX_ASKED) : Math.min(availableParallelism(), MAX_THREADS);
+  if (Number.isInteger(asked) && asked >= 1) return Math.min(asked, MAX_ASKED);
+  return Math.min(availableParallelism(), MAX_THREADS);
 }
 
 /** The chunks this thread takes, in order: each goes to whichever thread asks for it first. */
@@ -202,7 +203,8 @@ export async function copyInWorkers(
           });
           worker.on('error', (err) => fail(toBlockError(err, { path: target.filename, op: 'write' })));
           worker.on('exit', (code) => {
-            if (code !== 0) fail(new BlockError('Io', `a copy thread stopped (exit code ${code})`, { path: target.filename }));
+            const stopped = `a copy thread stopped (exit code ${code})`;
+            if (code !== 0) fail(new BlockError('Io', stopped, { path: target.filename }));
             resolve();
           });
         }),
