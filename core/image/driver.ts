@@ -87,6 +87,11 @@ export interface FormatImage {
   readonly backingRef?: BackingRef;
   /** Everything written is stored compressed (a streamOptimized VMDK), so writes cost CPU, not I/O. */
   readonly compressesWrites?: boolean;
+  /**
+   * Guest byte N is byte N of the file and a write changes nothing else (raw),
+   * so other threads may open the same file and write distinct ranges at once.
+   */
+  readonly plainFile?: boolean;
   read(buf: Uint8Array, offset: number): Promise<void>;
   write(buf: Uint8Array, offset: number): Promise<void>;
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;

@@ -26,12 +26,18 @@ export interface BlockStatus {
   filename: string;
 }
 
+/** How openImage opened an image: enough for another thread to open it too. */
+export interface OpenedAs {
+  filename: string;
+  options: OpenOptions;
+}
+
 export class Image {
   /**
    * How openImage opened it (the format filled in), so that another thread
    * can open the same image: a copy worker (see ops/copy-workers.ts).
    */
-  openedAs?: { filename: string; options: OpenOptions };
+  openedAs?: OpenedAs;
 
   constructor(
     readonly filename: string,
@@ -88,6 +94,11 @@ export class Image {
     this.checkWritable('discard');
     this.checkRange('discard', offset, length);
     await this.wrap('discard', offset, () => this.layer.discard(offset, length));
+  }
+
+  /** Whether other threads may write distinct ranges of the same file at once (see FormatImage.plainFile). */
+  get plainFile(): boolean {
+    return this.layer.plainFile === true;
   }
 
   /** Whether every write is stored compressed (see FormatImage.compressesWrites). */

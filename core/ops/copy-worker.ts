@@ -27,7 +27,6 @@ async function run(): Promise<void> {
       }
     });
     post({ type: 'progress', bytes: unreported });
-    post({ type: 'done' });
   } catch (err) {
     post({ type: 'error', error: toBlockError(err).toJSON() });
   } finally {

@@ -6,9 +6,9 @@
  * thread and worker threads each open the sources and the target themselves,
  * with blocking I/O, and take 512 KiB chunks from a shared counter: read,
  * zero check and write on one thread, with the chunk still in that core's
- * cache. A raw target has no metadata, so writers on distinct ranges cannot
- * disturb each other; other targets keep the pipeline, whose driver owns the
- * target's metadata on one thread.
+ * cache. A raw target has no metadata (FormatImage.plainFile), so writers on
+ * distinct ranges cannot disturb each other; other targets keep the
+ * pipeline, whose driver owns the target's metadata on one thread.
  */
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -17,8 +17,8 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { BlockError, throwIfAborted, toBlockError, type SerializedError } from '../image/errors.js';
-import type { Image } from '../image/image.js';
-import { openImage, type OpenOptions } from '../image/open.js';
+import type { Image, OpenedAs } from '../image/image.js';
+import { openImage } from '../image/open.js';
 import { chunksOf, copySpans, type CopyOptions, type CopySpan } from './copy.js';
 import { ProgressMeter, type JobContext } from './job.js';
 
@@ -38,18 +38,15 @@ const MIN_BYTES = 64 << 20;
 /** More writers than this only queue on the target's inode lock. */
 const MAX_THREADS = 4;
 
+/** At most this many threads even when asked for more (qemu-img's -m allows as many requests). */
+const MAX_ASKED = 16;
+
 /** Blocking I/O starves the calling thread's event loop; it gets a turn this often (ms). */
 const YIELD_EVERY = 20;
 
 /** Indexes into the shared Int32Array: the stop flag (1 = stop), and the next chunk nobody has taken. */
 const STOP = 0;
 const NEXT = 1;
-
-/** How openImage opened an image: enough for another thread to open it too. */
-interface OpenedAs {
-  filename: string;
-  options: OpenOptions;
-}
 
 /** What a copy worker is given (structured-cloned into its thread). */
 export interface CopyTask {
@@ -62,11 +59,8 @@ export interface CopyTask {
   control: SharedArrayBuffer;
 }
 
-/** What a copy worker says: bytes done since its last report, then done or error. */
-export type CopyWorkerMessage =
-  | { type: 'progress'; bytes: number }
-  | { type: 'done' }
-  | { type: 'error'; error: SerializedError };
+/** What a copy worker says: bytes done since its last report, or why it failed. Its exit ends it. */
+export type CopyWorkerMessage = { type: 'progress'; bytes: number } | { type: 'error'; error: SerializedError };
 
 /** The worker script beside this bundle (.mjs for the CLI, .cjs for Electron); none when running from source. */
 function workerScript(): URL | undefined {
@@ -75,9 +69,6 @@ function workerScript(): URL | undefined {
   const url = new URL(`./copy-worker${ext}`, import.meta.url);
   return existsSync(url) ? url : undefined;
 }
-
-/** At most this many threads even when asked for more (qemu-img's -m allows as many requests). */
-const MAX_ASKED = 16;
 
 /** Threads to copy with, this one included: PLATTER_COPY_THREADS, else one per core up to MAX_THREADS. */
 function threadCount(): number {
@@ -156,7 +147,7 @@ export async function copyInWorkers(
     threads < 2 ||
     total < MIN_BYTES ||
     !targetAs ||
-    target.format !== 'raw' ||
+    !target.plainFile ||
     opts.compress ||
     opts.rateLimit > 0 ||
     sources.some((s) => !s.openedAs)
@@ -172,7 +163,8 @@ export async function copyInWorkers(
     control,
   };
   const meter = new ProgressMeter(total, ctx);
-  const halt = () => Atomics.store(new Int32Array(control), STOP, 1);
+  const words = new Int32Array(control);
+  const halt = () => Atomics.store(words, STOP, 1);
   let failure: BlockError | undefined;
   const fail = (err: BlockError) => {
     failure ??= err;

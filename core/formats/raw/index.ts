@@ -12,6 +12,8 @@ const SECTOR = 512;
 const roundUp = (n: number) => Math.ceil(n / SECTOR) * SECTOR;
 
 class RawImage implements FormatImage, Resizable {
+  readonly plainFile = true;
+
   constructor(
     private readonly proto: Protocol,
     public size: number,
