@@ -134,6 +134,31 @@ export function hasCompressedWrites(img: FormatImage): img is FormatImage & Comp
   return typeof (img as Partial<CompressedWrites>).compressClusters === 'function';
 }
 
+/**
+ * Images whose new data clusters other threads may write: the image hands
+ * out host clusters of its own file and maps guest clusters to them once the
+ * data is there, and the threads write the data straight into the file. A
+ * threaded copy into a new qcow2 works so (see ops/placed-copy.ts): data
+ * moves on every core, metadata stays with the one thread that owns it.
+ */
+export interface PlacesClusters {
+  /** How to place clusters now, or undefined when this image cannot take such writes (it has data, a backing file...). */
+  clusterPlacement(): ClusterPlacement | undefined;
+}
+export function placesClusters(img: FormatImage): img is FormatImage & PlacesClusters {
+  return typeof (img as Partial<PlacesClusters>).clusterPlacement === 'function';
+}
+
+export interface ClusterPlacement {
+  readonly clusterSize: number;
+  /** `count` new contiguous host clusters, counted but mapped by nothing yet: where the first is in the image's file. */
+  reserve(count: number): Promise<number>;
+  /** Guest clusters [guestCluster, +count) now hold their data, in the reserved host clusters from `host` on. */
+  map(guestCluster: number, host: number, count: number): Promise<void>;
+  /** Reserved host clusters that were not used after all. */
+  unreserve(host: number, count: number): Promise<void>;
+}
+
 /** What `check` found, in qemu-img's terms. */
 export interface CheckReport {
   corruptions: number;

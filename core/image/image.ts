@@ -3,7 +3,14 @@
  * Ops talk to this, never to drivers or protocols directly.
  */
 import type { Protocol } from '../io/protocol.js';
-import { hasCompressedWrites, type FormatDriver, type FormatImage, type FormatInfo } from './driver.js';
+import {
+  hasCompressedWrites,
+  placesClusters,
+  type ClusterPlacement,
+  type FormatDriver,
+  type FormatImage,
+  type FormatInfo,
+} from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import type { OpenOptions } from './open.js';
 
@@ -121,6 +128,19 @@ export class Image {
     }
     const write = await this.wrap('write-compressed', offset, () => layer.compressClusters(buf, offset));
     return () => this.wrap('write-compressed', offset, write);
+  }
+
+  /** See PlacesClusters: undefined when other threads cannot write this image's new clusters. */
+  clusterPlacement(): ClusterPlacement | undefined {
+    const placement = !this.readOnly && placesClusters(this.layer) ? this.layer.clusterPlacement() : undefined;
+    if (!placement) return undefined;
+    return {
+      clusterSize: placement.clusterSize,
+      reserve: (count) => this.wrap('write', undefined, () => placement.reserve(count)),
+      map: (guestCluster, host, count) =>
+        this.wrap('write', guestCluster * placement.clusterSize, () => placement.map(guestCluster, host, count)),
+      unreserve: (host, count) => this.wrap('write', undefined, () => placement.unreserve(host, count)),
+    };
   }
 
   async flush(): Promise<void> {

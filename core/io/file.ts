@@ -114,6 +114,14 @@ export class FileProtocol implements Protocol {
     return this.length;
   }
 
+  async resync(): Promise<void> {
+    try {
+      this.length = (await this.fh.stat()).size;
+    } catch (err) {
+      this.fail(err, 'stat');
+    }
+  }
+
   /**
    * Node reads and writes at a position that is not a non-negative safe
    * integer (2^53 and above, negative, NaN, fractional) at the file's

@@ -41,6 +41,8 @@ export interface Protocol {
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
   /** The extent that starts at `offset`, at most `length` bytes long. */
   blockStatus(offset: number, length: number): Promise<ProtocolExtent>;
+  /** Other threads wrote to the file (a threaded copy): re-read what is cached about it, such as its length. */
+  resync?(): Promise<void>;
   /** Bytes really used on the storage (st_blocks), when known. */
   allocatedSize(): Promise<number | undefined>;
   close(): Promise<void>;

@@ -1,8 +1,9 @@
 /**
- * Copies into raw files on worker threads. The threads run the built worker
- * script (dist/, which `npm test` builds first), so most tests go through the
- * built CLI; PLATTER_COPY_THREADS picks the thread count, 1 being the
- * in-process pipeline to compare with.
+ * Copies on worker threads, into raw files (placed-copy.test.ts has new
+ * qcow2 images). The threads run the built worker script (dist/, which
+ * `npm test` builds first), so most tests go through the built CLI;
+ * PLATTER_COPY_THREADS picks the thread count, 1 being the in-process
+ * pipeline to compare with.
  */
 import {
   closeSync,
@@ -18,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockError } from '../image/errors.js';
 import { createImage, openImage } from '../image/open.js';
-import { findDriver } from '../image/registry.js';
+import { createOptionsOf, findDriver } from '../image/registry.js';
+import { resolveOptions } from '../options/schema.js';
 import { platterProcess } from '../test/cli.js';
 import { makeMixedRaw } from '../test/images.js';
 import { prng } from '../test/prng.js';
@@ -204,11 +206,12 @@ describe('copy on worker threads', () => {
     }
   });
 
-  it('a cancel stops every thread, and the copy returns only then', async () => {
-    const src = t.path('cancel.raw');
+  it.each(['raw', 'qcow2'])('a cancel stops every thread, and the copy returns only then (into %s)', async (format) => {
+    const src = t.path(`cancel-${format}.raw`);
     makeMixedRaw(src, SIZE, prng(9));
     const source = await openImage(src, { format: 'raw' });
-    const created = await createImage(t.path('cancel-out.raw'), findDriver('raw'), SIZE, {});
+    const driver = findDriver(format);
+    const created = await createImage(t.path(`cancel-out.${format}`), driver, SIZE, resolveOptions(createOptionsOf(driver), {}, format));
     const controller = new AbortController();
     try {
       const copy = copyInWorkers(
@@ -220,7 +223,7 @@ describe('copy on worker threads', () => {
       );
       await expect(copy).rejects.toThrow(new BlockError('Cancelled', 'cancelled'));
       // Cancelled at the first progress report, before any chunk: no thread wrote a byte.
-      expect(allocated(created.image.openedAs!.filename)).toBe(0);
+      expect(await created.image.blockStatus(0, SIZE)).toMatchObject({ length: SIZE, data: false });
     } finally {
       await created.abort();
       await source.close();

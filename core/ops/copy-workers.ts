@@ -1,14 +1,18 @@
 /**
- * Copying into a raw file on several threads. The in-process pipeline
- * (copy.ts) hands every read and write to libuv's pool and back: on a 2-core
- * VM, a 2 GiB raw->raw convert spent about 0.25 s more CPU in those hand-offs
- * and in the kernel's inode lock than qemu-img spent in all. Here the calling
- * thread and worker threads each open the sources and the target themselves,
- * with blocking I/O, and take 512 KiB chunks from a shared counter: read,
- * zero check and write on one thread, with the chunk still in that core's
- * cache. A raw target has no metadata (FormatImage.plainFile), so writers on
- * distinct ranges cannot disturb each other; other targets keep the
- * pipeline, whose driver owns the target's metadata on one thread.
+ * Copying on several threads. The in-process pipeline (copy.ts) hands every
+ * read and write to libuv's pool and back: on a 2-core VM, a 2 GiB raw->raw
+ * convert spent about 0.25 s more CPU in those hand-offs and in the kernel's
+ * inode lock than qemu-img spent in all. Here the calling thread and worker
+ * threads each open the sources and the target themselves, with blocking
+ * I/O, and take 512 KiB chunks from a shared counter: read, zero check and
+ * write on one thread, with the chunk still in that core's cache.
+ *
+ * Two kinds of target take this. A raw one has no metadata
+ * (FormatImage.plainFile): every thread opens it and writes its chunks in
+ * place. A new qcow2 places clusters (PlacesClusters): the threads write
+ * whole data clusters into host clusters this thread reserves for them and
+ * send back where they went, and this thread, which owns the image's
+ * metadata, maps them (placed-copy.ts). Other targets keep the pipeline.
  */
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -16,11 +20,26 @@ import { extname } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import type { ClusterPlacement } from '../image/driver.js';
 import { BlockError, throwIfAborted, toBlockError, type SerializedError } from '../image/errors.js';
 import type { Image, OpenedAs } from '../image/image.js';
 import { openImage } from '../image/open.js';
+import { giveBuffer, takeBuffer } from '../io/buffers.js';
+import { openProtocol } from '../io/open.js';
 import { chunksOf, copySpans, type CopyOptions, type CopySpan } from './copy.js';
 import { ProgressMeter, type JobContext } from './job.js';
+import {
+  clusterAligned,
+  copyChunkPlaced,
+  fillSlot,
+  fullSlots,
+  newPlacedShare,
+  ReservedClusters,
+  SLOTS_PER_THREAD,
+  type HostClusters,
+  type HostRun,
+  type PlacedShare,
+} from './placed-copy.js';
 
 /**
  * Bytes per chunk. Measured on the 2 GiB bench image (6 runs each, order
@@ -29,8 +48,16 @@ import { ProgressMeter, type JobContext } from './job.js';
  * core's L2 cache between its read and its write, and its page-cache pages
  * are small folios instead of 2 MiB ones that each take a whole free page
  * block (on VMs that hand free blocks back to the host, slow to fault in).
+ * Placed copies use whole clusters: at least one.
  */
 const CHUNK = 512 << 10;
+
+/**
+ * Bytes per run of host clusters a placed copy reserves for a thread. Each
+ * worker holds two, so its thread has 4 MiB of copying (a few ms) to hand it
+ * the next; what is left at the end is freed again.
+ */
+const RUN_BYTES = 4 << 20;
 
 /** Below this, starting threads costs more than they save. */
 const MIN_BYTES = 64 << 20;
@@ -44,9 +71,26 @@ const MAX_ASKED = 16;
 /** Blocking I/O starves the calling thread's event loop; it gets a turn this often (ms). */
 const YIELD_EVERY = 20;
 
+/**
+ * The same in a placed copy, where the calling thread also serves the
+ * workers' requests: well within the 8 MiB (a few ms of copying) a worker
+ * holds in its slots. Measured on the 2 GiB bench image into qcow2: after
+ * every chunk, the turns took 110-140 ms of the calling thread's 650; every
+ * 5 ms, 60-75 ms.
+ */
+const SERVE_EVERY = 5;
+
+/** Mappings (guest cluster, host, count triples) a thread collects before it sends them to be made. */
+const MAP_BATCH = 3 * 128;
+
 /** Indexes into the shared Int32Array: the stop flag (1 = stop), and the next chunk nobody has taken. */
 const STOP = 0;
 const NEXT = 1;
+
+/** Whether some thread set the copy's stop flag (an error, a cancel). */
+export function stopRequested(task: CopyTask): boolean {
+  return Atomics.load(new Int32Array(task.control), STOP) !== 0;
+}
 
 /** What a copy worker is given (structured-cloned into its thread). */
 export interface CopyTask {
@@ -57,10 +101,90 @@ export interface CopyTask {
   copy: CopyOptions;
   /** Int32Array over it, indexed by STOP and NEXT. */
   control: SharedArrayBuffer;
+  /** For a target that places clusters: the threads write its data clusters into the target's file. */
+  placed?: PlacedShare;
 }
 
-/** What a copy worker says: bytes done since its last report, or why it failed. Its exit ends it. */
-export type CopyWorkerMessage = { type: 'progress'; bytes: number } | { type: 'error'; error: SerializedError };
+/** A worker's data: the task, and which worker it is (its slots in a placed copy). */
+export interface WorkerData {
+  task: CopyTask;
+  worker: number;
+}
+
+/**
+ * What a copy worker says: bytes done since its last report, why it failed,
+ * and in a placed copy: a slot to refill, clusters it wrote (guest cluster,
+ * host, count triples) and, last, the clusters it took and did not use.
+ * Its exit ends it.
+ */
+export type CopyWorkerMessage =
+  | { type: 'progress'; bytes: number }
+  | { type: 'error'; error: SerializedError }
+  | { type: 'refill'; slot: number }
+  | { type: 'mapped'; runs: number[] }
+  | { type: 'leftover'; runs: HostRun[] };
+
+/** How one thread of a copy talks to the rest: the same loop runs on every thread. */
+export interface ThreadSide {
+  report(bytes: number): void;
+  /** In a placed copy: this thread's host clusters, and where its mappings go. */
+  placing?: { clusters: HostClusters; mapped(runs: number[]): Promise<void> | void };
+  /** Event-loop turns at least this often (ms). */
+  yieldEvery: number;
+}
+
+/** How a thread copies the chunks it takes; `finish` once it has taken its last. */
+interface ChunkCopier {
+  /** False when the copy was stopped meanwhile. */
+  copy(chunk: CopySpan): Promise<boolean>;
+  finish(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Into the target image, in place (raw): every thread opens it. */
+async function inPlaceCopier(task: CopyTask): Promise<ChunkCopier> {
+  const target = await openImage(task.target.filename, { ...task.target.options, blocking: true });
+  return {
+    copy: async (chunk) => {
+      await copySpans([chunk], target, task.copy, {});
+      return true;
+    },
+    finish: async () => {},
+    close: () => target.close(),
+  };
+}
+
+/** Into the target's file, at host clusters the owning thread reserved; the mappings go out in batches. */
+async function placedCopier(
+  task: CopyTask,
+  placed: PlacedShare,
+  placing: NonNullable<ThreadSide['placing']>,
+  size: number,
+): Promise<ChunkCopier> {
+  const { filename, options } = task.target;
+  const { cache, displayName } = options;
+  const file = await openProtocol(filename, { readOnly: false, blocking: true, cache, displayName });
+  const buf = takeBuffer(size);
+  let batch: number[] = [];
+  const send = async () => {
+    if (batch.length) await placing.mapped(batch);
+    batch = [];
+  };
+  return {
+    copy: async (chunk) => {
+      const maps = await copyChunkPlaced(chunk, buf, file, placing.clusters, placed.clusterSize, task.copy);
+      if (!maps) return false;
+      batch.push(...maps);
+      if (batch.length >= MAP_BATCH) await send();
+      return true;
+    },
+    finish: send,
+    close: async () => {
+      giveBuffer(buf);
+      await file.close();
+    },
+  };
+}
 
 /** The worker script beside this bundle (.mjs for the CLI, .cjs for Electron); none when running from source. */
 function workerScript(): URL | undefined {
@@ -77,11 +201,15 @@ function threadCount(): number {
   return Math.min(availableParallelism(), MAX_THREADS);
 }
 
+function chunkBytes(task: CopyTask): number {
+  return Math.max(CHUNK, task.placed?.clusterSize ?? 0);
+}
+
 /** The chunks this thread takes, in order: each goes to whichever thread asks for it first. */
-function* takenChunks(spans: CopySpan[], control: Int32Array): Generator<CopySpan> {
+function* takenChunks(spans: CopySpan[], control: Int32Array, size: number): Generator<CopySpan> {
   let index = 0;
   let mine = Atomics.add(control, NEXT, 1);
-  for (const chunk of chunksOf(spans, CHUNK)) {
+  for (const chunk of chunksOf(spans, size)) {
     if (index++ !== mine) continue;
     yield chunk;
     mine = Atomics.add(control, NEXT, 1);
@@ -90,46 +218,59 @@ function* takenChunks(spans: CopySpan[], control: Int32Array): Generator<CopySpa
 
 /**
  * One thread's part of a threaded copy, the same on every thread: opens the
- * images with blocking I/O, copies the chunks it takes until none are left
- * or someone sets the stop flag, and reports bytes as it goes. On an error
- * it sets the stop flag before throwing.
+ * images (in a placed copy, the target's file) with blocking I/O, copies the
+ * chunks it takes until none are left or someone sets the stop flag, and
+ * reports bytes as it goes. On an error it sets the stop flag before throwing.
  */
-export async function copyTakenChunks(task: CopyTask, report: (bytes: number) => void): Promise<void> {
+export async function copyTakenChunks(task: CopyTask, side: ThreadSide): Promise<void> {
   const control = new Int32Array(task.control);
-  const images: Image[] = [];
-  const open = async ({ filename, options }: OpenedAs) => {
-    const image = await openImage(filename, { ...options, blocking: true });
-    images.push(image);
-    return image;
-  };
+  const closing: (() => Promise<void>)[] = [];
+  const size = chunkBytes(task);
   try {
     const sources: Image[] = [];
-    for (const s of task.sources) sources.push(await open(s));
-    const target = await open(task.target);
+    for (const { filename, options } of task.sources) {
+      const image = await openImage(filename, { ...options, blocking: true });
+      closing.push(() => image.close());
+      sources.push(image);
+    }
     const spans = task.spans.map((s) => ({ ...s, source: sources[s.source] }));
+    const { placed } = task;
+    let copier: ChunkCopier;
+    if (!placed) copier = await inPlaceCopier(task);
+    else if (side.placing) copier = await placedCopier(task, placed, side.placing, size);
+    else throw new Error('a placed copy needs host clusters on every thread');
+    closing.push(() => copier.close());
     let turn = Date.now();
-    for (const chunk of takenChunks(spans, control)) {
-      if (Atomics.load(control, STOP) !== 0) return;
-      await copySpans([chunk], target, task.copy, {});
-      report(chunk.length);
-      if (Date.now() - turn >= YIELD_EVERY) {
+    for (const chunk of takenChunks(spans, control, size)) {
+      if (Atomics.load(control, STOP) !== 0 || !(await copier.copy(chunk))) return;
+      side.report(chunk.length);
+      if (Date.now() - turn >= side.yieldEvery) {
         await nextTurn();
         turn = Date.now();
       }
     }
+    await copier.finish();
   } catch (err) {
     Atomics.store(control, STOP, 1);
     throw err;
   } finally {
-    for (const image of images.reverse()) await image.close().catch(() => undefined);
+    for (const close of closing.reverse()) await close().catch(() => undefined);
   }
+}
+
+/** Whether this target can be copied into on threads, and how: written in place (raw), or placed (a new qcow2). */
+function threadedTarget(spans: CopySpan[], target: Image): { placement?: ClusterPlacement } | undefined {
+  if (target.plainFile) return {};
+  const placement = target.clusterPlacement();
+  return placement && clusterAligned(spans, placement.clusterSize) ? { placement } : undefined;
 }
 
 /**
  * Copies `spans` into `target` on this thread and worker threads when that
- * applies (a raw target, sources and target reopenable, no compression or
- * rate limit, enough data); returns false, having done nothing, when it does
- * not. `script` is the worker's file (tests running from source pass the built one).
+ * applies (a raw or new qcow2 target, sources and target reopenable, no
+ * compression or rate limit, enough data); returns false, having done
+ * nothing, when it does not. `script` is the worker's file (tests running
+ * from source pass the built one).
  */
 export async function copyInWorkers(
   spans: CopySpan[],
@@ -142,18 +283,24 @@ export async function copyInWorkers(
   const threads = threadCount();
   const targetAs = target.openedAs;
   const sources = [...new Set(spans.map((s) => s.source))];
+  // A zero block (-S) must not be cut by a chunk's end, or what becomes a hole would depend on the thread count.
+  const wholeZeroBlocks = CHUNK % Math.max(opts.sparseSize, 1) === 0;
   if (
     !script ||
     threads < 2 ||
     total < MIN_BYTES ||
     !targetAs ||
-    !target.plainFile ||
     opts.compress ||
     opts.rateLimit > 0 ||
+    !wholeZeroBlocks ||
     sources.some((s) => !s.openedAs)
   ) {
     return false;
   }
+  const how = threadedTarget(spans, target);
+  if (!how) return false;
+  const { placement } = how;
+  const workers = threads - 1;
   const control = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT);
   const task: CopyTask = {
     sources: sources.map((s) => s.openedAs!),
@@ -161,6 +308,7 @@ export async function copyInWorkers(
     spans: spans.map((s) => ({ ...s, source: sources.indexOf(s.source) })),
     copy: { ...opts, chunkSize: CHUNK, parallel: 1 },
     control,
+    placed: placement ? newPlacedShare(placement.clusterSize, runClusters(placement.clusterSize), workers) : undefined,
   };
   const meter = new ProgressMeter(total, ctx);
   const words = new Int32Array(control);
@@ -170,31 +318,33 @@ export async function copyInWorkers(
     failure ??= err;
     halt();
   };
+  const metadata = placement && task.placed ? new PlacementService(placement, task.placed, fail) : undefined;
   if (ctx.signal?.aborted) halt();
   ctx.signal?.addEventListener('abort', halt);
   try {
-    const workers = Array.from(
-      { length: threads - 1 },
-      () =>
+    if (metadata) await metadata.fillAll(workers);
+    const running = Array.from(
+      { length: failure ? 0 : workers },
+      (_, worker) =>
         new Promise<void>((resolve) => {
-          let worker: Worker;
+          let thread: Worker;
           try {
-            worker = new Worker(script, { workerData: task });
+            thread = new Worker(script, { workerData: { task, worker } satisfies WorkerData });
           } catch (err) {
             // No thread to be had (a resource limit): the copy stops, the threads started so far with it.
             fail(toBlockError(err, { path: target.filename }));
             resolve();
             return;
           }
-          worker.on('message', (m: CopyWorkerMessage) => {
+          thread.on('message', (m: CopyWorkerMessage) => {
             if (m.type === 'progress') meter.add(m.bytes);
             else if (m.type === 'error') {
               const { kind, message, ...context } = m.error;
               fail(new BlockError(kind, message, context));
-            }
+            } else metadata?.handle(m);
           });
-          worker.on('error', (err) => fail(toBlockError(err, { path: target.filename, op: 'write' })));
-          worker.on('exit', (code) => {
+          thread.on('error', (err) => fail(toBlockError(err, { path: target.filename, op: 'write' })));
+          thread.on('exit', (code) => {
             const stopped = `a copy thread stopped (exit code ${code})`;
             if (code !== 0) fail(new BlockError('Io', stopped, { path: target.filename }));
             resolve();
@@ -202,8 +352,21 @@ export async function copyInWorkers(
         }),
     );
     // This thread takes chunks too while the workers start.
-    await copyTakenChunks(task, (bytes) => meter.add(bytes)).catch((err) => fail(toBlockError(err)));
-    await Promise.all(workers);
+    const mine = metadata?.ownClusters();
+    const side: ThreadSide = {
+      report: (bytes) => meter.add(bytes),
+      placing: metadata && mine ? { clusters: mine, mapped: (runs) => metadata.map(runs) } : undefined,
+      yieldEvery: metadata ? SERVE_EVERY : YIELD_EVERY,
+    };
+    if (!failure) await copyTakenChunks(task, side).catch((err) => fail(toBlockError(err)));
+    await Promise.all(running);
+    if (metadata) {
+      await metadata.finish(mine?.leftover() ?? []);
+      // The workers wrote the file through their own handles: what this one caches of it is stale.
+      await target.protocol.resync?.();
+    }
+  } catch (err) {
+    fail(toBlockError(err, { path: target.filename }));
   } finally {
     ctx.signal?.removeEventListener('abort', halt);
   }
@@ -211,4 +374,77 @@ export async function copyInWorkers(
   if (failure) throw failure;
   meter.finish();
   return true;
+}
+
+/** Clusters per reserved run: RUN_BYTES worth, at least one. */
+function runClusters(clusterSize: number): number {
+  return Math.max(1, Math.floor(RUN_BYTES / clusterSize));
+}
+
+/**
+ * This thread's side of a placed copy: it reserves the workers' runs, fills
+ * their slots, maps what they wrote, one request after another in the order
+ * they came, and gives back what nobody used.
+ */
+class PlacementService {
+  private queue: Promise<void> = Promise.resolve();
+  private readonly unused: HostRun[] = [];
+  private broken = false;
+
+  constructor(
+    private readonly placement: ClusterPlacement,
+    private readonly share: PlacedShare,
+    private readonly fail: (err: BlockError) => void,
+  ) {}
+
+  /** Runs `fn` after every earlier request; a failure stops the copy and every later request. */
+  private enqueue(fn: () => Promise<void>): Promise<void> {
+    this.queue = this.queue.then(async () => {
+      if (this.broken) return;
+      try {
+        await fn();
+      } catch (err) {
+        this.broken = true;
+        this.fail(toBlockError(err));
+      }
+    });
+    return this.queue;
+  }
+
+  private refill(slot: number): Promise<void> {
+    return this.enqueue(async () => {
+      const count = this.share.runClusters;
+      fillSlot(this.share, slot, { host: await this.placement.reserve(count), count });
+    });
+  }
+
+  /** Fills every worker's slots before they start. */
+  async fillAll(workers: number): Promise<void> {
+    for (let slot = 0; slot < workers * SLOTS_PER_THREAD; slot++) await this.refill(slot);
+  }
+
+  /** This thread's own clusters, reserved directly. */
+  ownClusters(): ReservedClusters {
+    return new ReservedClusters(this.placement, this.share.runClusters);
+  }
+
+  map(runs: number[]): Promise<void> {
+    return this.enqueue(async () => {
+      for (let i = 0; i < runs.length; i += 3) await this.placement.map(runs[i], runs[i + 1], runs[i + 2]);
+    });
+  }
+
+  handle(m: CopyWorkerMessage): void {
+    if (m.type === 'refill') void this.refill(m.slot);
+    else if (m.type === 'mapped') void this.map(m.runs);
+    else if (m.type === 'leftover') this.unused.push(...m.runs);
+  }
+
+  /** Once every thread is done: frees the clusters reserved and never written. */
+  async finish(ownLeftover: HostRun[]): Promise<void> {
+    await this.queue;
+    for (const run of [...ownLeftover, ...this.unused, ...fullSlots(this.share)]) {
+      await this.enqueue(() => this.placement.unreserve(run.host, run.count));
+    }
+  }
 }

@@ -15,6 +15,7 @@ import type {
   ChangesBacking,
   Checkable,
   CheckReport,
+  ClusterPlacement,
   CompressedWrites,
   Emptiable,
   FormatImage,
@@ -22,6 +23,7 @@ import type {
   HasBacking,
   LayerExtent,
   LayerState,
+  PlacesClusters,
   RepairMode,
   Resizable,
   ResizePreallocation,
@@ -99,7 +101,17 @@ type WriteStep =
     };
 
 export class Qcow2Image
-  implements FormatImage, Resizable, HasBacking, ChangesBacking, Emptiable, CompressedWrites, Checkable, Snapshots, Amendable
+  implements
+    FormatImage,
+    Resizable,
+    HasBacking,
+    ChangesBacking,
+    Emptiable,
+    CompressedWrites,
+    PlacesClusters,
+    Checkable,
+    Snapshots,
+    Amendable
 {
   readonly clusterSize: number;
   readonly clusterBits: number;
@@ -1096,6 +1108,51 @@ export class Qcow2Image
       for (const old of olds) await this.release(old);
       index += n;
     }
+  }
+
+  // ---- clusters written by other threads ---------------------------------
+
+  /**
+   * A new, empty image (nothing mapped, no backing file, snapshots, bitmaps
+   * or data file) lets a threaded copy write its data clusters (see
+   * PlacesClusters). Reserved clusters are counted in memory like any new
+   * data cluster, so the counts reach the file before the tables mapping
+   * them; unused ones are freed again. Not with extended L2 entries: a copy
+   * allocates their subclusters one by one, leaving zero ones unallocated.
+   */
+  clusterPlacement(): ClusterPlacement | undefined {
+    const fresh =
+      !this.readOnly &&
+      !this.extended &&
+      !this.backingRef &&
+      !this.snapshots.length &&
+      !this.externalData &&
+      !this.bitmaps &&
+      !(this.header.incompatible & L.INCOMPAT_CORRUPT) &&
+      this.l1.every((e) => e === 0n);
+    if (!fresh) return undefined;
+    const cs = this.clusterSize;
+    return {
+      clusterSize: cs,
+      reserve: (count) => this.metadata(() => this.refcounts.allocate(count, true)),
+      unreserve: (host, count) => this.metadata(() => this.refcounts.free(host, count)),
+      map: (guestCluster, host, count) =>
+        this.metadata(async () => {
+          for (let done = 0; done < count; ) {
+            const index = guestCluster + done;
+            // One L2 table at a time; each cluster must still be unmapped.
+            const n = Math.min(count - done, this.l2Entries - (index % this.l2Entries));
+            for (let k = 0; k < n; k++) {
+              if ((await this.lookup(index + k)).kind !== 'unallocated') {
+                throw new BlockError('InvalidArgument', `guest cluster ${index + k} is mapped already`);
+              }
+            }
+            const at = host + done * cs;
+            await this.setMappings(index, Array.from({ length: n }, (_, k) => ({ kind: 'data', host: at + k * cs, copied: true })));
+            done += n;
+          }
+        }),
+    };
   }
 
   // ---- compressed writes ----------------------------------------------------
