@@ -319,6 +319,15 @@ function tail(stream, limit = 4000) {
 }
 
 /**
+ * The environment both tools run in: this one, less NODE_EXTRA_CA_CERTS.
+ * Node parses that CA bundle at every start, before any of Platter's code
+ * (about 60 ms per run on the 2-core CI VM, whose proxy set-up exports it),
+ * and Platter makes no TLS connection; a user's shell rarely sets it.
+ */
+const RUN_ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_EXTRA_CA_CERTS'));
+const DROPPED_ENV = 'NODE_EXTRA_CA_CERTS' in process.env ? ['NODE_EXTRA_CA_CERTS'] : [];
+
+/**
  * Runs one command and returns its wall time (measured here, the same way
  * for both tools), its peak RSS and its exit code. `stdout` is 'ignore',
  * 'capture' or a file path.
@@ -328,7 +337,7 @@ async function measure(cmd, args, { stdout = 'ignore', rss, timeout }) {
   const [file, argv] = rss === 'gnu-time' ? [GNU_TIME, ['-f', '%e %M', '-o', timeFile, cmd, ...args]] : [cmd, args];
   const outFd = stdout !== 'ignore' && stdout !== 'capture' ? fs.openSync(stdout, 'w') : null;
   const start = process.hrtime.bigint();
-  const child = spawn(file, argv, { stdio: ['ignore', outFd ?? (stdout === 'capture' ? 'pipe' : 'ignore'), 'pipe'] });
+  const child = spawn(file, argv, { env: RUN_ENV, stdio: ['ignore', outFd ?? (stdout === 'capture' ? 'pipe' : 'ignore'), 'pipe'] });
   if (outFd !== null) fs.closeSync(outFd);
   let out = '';
   child.stdout?.on('data', (d) => (out += d));
@@ -720,6 +729,7 @@ function printReport(summary) {
     `  median of ${summary.rounds} round${summary.rounds === 1 ? '' : 's'}, sides alternating; page cache warm: one untimed warm-up run of each command first`,
     `  peak memory = max RSS per process (${summary.rssMethod}); compare runs on two identical images (worst case: reads all data)`,
     `  \`sync\` before every run; qemu-img convert's default (cache=unsafe) never fsyncs, Platter's convert does: see the -t writeback and -t unsafe rows (like for like)`,
+    ...DROPPED_ENV.map((v) => `  ${v} unset for every run (Node would parse that CA bundle at each start; Platter makes no TLS connection)`),
     '',
     table(rows),
     '',
