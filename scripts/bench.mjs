@@ -73,11 +73,11 @@ function parseOptions(argv) {
   return o;
 }
 
+/** Conversions measured three ways: each tool's default, and like for like both durable and not. */
+const LIKE_FOR_LIKE = ['convert', 'to-qcow2', 'from-qcow2', 'to-vpc', 'to-vhdx', 'vhdx-to-qcow2'];
 const OPERATIONS = [
-  'convert', 'convert-writeback', 'convert-unsafe',
-  'to-qcow2', 'to-qcow2-unsafe', 'from-qcow2', 'from-qcow2-unsafe', 'compress',
-  'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
-  'to-vpc', 'to-vpc-unsafe', 'to-vhdx', 'to-vhdx-unsafe', 'vhdx-to-qcow2', 'vhdx-to-qcow2-unsafe',
+  ...LIKE_FOR_LIKE.flatMap((n) => [n, `${n}-writeback`, `${n}-unsafe`]),
+  'compress', 'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
   'compare', 'map', 'hash',
 ];
 
@@ -446,22 +446,22 @@ function operations(img, dir, qemuImg) {
   };
   const rawTo = (fmt, ...o) => ['-f', 'raw', '-O', fmt, ...o];
   const vhdxToQcow2 = ['-f', 'vhdx', '-O', 'qcow2'];
+  /**
+   * A conversion's three rows. Each tool's default; then like for like:
+   * both durable (qemu-img -t writeback flushes at the end, as Platter's
+   * default does), and neither (Platter's -t unsafe is qemu-img's default:
+   * no fsync; Platter still writes a temporary file and renames it).
+   */
+  const likeForLike = (name, title, args, src, out, prepare) => [
+    convertRow(name, `${title} convert`, args, args, src, out, prepare),
+    convertRow(`${name}-writeback`, `${title}, qemu -t writeback`, args, ['-t', 'writeback', ...args], src, out, prepare),
+    convertRow(`${name}-unsafe`, `${title}, platter -t unsafe`, ['-t', 'unsafe', ...args], args, src, out, prepare),
+  ];
   return [
-    convertRow('convert', 'raw->raw convert', rawToRaw, rawToRaw, img.src, dst),
-    // Not a target, a diagnosis: qemu-img convert defaults to cache=unsafe
-    // and never fsyncs the output, Platter fsyncs it (and its folder).
-    // -t writeback makes qemu-img flush too, so this row shows how much
-    // of the convert ratio is that durability rather than the engine.
-    convertRow('convert-writeback', 'convert, qemu -t writeback', rawToRaw, ['-t', 'writeback', ...rawToRaw], img.src, dst),
-    // The other like-for-like pair: neither side fsyncs (Platter's -t
-    // unsafe is qemu-img's default). Platter still writes a temporary file
-    // and renames it, so the target appears only when complete.
-    convertRow('convert-unsafe', 'convert, platter -t unsafe', ['-t', 'unsafe', ...rawToRaw], rawToRaw, img.src, dst),
-    convertRow('to-qcow2', 'raw->qcow2 convert', rawToQcow2, rawToQcow2, img.src, qdst),
-    convertRow('to-qcow2-unsafe', 'raw->qcow2, platter -t unsafe', ['-t', 'unsafe', ...rawToQcow2], rawToQcow2, img.src, qdst),
+    ...likeForLike('convert', 'raw->raw', rawToRaw, img.src, dst),
+    ...likeForLike('to-qcow2', 'raw->qcow2', rawToQcow2, img.src, qdst),
     // The source is qemu-img's own qcow2 copy of the mixed image, made once.
-    convertRow('from-qcow2', 'qcow2->raw convert', qcow2ToRaw, qcow2ToRaw, qsrc, dst, makeQsrc),
-    convertRow('from-qcow2-unsafe', 'qcow2->raw, platter -t unsafe', ['-t', 'unsafe', ...qcow2ToRaw], qcow2ToRaw, qsrc, dst, makeQsrc),
+    ...likeForLike('from-qcow2', 'qcow2->raw', qcow2ToRaw, qsrc, dst, makeQsrc),
     convertRow('compress', 'raw->qcow2 convert -c', ['-c', ...rawToQcow2], ['-c', ...rawToQcow2], img.src, qdst),
     convertRow('to-vdi', 'raw->vdi convert', rawTo('vdi'), rawTo('vdi'), img.src, out('vdi')),
     convertRow('to-vmdk', 'raw->vmdk (monolithicSparse)', rawTo('vmdk'), rawTo('vmdk'), img.src, out('vmdk')),
@@ -475,13 +475,10 @@ function operations(img, dir, qemuImg) {
     ),
     // The source is qemu-img's own monolithicSparse copy of the mixed image, made once.
     convertRow('vmdk-to-qcow2', 'vmdk->qcow2 convert', ['-f', 'vmdk', '-O', 'qcow2'], ['-f', 'vmdk', '-O', 'qcow2'], vsrc, qdst, makeVsrc),
-    convertRow('to-vpc', 'raw->vpc convert', rawTo('vpc'), rawTo('vpc'), img.src, out('vhd')),
-    convertRow('to-vpc-unsafe', 'raw->vpc, platter -t unsafe', ['-t', 'unsafe', ...rawTo('vpc')], rawTo('vpc'), img.src, out('vhd')),
-    convertRow('to-vhdx', 'raw->vhdx convert', rawTo('vhdx'), rawTo('vhdx'), img.src, out('vhdx')),
-    convertRow('to-vhdx-unsafe', 'raw->vhdx, platter -t unsafe', ['-t', 'unsafe', ...rawTo('vhdx')], rawTo('vhdx'), img.src, out('vhdx')),
+    ...likeForLike('to-vpc', 'raw->vpc', rawTo('vpc'), img.src, out('vhd')),
+    ...likeForLike('to-vhdx', 'raw->vhdx', rawTo('vhdx'), img.src, out('vhdx')),
     // The source is qemu-img's own vhdx copy of the mixed image, made once.
-    convertRow('vhdx-to-qcow2', 'vhdx->qcow2 convert', vhdxToQcow2, vhdxToQcow2, hsrc, qdst, makeHsrc),
-    convertRow('vhdx-to-qcow2-unsafe', 'vhdx->qcow2, platter -t unsafe', ['-t', 'unsafe', ...vhdxToQcow2], vhdxToQcow2, hsrc, qdst, makeHsrc),
+    ...likeForLike('vhdx-to-qcow2', 'vhdx->qcow2', vhdxToQcow2, hsrc, qdst, makeHsrc),
     {
       name: 'compare',
       title: 'compare (identical)',
@@ -680,23 +677,25 @@ function targets(results) {
   const peak = peaks.length ? Math.max(...peaks) : null;
   const judge = (v, limit) => (v === null || v === undefined ? null : v <= limit);
   // Judged on the defaults; the like-for-like rows (same flushing) are shown beside.
-  const convertTarget = (title, row, unsafeRow, limit) => {
-    const like = [by[unsafeRow] && `${fmt(by[unsafeRow].ratio, 'x')} with -t unsafe`, row === 'convert' && by['convert-writeback'] && `${fmt(by['convert-writeback'].ratio, 'x')} vs -t writeback`].filter(Boolean);
+  const convertTarget = (title, row, limit) => {
+    const unsafe = by[`${row}-unsafe`];
+    const writeback = by[`${row}-writeback`];
+    const like = [unsafe && `${fmt(unsafe.ratio, 'x')} with -t unsafe`, writeback && `${fmt(writeback.ratio, 'x')} vs qemu -t writeback`].filter(Boolean);
     const value = fmt(by[row]?.ratio, 'x') + (like.length ? ` (like for like: ${like.join(', ')})` : '');
     return { name: `${title} <= ${limit.toFixed(2)}x qemu-img`, value, pass: judge(by[row]?.ratio, limit) };
   };
   return [
-    convertTarget('raw->raw convert', 'convert', 'convert-unsafe', TARGETS.convertRatio),
-    convertTarget('raw->qcow2 convert', 'to-qcow2', 'to-qcow2-unsafe', TARGETS.convertRatio),
-    convertTarget('qcow2->raw convert', 'from-qcow2', 'from-qcow2-unsafe', TARGETS.convertRatio),
-    convertTarget('raw->qcow2 convert -c', 'compress', undefined, TARGETS.convertRatio),
-    convertTarget('raw->vdi convert', 'to-vdi', undefined, TARGETS.convertRatio),
-    convertTarget('raw->vmdk convert', 'to-vmdk', undefined, TARGETS.convertRatio),
-    convertTarget('raw->vmdk streamOptimized', 'to-vmdk-stream', undefined, TARGETS.convertRatio),
-    convertTarget('vmdk->qcow2 convert', 'vmdk-to-qcow2', undefined, TARGETS.convertRatio),
-    convertTarget('raw->vpc convert', 'to-vpc', 'to-vpc-unsafe', TARGETS.convertRatio),
-    convertTarget('raw->vhdx convert', 'to-vhdx', 'to-vhdx-unsafe', TARGETS.convertRatio),
-    convertTarget('vhdx->qcow2 convert', 'vhdx-to-qcow2', 'vhdx-to-qcow2-unsafe', TARGETS.convertRatio),
+    convertTarget('raw->raw convert', 'convert', TARGETS.convertRatio),
+    convertTarget('raw->qcow2 convert', 'to-qcow2', TARGETS.convertRatio),
+    convertTarget('qcow2->raw convert', 'from-qcow2', TARGETS.convertRatio),
+    convertTarget('raw->qcow2 convert -c', 'compress', TARGETS.convertRatio),
+    convertTarget('raw->vdi convert', 'to-vdi', TARGETS.convertRatio),
+    convertTarget('raw->vmdk convert', 'to-vmdk', TARGETS.convertRatio),
+    convertTarget('raw->vmdk streamOptimized', 'to-vmdk-stream', TARGETS.convertRatio),
+    convertTarget('vmdk->qcow2 convert', 'vmdk-to-qcow2', TARGETS.convertRatio),
+    convertTarget('raw->vpc convert', 'to-vpc', TARGETS.convertRatio),
+    convertTarget('raw->vhdx convert', 'to-vhdx', TARGETS.convertRatio),
+    convertTarget('vhdx->qcow2 convert', 'vhdx-to-qcow2', TARGETS.convertRatio),
     { name: 'hash <= 1.20x sha256sum', value: fmt(by.hash?.ratio, 'x'), pass: judge(by.hash?.ratio, TARGETS.hashRatio) },
     { name: `peak memory <= ${TARGETS.peakMiB} MiB`, value: peak === null ? 'n/a' : `${peak.toFixed(0)} MiB`, pass: judge(peak, TARGETS.peakMiB) },
   ];
