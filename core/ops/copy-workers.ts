@@ -205,14 +205,26 @@ function chunkBytes(task: CopyTask): number {
   return Math.max(CHUNK, task.placed?.clusterSize ?? 0);
 }
 
-/** The chunks this thread takes, in order: each goes to whichever thread asks for it first. */
-function* takenChunks(spans: CopySpan[], control: Int32Array, size: number): Generator<CopySpan> {
+/**
+ * Chunks a thread takes at a time. One in place; in a placed copy, a run's
+ * worth, so that a run holds guest-contiguous data. One chunk at a time
+ * interleaved the threads' chunks in the file: the 2 GiB bench image into
+ * qcow2 came out 13% fragmented (qemu-img check), 2.3% so, 0.02% in-process.
+ */
+function chunksPerTake(task: CopyTask): number {
+  const { placed } = task;
+  return placed ? Math.max(1, Math.floor((placed.runClusters * placed.clusterSize) / chunkBytes(task))) : 1;
+}
+
+/** The chunks this thread takes, in order: each batch goes to whichever thread asks for it first. */
+function* takenChunks(spans: CopySpan[], control: Int32Array, size: number, perTake: number): Generator<CopySpan> {
   let index = 0;
   let mine = Atomics.add(control, NEXT, 1);
   for (const chunk of chunksOf(spans, size)) {
-    if (index++ !== mine) continue;
-    yield chunk;
-    mine = Atomics.add(control, NEXT, 1);
+    const batch = Math.floor(index++ / perTake);
+    if (batch < mine) continue;
+    if (batch > mine) mine = Atomics.add(control, NEXT, 1);
+    if (batch === mine) yield chunk;
   }
 }
 
@@ -241,7 +253,7 @@ export async function copyTakenChunks(task: CopyTask, side: ThreadSide): Promise
     else throw new Error('a placed copy needs host clusters on every thread');
     closing.push(() => copier.close());
     let turn = Date.now();
-    for (const chunk of takenChunks(spans, control, size)) {
+    for (const chunk of takenChunks(spans, control, size, chunksPerTake(task))) {
       if (Atomics.load(control, STOP) !== 0 || !(await copier.copy(chunk))) return;
       side.report(chunk.length);
       if (Date.now() - turn >= side.yieldEvery) {
