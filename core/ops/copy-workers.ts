@@ -31,11 +31,7 @@ import { ProgressMeter, type JobContext } from './job.js';
 import {
   clusterAligned,
   copyChunkPlaced,
-  fillSlot,
-  fullSlots,
-  newPlacedShare,
-  ReservedClusters,
-  SLOTS_PER_THREAD,
+  PlacementService,
   type HostClusters,
   type HostRun,
   type PlacedShare,
@@ -51,13 +47,6 @@ import {
  * Placed copies use whole clusters: at least one.
  */
 const CHUNK = 512 << 10;
-
-/**
- * Bytes per run of host clusters a placed copy reserves for a thread. Each
- * worker holds two, so its thread has 4 MiB of copying (a few ms) to hand it
- * the next; what is left at the end is freed again.
- */
-const RUN_BYTES = 4 << 20;
 
 /** Below this, starting threads costs more than they save. */
 const MIN_BYTES = 64 << 20;
@@ -311,18 +300,8 @@ export async function copyInWorkers(
   }
   const how = threadedTarget(spans, target);
   if (!how) return false;
-  const { placement } = how;
   const workers = threads - 1;
   const control = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT);
-  const task: CopyTask = {
-    sources: sources.map((s) => s.openedAs!),
-    target: { filename: targetAs.filename, options: { ...targetAs.options, readOnly: false } },
-    spans: spans.map((s) => ({ ...s, source: sources.indexOf(s.source) })),
-    copy: { ...opts, chunkSize: CHUNK, parallel: 1 },
-    control,
-    placed: placement ? newPlacedShare(placement.clusterSize, runClusters(placement.clusterSize), workers) : undefined,
-  };
-  const meter = new ProgressMeter(total, ctx);
   const words = new Int32Array(control);
   const halt = () => Atomics.store(words, STOP, 1);
   let failure: BlockError | undefined;
@@ -330,11 +309,20 @@ export async function copyInWorkers(
     failure ??= err;
     halt();
   };
-  const metadata = placement && task.placed ? new PlacementService(placement, task.placed, fail) : undefined;
+  const metadata = how.placement && new PlacementService(how.placement, workers, fail);
+  const task: CopyTask = {
+    sources: sources.map((s) => s.openedAs!),
+    target: { filename: targetAs.filename, options: { ...targetAs.options, readOnly: false } },
+    spans: spans.map((s) => ({ ...s, source: sources.indexOf(s.source) })),
+    copy: { ...opts, chunkSize: CHUNK, parallel: 1 },
+    control,
+    placed: metadata?.share,
+  };
+  const meter = new ProgressMeter(total, ctx);
   if (ctx.signal?.aborted) halt();
   ctx.signal?.addEventListener('abort', halt);
   try {
-    if (metadata) await metadata.fillAll(workers);
+    if (metadata) await metadata.fillAll();
     const running = Array.from(
       { length: failure ? 0 : workers },
       (_, worker) =>
@@ -353,7 +341,9 @@ export async function copyInWorkers(
             else if (m.type === 'error') {
               const { kind, message, ...context } = m.error;
               fail(new BlockError(kind, message, context));
-            } else metadata?.handle(m);
+            } else if (m.type === 'refill') void metadata?.refill(m.slot);
+            else if (m.type === 'mapped') void metadata?.map(m.runs);
+            else metadata?.giveBack(m.runs);
           });
           thread.on('error', (err) => fail(toBlockError(err, { path: target.filename, op: 'write' })));
           thread.on('exit', (code) => {
@@ -364,16 +354,15 @@ export async function copyInWorkers(
         }),
     );
     // This thread takes chunks too while the workers start.
-    const mine = metadata?.ownClusters();
     const side: ThreadSide = {
       report: (bytes) => meter.add(bytes),
-      placing: metadata && mine ? { clusters: mine, mapped: (runs) => metadata.map(runs) } : undefined,
+      placing: metadata?.ownSide(),
       yieldEvery: metadata ? SERVE_EVERY : YIELD_EVERY,
     };
     if (!failure) await copyTakenChunks(task, side).catch((err) => fail(toBlockError(err)));
     await Promise.all(running);
     if (metadata) {
-      await metadata.finish(mine?.leftover() ?? []);
+      await metadata.finish();
       // The workers wrote the file through their own handles: what this one caches of it is stale.
       await target.protocol.resync?.();
     }
@@ -386,77 +375,4 @@ export async function copyInWorkers(
   if (failure) throw failure;
   meter.finish();
   return true;
-}
-
-/** Clusters per reserved run: RUN_BYTES worth, at least one. */
-function runClusters(clusterSize: number): number {
-  return Math.max(1, Math.floor(RUN_BYTES / clusterSize));
-}
-
-/**
- * This thread's side of a placed copy: it reserves the workers' runs, fills
- * their slots, maps what they wrote, one request after another in the order
- * they came, and gives back what nobody used.
- */
-class PlacementService {
-  private queue: Promise<void> = Promise.resolve();
-  private readonly unused: HostRun[] = [];
-  private broken = false;
-
-  constructor(
-    private readonly placement: ClusterPlacement,
-    private readonly share: PlacedShare,
-    private readonly fail: (err: BlockError) => void,
-  ) {}
-
-  /** Runs `fn` after every earlier request; a failure stops the copy and every later request. */
-  private enqueue(fn: () => Promise<void>): Promise<void> {
-    this.queue = this.queue.then(async () => {
-      if (this.broken) return;
-      try {
-        await fn();
-      } catch (err) {
-        this.broken = true;
-        this.fail(toBlockError(err));
-      }
-    });
-    return this.queue;
-  }
-
-  private refill(slot: number): Promise<void> {
-    return this.enqueue(async () => {
-      const count = this.share.runClusters;
-      fillSlot(this.share, slot, { host: await this.placement.reserve(count), count });
-    });
-  }
-
-  /** Fills every worker's slots before they start. */
-  async fillAll(workers: number): Promise<void> {
-    for (let slot = 0; slot < workers * SLOTS_PER_THREAD; slot++) await this.refill(slot);
-  }
-
-  /** This thread's own clusters, reserved directly. */
-  ownClusters(): ReservedClusters {
-    return new ReservedClusters(this.placement, this.share.runClusters);
-  }
-
-  map(runs: number[]): Promise<void> {
-    return this.enqueue(async () => {
-      for (let i = 0; i < runs.length; i += 3) await this.placement.map(runs[i], runs[i + 1], runs[i + 2]);
-    });
-  }
-
-  handle(m: CopyWorkerMessage): void {
-    if (m.type === 'refill') void this.refill(m.slot);
-    else if (m.type === 'mapped') void this.map(m.runs);
-    else if (m.type === 'leftover') this.unused.push(...m.runs);
-  }
-
-  /** Once every thread is done: frees the clusters reserved and never written. */
-  async finish(ownLeftover: HostRun[]): Promise<void> {
-    await this.queue;
-    for (const run of [...ownLeftover, ...this.unused, ...fullSlots(this.share)]) {
-      await this.enqueue(() => this.placement.unreserve(run.host, run.count));
-    }
-  }
 }

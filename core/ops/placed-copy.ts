@@ -1,13 +1,14 @@
 /**
- * The data side of a threaded copy into a new qcow2 (an image that places
- * clusters, see PlacesClusters): each thread reads a chunk, decides which of
- * its guest clusters hold data, writes those whole clusters into host
- * clusters reserved for it, and says where they went. Reserving and mapping
- * stay on the thread that owns the image (copy-workers.ts); a worker gets
- * its host clusters through two shared slots per thread, refilled while it
- * uses the other, so it rarely waits for that thread.
+ * A threaded copy into a new qcow2 (an image that places clusters, see
+ * PlacesClusters; copy-workers.ts runs the threads). Each thread reads a
+ * chunk, decides which of its guest clusters hold data, writes those whole
+ * clusters into host clusters reserved for it, and says where they went.
+ * Reserving and mapping stay on the thread that owns the image
+ * (PlacementService); a worker gets its host clusters through two shared
+ * slots, one refilled while it uses the other, so it rarely waits.
  */
 import type { ClusterPlacement } from '../image/driver.js';
+import { toBlockError, type BlockError } from '../image/errors.js';
 import type { Protocol } from '../io/protocol.js';
 import type { CopyOptions, CopySpan } from './copy.js';
 import { zeroRuns } from './zero-runs.js';
@@ -27,10 +28,17 @@ export interface HostClusters {
 }
 
 /** Slot states in the shared Int32Array: the owning thread is filling it, or it holds a run. */
-export const SLOT_EMPTY = 0;
-export const SLOT_FULL = 1;
+const SLOT_EMPTY = 0;
+const SLOT_FULL = 1;
 /** Slots per worker thread: one in use while the other is refilled. */
-export const SLOTS_PER_THREAD = 2;
+const SLOTS_PER_THREAD = 2;
+
+/**
+ * Bytes per run of host clusters reserved for a thread. Each worker holds
+ * two, so the owning thread has 4 MiB of copying (a few ms) to hand it the
+ * next; what is left at the end is freed again.
+ */
+const RUN_BYTES = 4 << 20;
 
 /** What the threads of a placed copy share (structured-cloned into workers). */
 export interface PlacedShare {
@@ -43,18 +51,18 @@ export interface PlacedShare {
   runs: SharedArrayBuffer;
 }
 
-export function newPlacedShare(clusterSize: number, runClusters: number, workers: number): PlacedShare {
+function newPlacedShare(clusterSize: number, workers: number): PlacedShare {
   const slots = workers * SLOTS_PER_THREAD;
   return {
     clusterSize,
-    runClusters,
+    runClusters: Math.max(1, Math.floor(RUN_BYTES / clusterSize)),
     states: new SharedArrayBuffer(slots * Int32Array.BYTES_PER_ELEMENT),
     runs: new SharedArrayBuffer(slots * 2 * Float64Array.BYTES_PER_ELEMENT),
   };
 }
 
 /** Puts a run into a slot and wakes its thread (the owning thread's side). */
-export function fillSlot(share: PlacedShare, slot: number, run: HostRun): void {
+function fillSlot(share: PlacedShare, slot: number, run: HostRun): void {
   const runs = new Float64Array(share.runs);
   const states = new Int32Array(share.states);
   runs[2 * slot] = run.host;
@@ -64,7 +72,7 @@ export function fillSlot(share: PlacedShare, slot: number, run: HostRun): void {
 }
 
 /** The runs still sitting in full slots (given back at the end). */
-export function fullSlots(share: PlacedShare): HostRun[] {
+function fullSlots(share: PlacedShare): HostRun[] {
   const runs = new Float64Array(share.runs);
   const states = new Int32Array(share.states);
   const out: HostRun[] = [];
@@ -104,7 +112,7 @@ abstract class RunCursor implements HostClusters {
 }
 
 /** The owning thread's clusters: reserved straight from the image. */
-export class ReservedClusters extends RunCursor {
+class ReservedClusters extends RunCursor {
   constructor(
     private readonly placement: ClusterPlacement,
     private readonly runClusters: number,
@@ -150,6 +158,81 @@ export class SlotClusters extends RunCursor {
     Atomics.store(this.states, slot, SLOT_EMPTY);
     this.refill(slot);
     return run;
+  }
+}
+
+/**
+ * The owning thread's side of a placed copy: it reserves the workers' runs
+ * and fills their slots, makes the mappings the threads send, one request
+ * after another in the order they came, and gives back what nobody used.
+ */
+export class PlacementService {
+  readonly share: PlacedShare;
+  private queue: Promise<void> = Promise.resolve();
+  private readonly unused: HostRun[] = [];
+  private readonly own: ReservedClusters;
+  private broken = false;
+
+  constructor(
+    private readonly placement: ClusterPlacement,
+    private readonly workers: number,
+    /** Stops the copy with this error. */
+    private readonly fail: (err: BlockError) => void,
+  ) {
+    this.share = newPlacedShare(placement.clusterSize, workers);
+    this.own = new ReservedClusters(placement, this.share.runClusters);
+  }
+
+  /** Runs `fn` after every earlier request; a failure stops the copy and every later request. */
+  private enqueue(fn: () => Promise<void>): Promise<void> {
+    this.queue = this.queue.then(async () => {
+      if (this.broken) return;
+      try {
+        await fn();
+      } catch (err) {
+        this.broken = true;
+        this.fail(toBlockError(err));
+      }
+    });
+    return this.queue;
+  }
+
+  /** Fills every worker's slots, before they start. */
+  async fillAll(): Promise<void> {
+    for (let slot = 0; slot < this.workers * SLOTS_PER_THREAD; slot++) await this.refill(slot);
+  }
+
+  /** A worker took the run in `slot`: reserves the next one. */
+  refill(slot: number): Promise<void> {
+    return this.enqueue(async () => {
+      const count = this.share.runClusters;
+      fillSlot(this.share, slot, { host: await this.placement.reserve(count), count });
+    });
+  }
+
+  /** Makes mappings sent as (guest cluster, host, count) triples. */
+  map(runs: number[]): Promise<void> {
+    return this.enqueue(async () => {
+      for (let i = 0; i < runs.length; i += 3) await this.placement.map(runs[i], runs[i + 1], runs[i + 2]);
+    });
+  }
+
+  /** Runs a worker took and did not use, given back at the end. */
+  giveBack(runs: HostRun[]): void {
+    this.unused.push(...runs);
+  }
+
+  /** The owning thread's own clusters, reserved directly, and its mappings, made directly. */
+  ownSide(): { clusters: HostClusters; mapped(runs: number[]): Promise<void> } {
+    return { clusters: this.own, mapped: (runs) => this.map(runs) };
+  }
+
+  /** Once every thread is done: frees the clusters reserved and never written. */
+  async finish(): Promise<void> {
+    await this.queue;
+    for (const run of [...this.own.leftover(), ...this.unused, ...fullSlots(this.share)]) {
+      await this.enqueue(() => this.placement.unreserve(run.host, run.count));
+    }
   }
 }
 

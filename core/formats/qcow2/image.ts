@@ -1121,8 +1121,8 @@ export class Qcow2Image
    * allocates their subclusters one by one, leaving zero ones unallocated.
    */
   clusterPlacement(): ClusterPlacement | undefined {
+    // Image.clusterPlacement asks only when the image is writable.
     const fresh =
-      !this.readOnly &&
       !this.extended &&
       !this.backingRef &&
       !this.snapshots.length &&
