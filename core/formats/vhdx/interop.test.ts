@@ -19,6 +19,7 @@ import { prng, type Rng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
 import { recording, replay, type Recorded } from '../../test/recording.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+import { vhdiinfo } from '../../test/vhdi.js';
 import { vhdx } from './index.js';
 
 const KiB = 1024;
@@ -32,14 +33,6 @@ beforeAll(() => (t = tempDir('platter-vhdx-interop-')));
 afterAll(() => t?.cleanup());
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
-
-/** vhdiinfo's report on an image it reads without complaint: exit 0, nothing on stderr. */
-function vhdiinfo(path: string): string {
-  const r = shStatus('vhdiinfo', [path]);
-  expect(r.status, r.stdout + r.stderr).toBe(0);
-  expect(r.stderr).toBe('');
-  return r.stdout;
-}
 
 /** vhdiinfo reads the image without complaint, at its size. */
 function expectVhdiReads(path: string, size: number): void {

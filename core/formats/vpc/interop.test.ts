@@ -16,6 +16,7 @@ import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
+import { vhdiMediaSize } from '../../test/vhdi.js';
 import { vhdChecksumAt, vhdFixture } from './fixture.js';
 
 const KiB = 1024;
@@ -43,15 +44,6 @@ function compareWithRaw(raw: string, vhd: string): string {
 
 function qemuVirtualSize(path: string): number {
   return JSON.parse(sh('qemu-img', ['info', '--output=json', '-f', 'vpc', path]))['virtual-size'] as number;
-}
-
-/** The media size vhdiinfo reports for an image it reads without complaint (exit 0, nothing on stderr). */
-function vhdiMediaSize(path: string): number | undefined {
-  const r = shStatus('vhdiinfo', [path]);
-  expect(r.status, r.stdout + r.stderr).toBe(0);
-  expect(r.stderr).toBe('');
-  const m = /Media size\s*:.*\((\d+) bytes\)/.exec(r.stdout);
-  return m ? Number(m[1]) : undefined;
 }
 
 describe.skipIf(!HAS_QEMU)('vpc: what Platter writes', () => {
