@@ -138,8 +138,9 @@ export function hasCompressedWrites(img: FormatImage): img is FormatImage & Comp
  * Images whose new data clusters other threads may write: the image hands
  * out host clusters of its own file and maps guest clusters to them once the
  * data is there, and the threads write the data straight into the file. A
- * threaded copy into a new qcow2 works so (see ops/placed-copy.ts): data
- * moves on every core, metadata stays with the one thread that owns it.
+ * threaded copy into a new qcow2, dynamic VHD or VHDX works so (see
+ * ops/placed-copy.ts): data moves on every core, metadata stays with the
+ * one thread that owns it.
  */
 export interface PlacesClusters {
   /** How to place clusters now, or undefined when this image cannot take such writes (it has data, a backing file...). */
@@ -151,7 +152,24 @@ export function placesClusters(img: FormatImage): img is FormatImage & PlacesClu
 
 export interface ClusterPlacement {
   readonly clusterSize: number;
-  /** `count` new contiguous host clusters, counted but mapped by nothing yet: where the first is in the image's file. */
+  /**
+   * Bytes from one host cluster of a reservation to the next: the cluster
+   * size, or more where each cluster is stored after a header of its own (a
+   * VHD block's sector bitmap, which `map` writes). Host offsets here are
+   * where a cluster's data starts.
+   */
+  readonly hostStride: number;
+  /**
+   * Nothing but reservations takes space in the file while clusters are
+   * placed, each reservation follows the previous one past the end of the
+   * file's data (so it reads as zeros until written), and unreserving the
+   * end of the last gives that space back. A copy may then reserve all it
+   * could need at once, give back the rest, leaving no gap, and write only
+   * the data of each cluster. (A qcow2 allocates L2 tables and refcount
+   * blocks meanwhile.)
+   */
+  readonly appendOnly: boolean;
+  /** `count` new host clusters, `hostStride` apart, counted but mapped by nothing yet: where the first's data goes. */
   reserve(count: number): Promise<number>;
   /** Guest clusters [guestCluster, +count) now hold their data, in the reserved host clusters from `host` on. */
   map(guestCluster: number, host: number, count: number): Promise<void>;

@@ -136,6 +136,8 @@ export class Image {
     if (!placement) return undefined;
     return {
       clusterSize: placement.clusterSize,
+      hostStride: placement.hostStride,
+      appendOnly: placement.appendOnly,
       reserve: (count) => this.wrap('write', undefined, () => placement.reserve(count)),
       map: (guestCluster, host, count) =>
         this.wrap('write', guestCluster * placement.clusterSize, () => placement.map(guestCluster, host, count)),

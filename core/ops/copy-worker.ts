@@ -6,7 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { toBlockError } from '../image/errors.js';
 import { copyTakenChunks, stopRequested, type CopyWorkerMessage, type WorkerData } from './copy-workers.js';
-import { SlotClusters } from './placed-copy.js';
+import { workerClusters } from './placed-copy.js';
 
 if (!parentPort) throw new Error('copy-worker runs only as a worker thread');
 const port = parentPort;
@@ -22,7 +22,7 @@ async function run({ task, worker }: WorkerData): Promise<void> {
   let unreported = 0;
   let last = Date.now();
   const clusters = task.placed
-    ? new SlotClusters(task.placed, worker, () => stopRequested(task), (slot) => post({ type: 'refill', slot }))
+    ? workerClusters(task.placed, worker, () => stopRequested(task), (slot) => post({ type: 'refill', slot }))
     : undefined;
   try {
     await copyTakenChunks(task, {

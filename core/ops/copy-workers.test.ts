@@ -206,7 +206,7 @@ describe('copy on worker threads', () => {
     }
   });
 
-  it.each(['raw', 'qcow2'])('a cancel stops every thread, and the copy returns only then (into %s)', async (format) => {
+  it.each(['raw', 'qcow2', 'vpc', 'vhdx'])('a cancel stops every thread, and the copy returns only then (into %s)', async (format) => {
     const src = t.path(`cancel-${format}.raw`);
     makeMixedRaw(src, SIZE, prng(9));
     const source = await openImage(src, { format: 'raw' });

@@ -7,12 +7,13 @@
  * I/O, and take 512 KiB chunks from a shared counter: read, zero check and
  * write on one thread, with the chunk still in that core's cache.
  *
- * Two kinds of target take this. A raw one has no metadata
- * (FormatImage.plainFile): every thread opens it and writes its chunks in
- * place. A new qcow2 places clusters (PlacesClusters): the threads write
- * whole data clusters into host clusters this thread reserves for them and
- * send back where they went, and this thread, which owns the image's
- * metadata, maps them (placed-copy.ts). Other targets keep the pipeline.
+ * Two kinds of target take this. A raw one (or a fixed VHD) has no
+ * metadata (FormatImage.plainFile): every thread opens it and writes its
+ * chunks in place. A new qcow2, dynamic VHD or VHDX places clusters
+ * (PlacesClusters): the threads write data clusters into host clusters this
+ * thread reserves for them and send back where they went, and this thread,
+ * which owns the image's metadata, maps them (placed-copy.ts). Other
+ * targets keep the pipeline.
  */
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -161,7 +162,7 @@ async function placedCopier(
   };
   return {
     copy: async (chunk) => {
-      const maps = await copyChunkPlaced(chunk, buf, file, placing.clusters, placed.clusterSize, task.copy);
+      const maps = await copyChunkPlaced(chunk, buf, file, placing.clusters, placed, task.copy);
       if (!maps) return false;
       batch.push(...maps);
       if (batch.length >= MAP_BATCH) await send();
@@ -259,7 +260,7 @@ export async function copyTakenChunks(task: CopyTask, side: ThreadSide): Promise
   }
 }
 
-/** Whether this target can be copied into on threads, and how: written in place (raw), or placed (a new qcow2). */
+/** Whether this target can be copied into on threads, and how: written in place (raw), or placed (see PlacesClusters). */
 function threadedTarget(spans: CopySpan[], target: Image): { placement?: ClusterPlacement } | undefined {
   if (target.plainFile) return {};
   const placement = target.clusterPlacement();
@@ -268,9 +269,9 @@ function threadedTarget(spans: CopySpan[], target: Image): { placement?: Cluster
 
 /**
  * Copies `spans` into `target` on this thread and worker threads when that
- * applies (a raw or new qcow2 target, sources and target reopenable, no
- * compression or rate limit, enough data); returns false, having done
- * nothing, when it does not. `script` is the worker's file (tests running
+ * applies (a raw target or a new one that places clusters, sources and
+ * target reopenable, no compression or rate limit, enough data); returns
+ * false, having done nothing, when it does not. `script` is the worker's file (tests running
  * from source pass the built one).
  */
 export async function copyInWorkers(
@@ -309,20 +310,24 @@ export async function copyInWorkers(
     failure ??= err;
     halt();
   };
-  const metadata = how.placement && new PlacementService(how.placement, workers, fail);
   const task: CopyTask = {
     sources: sources.map((s) => s.openedAs!),
     target: { filename: targetAs.filename, options: { ...targetAs.options, readOnly: false } },
     spans: spans.map((s) => ({ ...s, source: sources.indexOf(s.source) })),
     copy: { ...opts, chunkSize: CHUNK, parallel: 1 },
     control,
-    placed: metadata?.share,
   };
+  let metadata: PlacementService | undefined;
   const meter = new ProgressMeter(total, ctx);
   if (ctx.signal?.aborted) halt();
   ctx.signal?.addEventListener('abort', halt);
   try {
-    if (metadata) await metadata.fillAll();
+    if (how.placement) {
+      const { clusterSize } = how.placement;
+      const clusters = spans.reduce((n, s) => n + Math.ceil(s.length / clusterSize), 0);
+      metadata = await PlacementService.start(how.placement, workers, clusters, fail);
+      task.placed = metadata.share;
+    }
     const running = Array.from(
       { length: failure ? 0 : workers },
       (_, worker) =>

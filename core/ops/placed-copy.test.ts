@@ -1,11 +1,12 @@
 /**
- * Threaded copies into new qcow2 images: worker threads write the data
- * clusters, the calling thread maps them (placed-copy.ts). What they write
- * must be what the in-process pipeline writes (PLATTER_COPY_THREADS=1): the
- * same guest content, the same clusters allocated, and an image qemu-img
- * finds clean, with no cluster leaked from the runs reserved for threads.
+ * Threaded copies into new qcow2, VHD and VHDX images: worker threads write
+ * the data clusters (blocks), the calling thread maps them (placed-copy.ts).
+ * What they write must be what the in-process pipeline writes
+ * (PLATTER_COPY_THREADS=1): the same guest content, the same clusters
+ * allocated, and an image its checkers find clean, with no cluster leaked
+ * from what was reserved for threads.
  */
-import { closeSync, openSync, readdirSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, statSync, writeSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createImage, openImage } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
@@ -14,6 +15,7 @@ import { platterProcess } from '../test/cli.js';
 import { prng } from '../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo } from '../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir, withSmallDisk } from '../test/tmp.js';
+import { vhdiinfo } from '../test/vhdi.js';
 import { copyInWorkers } from './copy-workers.js';
 import { DEFAULT_COPY_OPTIONS, type CopySpan } from './copy.js';
 
@@ -63,8 +65,8 @@ interface MapExtent {
  * up to each copy): which guest ranges are data, zero or neither, with
  * neighbours alike merged.
  */
-function guestMap(path: string): MapExtent[] {
-  const map = JSON.parse(sh('qemu-img', ['map', '--output=json', path])) as MapExtent[];
+function guestMap(path: string, format = 'qcow2'): MapExtent[] {
+  const map = JSON.parse(sh('qemu-img', ['map', '--output=json', '-f', format, path])) as MapExtent[];
   const merged: MapExtent[] = [];
   for (const { start, length, data, zero } of map) {
     const last = merged[merged.length - 1];
@@ -232,13 +234,81 @@ f.seek(at); f.write(struct.pack('>Q',e))`,
     expect(readdirSync(t.dir).filter((n) => n.includes('bad-out'))).toEqual([]);
   });
 
-  it('a full disk under the threads: one line, and nothing left on the disk', () => {
-    const mnt = t.path('small');
-    withSmallDisk(mnt, '8m', 'threaded full-disk test into qcow2', () => {
-      const r = convert(['-f', 'raw', '-O', 'qcow2', src, `${mnt}/out.qcow2`], '2');
+  it.each(['qcow2', 'vpc', 'vhdx'])('a full disk under the threads: one line, and nothing left on the disk (%s)', (fmt) => {
+    const mnt = t.path(`small-${fmt}`);
+    withSmallDisk(mnt, '8m', `threaded full-disk test into ${fmt}`, () => {
+      const r = convert(['-f', 'raw', '-O', fmt, src, `${mnt}/out.${fmt}`], '2');
       expect(r.code).toBe(1);
-      expect(r.stderr).toBe(`platter: ${mnt}/out.qcow2: no space left on device\n`);
+      expect(r.stderr).toBe(`platter: ${mnt}/out.${fmt}: no space left on device\n`);
       expect(readdirSync(mnt)).toEqual([]);
+    });
+  });
+});
+
+describe.skipIf(!hasQemu)('copy on threads into a new VHD or VHDX', () => {
+  const src = makeRaw('src-vhd.raw', SIZE, 6);
+  const hasVhdi = hasTool('vhdiinfo', 'apt-get install libvhdi-utils');
+
+  const variants: [string, string, string[]][] = [
+    ['vpc', 'dynamic (2 MiB blocks, a bitmap before each)', []],
+    ['vpc', 'dynamic, -S 0', ['-S', '0']],
+    ['vpc', 'fixed (in place, as raw)', ['-o', 'subformat=fixed']],
+    ['vhdx', 'dynamic (8 MiB blocks, bigger than a chunk)', []],
+    ['vhdx', '1 MiB blocks', ['-o', 'block_size=1M']],
+    ['vhdx', 'block_state_zero=off', ['-o', 'block_state_zero=off']],
+    ['vhdx', '-S 1M', ['-S', '1M']],
+    ['vhdx', 'fixed (in-process)', ['-o', 'subformat=fixed']],
+  ];
+  it.each(variants)('%s, %s: identical, and laid out as the in-process copy lays it out', (fmt, label, opts) => {
+    const name = `${fmt}-${label.replace(/\W+/g, '-')}`;
+    const outs = ['1', '2', '3'].map((threads) => {
+      const out = t.path(`${name}-${threads}.${fmt}`);
+      const r = convert(['-f', 'raw', '-O', fmt, ...opts, src, out], threads);
+      expect(r, `threads=${threads}`).toMatchObject({ code: 0, stderr: '' });
+      // A fixed VHD has no header for qemu-img to probe: the format is given.
+      expect(sh('qemu-img', ['compare', '-f', 'raw', '-F', fmt, src, out]), `threads=${threads}`).toMatch(/identical/);
+      if (fmt === 'vhdx') expect(problems(qemuCheck(out, 'vhdx')), `threads=${threads}`).toEqual(CLEAN);
+      if (hasVhdi) vhdiinfo(out);
+      return out;
+    });
+    const inProcess = guestMap(outs[0], fmt);
+    const file = statSync(outs[0]);
+    for (const out of outs.slice(1)) {
+      expect(guestMap(out, fmt)).toEqual(inProcess);
+      // The same blocks, one after another with no gap, and holes where the in-process copy leaves them.
+      expect(statSync(out).size).toBe(file.size);
+      expect(Math.abs(statSync(out).blocks - file.blocks)).toBeLessThanOrEqual(file.blocks / 100);
+    }
+  });
+
+  it('only a dynamic VHD or VHDX with nothing in it takes placed clusters', async () => {
+    const create = (fmt: string, p: string, ...opts: string[]) => sh('qemu-img', ['create', '-q', '-f', fmt, ...opts, p, '96M']);
+    const cases: [string, string, (p: string) => void][] = [
+      ['vpc', 'new', (p) => create('vpc', p)],
+      ['vpc', 'data', (p) => (create('vpc', p), sh('qemu-io', ['-f', 'vpc', '-c', 'write 1M 4k', p]))],
+      ['vpc', 'fixed', (p) => create('vpc', p, '-o', 'subformat=fixed')],
+      ['vhdx', 'new', (p) => create('vhdx', p)],
+      ['vhdx', 'data', (p) => (create('vhdx', p), sh('qemu-io', ['-f', 'vhdx', '-c', 'write 1M 4k', p]))],
+      ['vhdx', 'fixed', (p) => create('vhdx', p, '-o', 'subformat=fixed')],
+    ];
+    const placed: Record<string, boolean> = {};
+    for (const [fmt, name, make] of cases) {
+      const p = t.path(`placement-${name}.${fmt}`);
+      make(p);
+      const img = await openImage(p, { format: fmt, readOnly: false });
+      try {
+        placed[`${fmt} ${name}`] = img.clusterPlacement() !== undefined;
+      } finally {
+        await img.close();
+      }
+    }
+    expect(placed).toEqual({
+      'vpc new': true,
+      'vpc data': false,
+      'vpc fixed': false,
+      'vhdx new': true,
+      'vhdx data': false,
+      'vhdx fixed': false,
     });
   });
 });

@@ -1,11 +1,11 @@
 /**
- * A threaded copy into a new qcow2 (an image that places clusters, see
- * PlacesClusters; copy-workers.ts runs the threads). Each thread reads a
- * chunk, decides which of its guest clusters hold data, writes those whole
- * clusters into host clusters reserved for it, and says where they went.
- * Reserving and mapping stay on the thread that owns the image
- * (PlacementService); a worker gets its host clusters through two shared
- * slots, one refilled while it uses the other, so it rarely waits.
+ * A threaded copy into a new image that places clusters (a qcow2, a dynamic
+ * VHD or VHDX; see PlacesClusters; copy-workers.ts runs the threads). Each
+ * thread reads a chunk, decides which of its guest clusters hold data,
+ * writes those whole clusters into host clusters reserved for it, and says
+ * where they went. Reserving and mapping stay on the thread that owns the
+ * image (PlacementService); see PlacedShare for how the other threads get
+ * their host clusters without waiting for it.
  */
 import type { ClusterPlacement } from '../image/driver.js';
 import { toBlockError, type BlockError } from '../image/errors.js';
@@ -40,31 +40,40 @@ const SLOTS_PER_THREAD = 2;
  */
 const RUN_BYTES = 4 << 20;
 
-/** What the threads of a placed copy share (structured-cloned into workers). */
+/**
+ * What the threads of a placed copy share (structured-cloned into workers).
+ * Host clusters come one of two ways. In general, through slots: the owning
+ * thread reserves a run for each worker's slot as the worker empties it.
+ * From an append-only placement, out of one region reserved for the whole
+ * copy, with a shared counter: no thread waits for another, and the unused
+ * end of the region is given back whole, so no gap is left in the file.
+ */
 export interface PlacedShare {
   clusterSize: number;
-  /** Clusters per reserved run. */
+  hostStride: number;
+  /** Reserved clusters read as zeros until written (an append-only placement's, past the file's end). */
+  zeroFilled: boolean;
+  /** Clusters per reserved run (a slot's; in a region, what a thread takes at a time, for its chunks). */
   runClusters: number;
-  /** Int32Array: per slot, SLOT_EMPTY or SLOT_FULL. */
-  states: SharedArrayBuffer;
-  /** Float64Array: per slot, the run's host offset and cluster count. */
-  runs: SharedArrayBuffer;
-}
-
-function newPlacedShare(clusterSize: number, workers: number): PlacedShare {
-  const slots = workers * SLOTS_PER_THREAD;
-  return {
-    clusterSize,
-    runClusters: Math.max(1, Math.floor(RUN_BYTES / clusterSize)),
-    states: new SharedArrayBuffer(slots * Int32Array.BYTES_PER_ELEMENT),
-    runs: new SharedArrayBuffer(slots * 2 * Float64Array.BYTES_PER_ELEMENT),
+  slots?: {
+    /** Int32Array: per slot, SLOT_EMPTY or SLOT_FULL. */
+    states: SharedArrayBuffer;
+    /** Float64Array: per slot, the run's host offset and cluster count. */
+    runs: SharedArrayBuffer;
+  };
+  region?: {
+    /** Where the region's first cluster's data goes, and how many clusters it has. */
+    host: number;
+    clusters: number;
+    /** BigInt64Array of one: the clusters handed out so far. */
+    taken: SharedArrayBuffer;
   };
 }
 
 /** Puts a run into a slot and wakes its thread (the owning thread's side). */
-function fillSlot(share: PlacedShare, slot: number, run: HostRun): void {
-  const runs = new Float64Array(share.runs);
-  const states = new Int32Array(share.states);
+function fillSlot(slots: NonNullable<PlacedShare['slots']>, slot: number, run: HostRun): void {
+  const runs = new Float64Array(slots.runs);
+  const states = new Int32Array(slots.states);
   runs[2 * slot] = run.host;
   runs[2 * slot + 1] = run.count;
   Atomics.store(states, slot, SLOT_FULL);
@@ -72,9 +81,9 @@ function fillSlot(share: PlacedShare, slot: number, run: HostRun): void {
 }
 
 /** The runs still sitting in full slots (given back at the end). */
-function fullSlots(share: PlacedShare): HostRun[] {
-  const runs = new Float64Array(share.runs);
-  const states = new Int32Array(share.states);
+function fullSlots(slots: NonNullable<PlacedShare['slots']>): HostRun[] {
+  const runs = new Float64Array(slots.runs);
+  const states = new Int32Array(slots.states);
   const out: HostRun[] = [];
   for (let slot = 0; slot < states.length; slot++) {
     if (Atomics.load(states, slot) === SLOT_FULL) out.push({ host: runs[2 * slot], count: runs[2 * slot + 1] });
@@ -85,7 +94,7 @@ function fullSlots(share: PlacedShare): HostRun[] {
 /** Hands out clusters from a current run, taking a new run when it is used up. */
 abstract class RunCursor implements HostClusters {
   private current: HostRun = { host: 0, count: 0 };
-  constructor(protected readonly clusterSize: number) {}
+  constructor(protected readonly hostStride: number) {}
 
   /** The next run, or undefined when the copy was stopped. */
   protected abstract nextRun(): Promise<HostRun | undefined> | HostRun | undefined;
@@ -96,7 +105,7 @@ abstract class RunCursor implements HostClusters {
       const n = Math.min(count, this.current.count);
       if (n > 0) {
         out.push({ host: this.current.host, count: n });
-        this.current = { host: this.current.host + n * this.clusterSize, count: this.current.count - n };
+        this.current = { host: this.current.host + n * this.hostStride, count: this.current.count - n };
         count -= n;
       }
       if (count === 0) return out;
@@ -117,7 +126,7 @@ class ReservedClusters extends RunCursor {
     private readonly placement: ClusterPlacement,
     private readonly runClusters: number,
   ) {
-    super(placement.clusterSize);
+    super(placement.hostStride);
   }
 
   protected async nextRun(): Promise<HostRun> {
@@ -129,22 +138,23 @@ class ReservedClusters extends RunCursor {
 const SLOT_WAIT = 50;
 
 /** A worker's clusters: its two slots in turn, each refilled by the owning thread once taken. */
-export class SlotClusters extends RunCursor {
+class SlotClusters extends RunCursor {
   private turn = 0;
   private readonly states: Int32Array;
   private readonly runs: Float64Array;
 
   constructor(
     share: PlacedShare,
+    slots: NonNullable<PlacedShare['slots']>,
     /** This worker's number, from 0. */
     private readonly worker: number,
     private readonly stopped: () => boolean,
     /** Asks the owning thread to refill a slot. */
     private readonly refill: (slot: number) => void,
   ) {
-    super(share.clusterSize);
-    this.states = new Int32Array(share.states);
-    this.runs = new Float64Array(share.runs);
+    super(share.hostStride);
+    this.states = new Int32Array(slots.states);
+    this.runs = new Float64Array(slots.runs);
   }
 
   protected nextRun(): HostRun | undefined {
@@ -161,26 +171,90 @@ export class SlotClusters extends RunCursor {
   }
 }
 
-/**
- * The owning thread's side of a placed copy: it reserves the workers' runs
- * and fills their slots, makes the mappings the threads send, one request
- * after another in the order they came, and gives back what nobody used.
- */
-export class PlacementService {
-  readonly share: PlacedShare;
-  private queue: Promise<void> = Promise.resolve();
-  private readonly unused: HostRun[] = [];
-  private readonly own: ReservedClusters;
-  private broken = false;
+/** Any thread's clusters from a region reserved for the whole copy: each take bumps the shared counter. */
+class RegionClusters implements HostClusters {
+  private readonly taken: BigInt64Array;
 
   constructor(
+    private readonly region: NonNullable<PlacedShare['region']>,
+    private readonly hostStride: number,
+  ) {
+    this.taken = new BigInt64Array(region.taken);
+  }
+
+  async take(count: number): Promise<HostRun[]> {
+    const first = Number(Atomics.add(this.taken, 0, BigInt(count)));
+    // The region holds a cluster for every guest cluster of the copy, so this is a bug, not bad input.
+    if (first + count > this.region.clusters) throw new Error('a placed copy ran out of the clusters it reserved');
+    return [{ host: this.region.host + first * this.hostStride, count }];
+  }
+
+  leftover(): HostRun[] {
+    return [];
+  }
+}
+
+/** A worker thread's host clusters, however the share hands them out. */
+export function workerClusters(
+  share: PlacedShare,
+  worker: number,
+  stopped: () => boolean,
+  refill: (slot: number) => void,
+): HostClusters {
+  if (share.region) return new RegionClusters(share.region, share.hostStride);
+  if (share.slots) return new SlotClusters(share, share.slots, worker, stopped, refill);
+  throw new Error('a placed copy shares neither slots nor a region');
+}
+
+/**
+ * The owning thread's side of a placed copy: it reserves host clusters
+ * (the workers' runs, filling their slots, or one region for all), makes
+ * the mappings the threads send, one request after another in the order
+ * they came, and gives back what nobody used.
+ */
+export class PlacementService {
+  private queue: Promise<void> = Promise.resolve();
+  private readonly unused: HostRun[] = [];
+  private readonly own: HostClusters;
+  private broken = false;
+
+  private constructor(
     private readonly placement: ClusterPlacement,
-    private readonly workers: number,
+    readonly share: PlacedShare,
     /** Stops the copy with this error. */
     private readonly fail: (err: BlockError) => void,
   ) {
-    this.share = newPlacedShare(placement.clusterSize, workers);
-    this.own = new ReservedClusters(placement, this.share.runClusters);
+    const { region, runClusters, hostStride } = share;
+    this.own = region ? new RegionClusters(region, hostStride) : new ReservedClusters(placement, runClusters);
+  }
+
+  /**
+   * Reserves what the threads start with: every worker's slots filled, or,
+   * from an append-only placement, a region of `clusters` (one for each
+   * guest cluster the copy covers).
+   */
+  static async start(
+    placement: ClusterPlacement,
+    workers: number,
+    clusters: number,
+    fail: (err: BlockError) => void,
+  ): Promise<PlacementService> {
+    const { clusterSize, hostStride } = placement;
+    const runClusters = Math.max(1, Math.floor(RUN_BYTES / clusterSize));
+    const share: PlacedShare = { clusterSize, hostStride, zeroFilled: placement.appendOnly, runClusters };
+    if (placement.appendOnly) {
+      const taken = new SharedArrayBuffer(BigInt64Array.BYTES_PER_ELEMENT);
+      share.region = { host: await placement.reserve(clusters), clusters, taken };
+      return new PlacementService(placement, share, fail);
+    }
+    const slots = workers * SLOTS_PER_THREAD;
+    share.slots = {
+      states: new SharedArrayBuffer(slots * Int32Array.BYTES_PER_ELEMENT),
+      runs: new SharedArrayBuffer(slots * 2 * Float64Array.BYTES_PER_ELEMENT),
+    };
+    const service = new PlacementService(placement, share, fail);
+    for (let slot = 0; slot < slots; slot++) await service.refill(slot);
+    return service;
   }
 
   /** Runs `fn` after every earlier request; a failure stops the copy and every later request. */
@@ -197,16 +271,11 @@ export class PlacementService {
     return this.queue;
   }
 
-  /** Fills every worker's slots, before they start. */
-  async fillAll(): Promise<void> {
-    for (let slot = 0; slot < this.workers * SLOTS_PER_THREAD; slot++) await this.refill(slot);
-  }
-
   /** A worker took the run in `slot`: reserves the next one. */
   refill(slot: number): Promise<void> {
     return this.enqueue(async () => {
       const count = this.share.runClusters;
-      fillSlot(this.share, slot, { host: await this.placement.reserve(count), count });
+      fillSlot(this.share.slots!, slot, { host: await this.placement.reserve(count), count });
     });
   }
 
@@ -222,7 +291,7 @@ export class PlacementService {
     this.unused.push(...runs);
   }
 
-  /** The owning thread's own clusters, reserved directly, and its mappings, made directly. */
+  /** The owning thread's own clusters, and its mappings, made directly. */
   ownSide(): { clusters: HostClusters; mapped(runs: number[]): Promise<void> } {
     return { clusters: this.own, mapped: (runs) => this.map(runs) };
   }
@@ -230,9 +299,13 @@ export class PlacementService {
   /** Once every thread is done: frees the clusters reserved and never written. */
   async finish(): Promise<void> {
     await this.queue;
-    for (const run of [...this.own.leftover(), ...this.unused, ...fullSlots(this.share)]) {
-      await this.enqueue(() => this.placement.unreserve(run.host, run.count));
+    const { slots, region, hostStride } = this.share;
+    const left = [...this.own.leftover(), ...this.unused, ...(slots ? fullSlots(slots) : [])];
+    if (region) {
+      const used = Math.min(region.clusters, Number(Atomics.load(new BigInt64Array(region.taken), 0)));
+      if (used < region.clusters) left.push({ host: region.host + used * hostStride, count: region.clusters - used });
     }
+    for (const run of left) await this.enqueue(() => this.placement.unreserve(run.host, run.count));
   }
 }
 
@@ -250,42 +323,53 @@ export function clusterAligned(spans: CopySpan[], clusterSize: number): boolean 
  * Copies one cluster-aligned chunk: reads it (ranges the source knows to be
  * zero are not read), places the clusters holding data (all of them with a
  * sparse size of 0, else those with a non-zero block of that size) and
- * writes them whole, the end of the image's last cluster padded with zeros.
- * `buf` holds at least the chunk rounded up to whole clusters. Returns the
- * mappings made, as (guest cluster, host, count) triples, or undefined when
- * the copy was stopped.
+ * writes them: whole, the end of the image's last cluster padded with
+ * zeros, or, where reserved clusters read as zeros already, only their data
+ * (the rest stays a hole, as the in-process copy leaves it). `buf` holds at
+ * least the chunk rounded up to whole clusters. Returns the mappings made,
+ * as (guest cluster, host, count) triples, or undefined when the copy was
+ * stopped.
  */
 export async function copyChunkPlaced(
   chunk: CopySpan,
   buf: Uint8Array,
   file: Protocol,
   clusters: HostClusters,
-  clusterSize: number,
+  layout: Pick<PlacedShare, 'clusterSize' | 'hostStride' | 'zeroFilled'>,
   opts: Pick<CopyOptions, 'sparseSize'>,
 ): Promise<number[] | undefined> {
-  const cs = clusterSize;
+  const { clusterSize: cs, hostStride, zeroFilled } = layout;
   const count = Math.ceil(chunk.length / cs);
   const data = new Uint8Array(count);
-  const mark = (from: number, to: number) => data.fill(1, Math.floor(from / cs), Math.ceil(to / cs));
+  /** The chunk's data, as [from, to) pairs in order, neighbours merged. */
+  const pieces: number[] = [];
+  const addData = (from: number, to: number) => {
+    data.fill(1, Math.floor(from / cs), Math.ceil(to / cs));
+    if (pieces.length && pieces[pieces.length - 1] === from) pieces[pieces.length - 1] = to;
+    else pieces.push(from, to);
+  };
   for (let at = 0; at < chunk.length; ) {
     const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
     const piece = buf.subarray(at, at + st.length);
     if (st.zero) {
-      // Only clusters this range shares with data are written: zero its parts of those.
-      const headEnd = Math.min(at + st.length, Math.ceil(at / cs) * cs);
-      buf.fill(0, at, headEnd);
-      buf.fill(0, Math.max(headEnd, Math.floor((at + st.length) / cs) * cs), at + st.length);
+      // Only clusters this range shares with data are written (whole): zero its parts of those.
+      if (!zeroFilled) {
+        const headEnd = Math.min(at + st.length, Math.ceil(at / cs) * cs);
+        buf.fill(0, at, headEnd);
+        buf.fill(0, Math.max(headEnd, Math.floor((at + st.length) / cs) * cs), at + st.length);
+      }
     } else {
       await chunk.source.read(piece, chunk.sourceOffset + at);
       const whole = [{ start: 0, length: st.length, zero: false }];
       const runs = opts.sparseSize ? zeroRuns(piece, chunk.targetOffset + at, opts.sparseSize) : whole;
-      for (const run of runs) if (!run.zero) mark(at + run.start, at + run.start + run.length);
+      for (const run of runs) if (!run.zero) addData(at + run.start, at + run.start + run.length);
     }
     at += st.length;
   }
-  buf.fill(0, chunk.length, count * cs);
+  if (!zeroFilled) buf.fill(0, chunk.length, count * cs);
   const first = chunk.targetOffset / cs;
   const maps: number[] = [];
+  let next = 0;
   for (let i = 0; i < count; ) {
     if (!data[i]) {
       i++;
@@ -296,7 +380,26 @@ export async function copyChunkPlaced(
     const runs = await clusters.take(j - i);
     if (!runs) return undefined;
     for (const run of runs) {
-      await file.write(buf.subarray(i * cs, (i + run.count) * cs), run.host);
+      const from = i * cs;
+      const to = (i + run.count) * cs;
+      // Chunk byte p of this run goes to its host cluster ⌊(p - from) / cs⌋, at (p - from) % cs.
+      const hostOf = (p: number) => run.host + Math.floor((p - from) / cs) * hostStride + ((p - from) % cs);
+      const writes: [number, number][] = [];
+      if (!zeroFilled) writes.push([from, to]);
+      else {
+        while (next < pieces.length && pieces[next + 1] <= from) next += 2;
+        for (let k = next; k < pieces.length && pieces[k] < to; k += 2) {
+          writes.push([Math.max(from, pieces[k]), Math.min(to, pieces[k + 1])]);
+        }
+      }
+      for (const [start, end] of writes) {
+        // Clusters with headers between them in the file go out one by one.
+        for (let at = start; at < end; ) {
+          const upTo = hostStride === cs ? end : Math.min(end, (Math.floor(at / cs) + 1) * cs);
+          await file.write(buf.subarray(at, upTo), hostOf(at));
+          at = upTo;
+        }
+      }
       maps.push(first + i, run.host, run.count);
       i += run.count;
     }

@@ -1134,6 +1134,8 @@ export class Qcow2Image
     const cs = this.clusterSize;
     return {
       clusterSize: cs,
+      hostStride: cs,
+      appendOnly: false,
       reserve: (count) => this.metadata(() => this.refcounts.allocate(count, true)),
       unreserve: (host, count) => this.metadata(() => this.refcounts.free(host, count)),
       map: (guestCluster, host, count) =>

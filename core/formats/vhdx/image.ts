@@ -16,10 +16,12 @@
 import type {
   Checkable,
   CheckReport,
+  ClusterPlacement,
   FormatImage,
   FormatInfo,
   HasBacking,
   LayerExtent,
+  PlacesClusters,
   RepairMode,
   Resizable,
   ResizePreallocation,
@@ -74,7 +76,7 @@ interface SectorWrite {
 const S = L.LOG_SECTOR_SIZE;
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
 
-export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable {
+export class VhdxImage implements FormatImage, Checkable, HasBacking, PlacesClusters, Resizable {
   size: number;
   readonly readOnly: boolean;
   readonly proto: Protocol;
@@ -83,6 +85,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
   private readonly parts: VhdxParts;
   /** Where the next new block goes: past everything in the file, 1 MiB aligned. */
   private fileEnd: number;
+  /** The end of the last block placed by other threads (see clusterPlacement). */
+  private placedEnd = 0;
   /** Guest I/O holds its blocks, so a block's first write (which allocates it) is never overtaken. */
   private readonly ranges = new RangeLock();
   /** Header and log writes, one at a time. */
@@ -289,6 +293,49 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
     this.bat.set(payloadIndex(this.bat.geometry, b), L.PAYLOAD_FULLY_PRESENT, host);
   }
 
+  /** Whether block `b` has data of its own in the file (fully or partly present). */
+  private stored(b: number): boolean {
+    const { state } = this.block(b);
+    return state === L.PAYLOAD_FULLY_PRESENT || state === L.PAYLOAD_PARTIALLY_PRESENT;
+  }
+
+  /**
+   * Placed copies into a dynamic VHDX with no data yet and no parent
+   * (PlacesClusters): other threads write whole blocks past the end of the
+   * file, one after another like any new block, and `map` points the BAT at
+   * them. Nothing else allocates meanwhile, so a copy reserves all it could
+   * need at once and gives back the end it did not use.
+   */
+  clusterPlacement(): ClusterPlacement | undefined {
+    if (this.meta.hasParent || this.meta.leaveBlocksAllocated) return undefined;
+    for (let b = 0; b < this.bat.geometry.dataBlocks; b++) if (this.stored(b)) return undefined;
+    const bs = this.bs;
+    return {
+      clusterSize: bs,
+      hostStride: bs,
+      appendOnly: true,
+      reserve: async (count) => {
+        await this.beforeFirstChange();
+        const host = this.fileEnd;
+        this.fileEnd += count * bs;
+        return host;
+      },
+      unreserve: async (host, count) => {
+        if (host + count * bs === this.fileEnd) this.fileEnd = host;
+      },
+      map: async (first, host, count) => {
+        for (let k = 0; k < count; k++) {
+          const b = first + k;
+          if (!(b < this.bat.geometry.dataBlocks) || this.stored(b)) {
+            throw new BlockError('InvalidArgument', `block ${b} is mapped already or out of range`);
+          }
+          this.bat.set(payloadIndex(this.bat.geometry, b), L.PAYLOAD_FULLY_PRESENT, host + k * bs);
+        }
+        this.placedEnd = Math.max(this.placedEnd, host + count * bs);
+      },
+    };
+  }
+
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     return this.zero(offset, length, mayUnmap);
   }
@@ -331,6 +378,8 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, Resizable 
       const batAt = this.parts.table.bat.offset;
       const writes = [...pages.map((p) => ({ fileOffset: batAt + p * S, data: this.bat.page(p) })), ...extra];
       try {
+        // Placed blocks end in a hole where their data does: the file must still cover them (as allocate's do).
+        if ((await this.proto.size()) < this.placedEnd) await this.proto.truncate(this.placedEnd);
         await this.proto.flush();
         const max = Math.min(L.QEMU_MAX_LOG_DESCRIPTORS, maxSectorsPerEntry(this.parts.headers.header.logLength));
         for (let i = 0; i < writes.length; i += max) await this.logged(writes.slice(i, i + max));

@@ -9,6 +9,8 @@ import type { Footer } from './footer.js';
 
 export class FixedVpcImage implements FormatImage {
   readonly size: number;
+  /** Guest byte N is byte N of the file, and the footer lies past the guest's bytes. */
+  readonly plainFile = true;
 
   constructor(
     readonly proto: Protocol,

@@ -20,7 +20,7 @@
  * flush, plus completed blocks at most, never a BAT entry past the end of
  * the file.
  */
-import type { FormatImage, FormatInfo, HasBacking, LayerExtent } from '../../image/driver.js';
+import type { ClusterPlacement, FormatImage, FormatInfo, HasBacking, LayerExtent, PlacesClusters } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import { Mutex, RangeLock } from '../../image/locks.js';
 import type { Protocol } from '../../io/protocol.js';
@@ -46,7 +46,7 @@ const BITMAP_CACHE = 4096;
 /** Bytes of a BAT sector: 128 entries. */
 const BAT_SECTOR_ENTRIES = L.SECTOR_SIZE / 4;
 
-export class DynamicVpcImage implements FormatImage, HasBacking {
+export class DynamicVpcImage implements FormatImage, HasBacking, PlacesClusters {
   readonly size: number;
   readonly differencing: boolean;
   private readonly blockSize: number;
@@ -231,13 +231,8 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
    * lands on a bitmap.
    */
   private async allocate(block: number, part: Uint8Array, at: number): Promise<number | undefined> {
-    const start = this.nextFree;
-    const end = start + this.bitmapSize + this.blockSize;
-    if (end / L.SECTOR_SIZE >= L.UNALLOCATED) {
-      throw new BlockError('Unsupported', 'the image file is full: VHD blocks must start in its first 2 TiB');
-    }
-    this.nextFree = end;
-    const bitmap = new Uint8Array(this.bitmapSize).fill(0xff);
+    const start = this.claim(this.bitmapSize + this.blockSize);
+    const bitmap = this.fullBitmap();
     // Past the blocks in use lie the footer (which the bitmap covers) and nothing else, unless the
     // file was longer when opened (blocks written before a crash, never referenced): those bytes must not show.
     const stale = start + this.bitmapSize < this.layout.fileSize;
@@ -252,10 +247,67 @@ export class DynamicVpcImage implements FormatImage, HasBacking {
     } else {
       await this.proto.write(bitmap, start);
     }
+    this.point(block, entry);
+    return written;
+  }
+
+  /** `bytes` past the blocks in use, for new blocks (under the metadata lock): where they start. */
+  private claim(bytes: number): number {
+    const start = this.nextFree;
+    if ((start + bytes) / L.SECTOR_SIZE >= L.UNALLOCATED) {
+      throw new BlockError('Unsupported', 'the image file is full: VHD blocks must start in its first 2 TiB');
+    }
+    this.nextFree = start + bytes;
+    return start;
+  }
+
+  /** A new block's bitmap: every sector present. */
+  private fullBitmap(): Uint8Array {
+    return new Uint8Array(this.bitmapSize).fill(0xff);
+  }
+
+  /** Points `block`'s BAT entry at a new block with a full bitmap (under the metadata lock). */
+  private point(block: number, entry: number): void {
     this.layout.bat[block] = entry;
     this.fullBitmaps.add(block);
     this.dirty.add(Math.floor(block / BAT_SECTOR_ENTRIES));
-    return written;
+  }
+
+  /**
+   * Placed copies into a dynamic VHD with no block yet (PlacesClusters):
+   * other threads write whole blocks past the BAT, one after another like
+   * any new block, and `map` writes each one's bitmap (all set) and points
+   * the BAT at it. Nothing else allocates meanwhile, so a copy reserves all
+   * it could need at once and gives back the end it did not use.
+   */
+  clusterPlacement(): ClusterPlacement | undefined {
+    // Past the footer, a file longer than that holds stale blocks (a crash), not zeros.
+    const zerosPastFooter = this.layout.fileSize <= this.footerAt + L.SECTOR_SIZE;
+    if (this.differencing || !zerosPastFooter || this.layout.bat.some((e) => e !== L.UNALLOCATED)) return undefined;
+    const stride = this.bitmapSize + this.blockSize;
+    return {
+      clusterSize: this.blockSize,
+      hostStride: stride,
+      appendOnly: true,
+      reserve: (count) => this.meta.run(async () => this.claim(count * stride) + this.bitmapSize),
+      unreserve: (host, count) =>
+        this.meta.run(async () => {
+          const start = host - this.bitmapSize;
+          if (start + count * stride === this.nextFree) this.nextFree = start;
+        }),
+      map: (first, host, count) =>
+        this.meta.run(async () => {
+          for (let k = 0; k < count; k++) {
+            const block = first + k;
+            if (!(block < this.layout.bat.length) || this.layout.bat[block] !== L.UNALLOCATED) {
+              throw new BlockError('InvalidArgument', `block ${block} is mapped already or out of range`);
+            }
+            const start = host + k * stride - this.bitmapSize;
+            await this.proto.write(this.fullBitmap(), start);
+            this.point(block, start / L.SECTOR_SIZE);
+          }
+        }),
+    };
   }
 
   /**
