@@ -2,8 +2,8 @@
  * A threaded copy into a new image that places clusters (a qcow2, a dynamic
  * VHD or VHDX; see PlacesClusters; copy-workers.ts runs the threads). Each
  * thread reads a chunk, decides which of its guest clusters hold data,
- * writes those whole clusters into host clusters reserved for it, and says
- * where they went. Reserving and mapping stay on the thread that owns the
+ * writes those clusters into host clusters reserved for it, and says where
+ * they went. Reserving and mapping stay on the thread that owns the
  * image (PlacementService); see PlacedShare for how the other threads get
  * their host clusters without waiting for it.
  */
@@ -55,23 +55,29 @@ export interface PlacedShare {
   zeroFilled: boolean;
   /** Clusters per reserved run (a slot's; in a region, what a thread takes at a time, for its chunks). */
   runClusters: number;
-  slots?: {
-    /** Int32Array: per slot, SLOT_EMPTY or SLOT_FULL. */
-    states: SharedArrayBuffer;
-    /** Float64Array: per slot, the run's host offset and cluster count. */
-    runs: SharedArrayBuffer;
-  };
-  region?: {
-    /** Where the region's first cluster's data goes, and how many clusters it has. */
-    host: number;
-    clusters: number;
-    /** BigInt64Array of one: the clusters handed out so far. */
-    taken: SharedArrayBuffer;
-  };
+  slots?: SlotShare;
+  region?: RegionShare;
+}
+
+/** Two slots per worker, each empty or holding a run of host clusters. */
+interface SlotShare {
+  /** Int32Array: per slot, SLOT_EMPTY or SLOT_FULL. */
+  states: SharedArrayBuffer;
+  /** Float64Array: per slot, the run's host offset and cluster count. */
+  runs: SharedArrayBuffer;
+}
+
+/** Host clusters reserved for the whole copy, handed out in order. */
+interface RegionShare {
+  /** Where the region's first cluster's data goes, and how many clusters it has. */
+  host: number;
+  clusters: number;
+  /** BigInt64Array of one: the clusters handed out so far. */
+  taken: SharedArrayBuffer;
 }
 
 /** Puts a run into a slot and wakes its thread (the owning thread's side). */
-function fillSlot(slots: NonNullable<PlacedShare['slots']>, slot: number, run: HostRun): void {
+function fillSlot(slots: SlotShare, slot: number, run: HostRun): void {
   const runs = new Float64Array(slots.runs);
   const states = new Int32Array(slots.states);
   runs[2 * slot] = run.host;
@@ -81,7 +87,7 @@ function fillSlot(slots: NonNullable<PlacedShare['slots']>, slot: number, run: H
 }
 
 /** The runs still sitting in full slots (given back at the end). */
-function fullSlots(slots: NonNullable<PlacedShare['slots']>): HostRun[] {
+function fullSlots(slots: SlotShare): HostRun[] {
   const runs = new Float64Array(slots.runs);
   const states = new Int32Array(slots.states);
   const out: HostRun[] = [];
@@ -144,15 +150,15 @@ class SlotClusters extends RunCursor {
   private readonly runs: Float64Array;
 
   constructor(
-    share: PlacedShare,
-    slots: NonNullable<PlacedShare['slots']>,
+    hostStride: number,
+    slots: SlotShare,
     /** This worker's number, from 0. */
     private readonly worker: number,
     private readonly stopped: () => boolean,
     /** Asks the owning thread to refill a slot. */
     private readonly refill: (slot: number) => void,
   ) {
-    super(share.hostStride);
+    super(hostStride);
     this.states = new Int32Array(slots.states);
     this.runs = new Float64Array(slots.runs);
   }
@@ -176,7 +182,7 @@ class RegionClusters implements HostClusters {
   private readonly taken: BigInt64Array;
 
   constructor(
-    private readonly region: NonNullable<PlacedShare['region']>,
+    private readonly region: RegionShare,
     private readonly hostStride: number,
   ) {
     this.taken = new BigInt64Array(region.taken);
@@ -202,7 +208,7 @@ export function workerClusters(
   refill: (slot: number) => void,
 ): HostClusters {
   if (share.region) return new RegionClusters(share.region, share.hostStride);
-  if (share.slots) return new SlotClusters(share, share.slots, worker, stopped, refill);
+  if (share.slots) return new SlotClusters(share.hostStride, share.slots, worker, stopped, refill);
   throw new Error('a placed copy shares neither slots nor a region');
 }
 
