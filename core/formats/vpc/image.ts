@@ -285,6 +285,8 @@ export class DynamicVpcImage implements FormatImage, HasBacking, PlacesClusters 
     const zerosPastFooter = this.layout.fileSize <= this.footerAt + L.SECTOR_SIZE;
     if (this.differencing || !zerosPastFooter || this.layout.bat.some((e) => e !== L.UNALLOCATED)) return undefined;
     const stride = this.bitmapSize + this.blockSize;
+    // A copy reserves room for every block at once: that must fit where VHD blocks may start.
+    if ((this.nextFree + this.layout.bat.length * stride) / L.SECTOR_SIZE >= L.UNALLOCATED) return undefined;
     return {
       clusterSize: this.blockSize,
       hostStride: stride,
