@@ -301,9 +301,9 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, PlacesClus
 
   /**
    * Placed copies into a dynamic VHDX with no data yet and no parent
-   * (PlacesClusters): other threads write whole blocks past the end of the
-   * file, one after another like any new block, and `map` points the BAT at
-   * them. Nothing else allocates meanwhile, so a copy reserves all it could
+   * (PlacesClusters): other threads write blocks' data past the end of the
+   * file, one block after another like any new block, and `map` points the
+   * BAT at them. Nothing else allocates meanwhile, so a copy reserves all it could
    * need at once and gives back the end it did not use.
    */
   clusterPlacement(): ClusterPlacement | undefined {

@@ -275,9 +275,9 @@ export class DynamicVpcImage implements FormatImage, HasBacking, PlacesClusters 
 
   /**
    * Placed copies into a dynamic VHD with no block yet (PlacesClusters):
-   * other threads write whole blocks past the BAT, one after another like
-   * any new block, and `map` writes each one's bitmap (all set) and points
-   * the BAT at it. Nothing else allocates meanwhile, so a copy reserves all
+   * other threads write blocks' data past the BAT, one block after another
+   * like any new block, and `map` writes each one's bitmap (all set) and
+   * points the BAT at it. Nothing else allocates meanwhile, so a copy reserves all
    * it could need at once and gives back the end it did not use.
    */
   clusterPlacement(): ClusterPlacement | undefined {
