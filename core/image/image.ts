@@ -134,10 +134,9 @@ export class Image {
   clusterPlacement(): ClusterPlacement | undefined {
     const placement = !this.readOnly && placesClusters(this.layer) ? this.layer.clusterPlacement() : undefined;
     if (!placement) return undefined;
+    // The driver's facts as they are; its calls wrapped, so their errors name this image.
     return {
-      clusterSize: placement.clusterSize,
-      hostStride: placement.hostStride,
-      appendOnly: placement.appendOnly,
+      ...placement,
       reserve: (count) => this.wrap('write', undefined, () => placement.reserve(count)),
       map: (guestCluster, host, count) =>
         this.wrap('write', guestCluster * placement.clusterSize, () => placement.map(guestCluster, host, count)),

@@ -1,6 +1,6 @@
 /**
- * Copies on worker threads, into raw files (placed-copy.test.ts has new
- * qcow2 images). The threads run the built worker script (dist/, which
+ * Copies on worker threads, mostly into raw files (placed-copy.test.ts has
+ * new qcow2, VHD and VHDX images; the cancel test here covers all four). The threads run the built worker script (dist/, which
  * `npm test` builds first), so most tests go through the built CLI;
  * PLATTER_COPY_THREADS picks the thread count, 1 being the in-process
  * pipeline to compare with.
