@@ -39,7 +39,10 @@ export const checkCommand: Command = {
     }
     if (out === 'json') io.stdout.write(JSON.stringify(jsonReport(r), null, 4) + '\n');
     else if (!flag(args, 'quiet')) io.stdout.write(humanReport(r));
-    if (r.checkErrors) return EXIT.failed;
+    if (r.checkErrors) {
+      io.stderr.write(`platter: ${filename}: check failed\n`);
+      return EXIT.failed;
+    }
     if (r.corruptions) return EXIT.corrupt;
     if (r.leaks) return EXIT.leaks;
     return EXIT.clean;

@@ -2,16 +2,31 @@
  * check for qcow2: count every reference to every host cluster by walking
  * the metadata, compare with the stored refcounts, and check the COPIED
  * flags; optionally repair leaks (refcount too high) and corruptions
- * (refcount too low, wrong flags). Messages and counts follow qemu-img.
+ * (refcount too low, wrong flags), rebuilding the refcount structures where
+ * they themselves are damaged (rebuild.ts). Messages, counts and order
+ * follow qemu-img.
  */
 import { emptyCheckReport, type CheckReport, type RepairMode } from '../../image/driver.js';
+import { BlockError } from '../../image/errors.js';
+import { ClusterCounts } from './cluster-counts.js';
 import { decodeL1, decodeL2, hostOf } from './l2.js';
 import { OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED } from './limits.js';
 import type { Qcow2Image } from './image.js';
+import { rebuildRefcounts } from './rebuild.js';
+import type { RefcountDamage } from './refcounts.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { readTable } from './tables.js';
 
 const hex = (e: bigint) => e.toString(16);
+
+/**
+ * An L2 table as the file holds it, even where it overlaps other metadata
+ * (which the counts then show), as qemu-img check reads it. Whatever the
+ * image changed is in the file: check runs inside Qcow2Image.exclusive.
+ */
+function storedL2(img: Qcow2Image, offset: number): Promise<BigUint64Array> {
+  return readTable(img.proto, offset, img.clusterSize / 8);
+}
 
 export async function checkQcow2(img: Qcow2Image, repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
   const first = await img.exclusive(() => checkOnce(img, repair, log));
@@ -26,57 +41,149 @@ export async function checkQcow2(img: Qcow2Image, repair: RepairMode, log: (line
   return result;
 }
 
-async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
-  const cs = img.clusterSize;
-  const h = img.header;
-  const rc = img.refcounts;
-  const report: CheckReport = { ...emptyCheckReport(), totalClusters: Math.ceil(h.size / cs) };
-  const fileClusters = Math.ceil((await img.proto.size()) / cs);
-  const expected = new Uint32Array(fileClusters);
-  const beyond = new Map<number, number>();
-  const inc = (offset: number, length: number) => {
-    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + length - 1) / cs); c++) {
-      if (c < fileClusters) expected[c]++;
-      else beyond.set(c, (beyond.get(c) ?? 0) + 1);
-    }
-  };
-  const corrupt = (line: string) => {
-    log(line);
-    report.corruptions++;
-  };
+/** What qemu-img calls a damaged refcount table entry. */
+const DAMAGE: Record<RefcountDamage, (i: number) => string> = {
+  reserved: (i) => `ERROR refcount table entry ${i} has reserved bits set`,
+  misaligned: (i) => `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,
+  outside: (i) => `ERROR refcount block ${i} is outside image`,
+};
 
-  inc(0, cs);
-  if (h.l1Size) inc(h.l1TableOffset, h.l1Size * 8);
-  const rt = rc.tableLocation;
-  inc(rt.offset, rt.clusters * cs);
-  rc.blocks.forEach((b, i) => {
-    if (!b) return;
-    if (b % cs) corrupt(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
-    else if (b / cs >= fileClusters) corrupt(`ERROR refcount block ${i} is outside image`);
-    else inc(b, cs);
-  });
-  if (h.nbSnapshots) inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);
-  for (const r of (await img.bitmaps?.references()) ?? []) inc(r.offset, r.length);
+type Log = (line: string) => void;
+
+/**
+ * One pass, in qemu-img's order: count the references to every host
+ * cluster, compare them with the stored refcounts, mend them, then the
+ * COPIED flags. Counts are mended in place, unless the refcount structures
+ * themselves are damaged (see rebuild.ts): then -r all rebuilds them and
+ * checks again, and -r leaks refuses, as qemu-img does.
+ */
+async function checkOnce(img: Qcow2Image, repair: RepairMode, log: Log, rebuilt = false): Promise<CheckReport> {
+  const report: CheckReport = { ...emptyCheckReport(), totalClusters: Math.ceil(img.header.size / img.clusterSize) };
+  const tally = new Tally(img, await img.proto.size(), report, log);
+  await tally.countAll();
+  const found = { corruptions: report.corruptions, leaks: report.leaks };
+  const { differences, highest } = await compareCounts(tally);
+  if (tally.rebuild && repair === 'all') {
+    if (rebuilt) throw new BlockError('Corrupt', 'the rebuilt refcount structures are still broken');
+    log('Rebuilding refcount structure');
+    // Blocks still read past reserved bits stay intact until the switch; the next pass frees them.
+    for (const i of img.refcounts.damaged.keys()) {
+      const b = img.refcounts.blocks[i];
+      if (b && b < tally.fileSize) tally.counts.add(b / img.clusterSize);
+    }
+    await rebuildRefcounts(img, tally.counts);
+    // The old structures are now unused clusters: the next pass gives them back.
+    const after = await checkOnce(img, 'all', log, true);
+    return {
+      ...after,
+      corruptionsFixed: after.corruptionsFixed + Math.max(0, report.corruptions - after.corruptions),
+      leaksFixed: Math.max(0, report.leaks - after.leaks),
+    };
+  }
+  if (tally.rebuild && repair === 'leaks') {
+    log('ERROR need to rebuild refcount structures');
+    throw new BlockError('Corrupt', 'check failed: the refcount structures must be rebuilt, which only -r all does', { op: 'check' });
+  }
+  if (repair !== 'none') {
+    Object.assign(report, found);
+    await mendCounts(img, differences, repair, report, log);
+  }
+  await checkCopiedFlags(img, repair, report, log);
+  report.imageEndOffset = (highest + 1) * img.clusterSize;
+  if (report.corruptionsFixed || report.leaksFixed) await img.proto.flush();
+  return report;
+}
+
+/** The references to every host cluster, counted by walking the metadata; and whether the refcount structures need a rebuild. */
+class Tally {
+  readonly counts = new ClusterCounts();
+  /** Mending counts in place would allocate through damaged structures: they must be rebuilt. */
+  rebuild = false;
+
+  constructor(
+    readonly img: Qcow2Image,
+    readonly fileSize: number,
+    readonly report: CheckReport,
+    readonly log: Log,
+  ) {}
+
+  corrupt(line: string): void {
+    this.log(line);
+    this.report.corruptions++;
+  }
+
+  /** Counts a reference to every cluster [offset, offset + length) touches. */
+  inc(offset: number, length: number): void {
+    const cs = this.img.clusterSize;
+    if (length <= 0) return;
+    // As qemu-img: a reference reaching a cluster or more past the file's end is not counted.
+    if (offset + length - this.fileSize >= cs) {
+      const hexOf = (n: number) => n.toString(16);
+      this.corrupt(
+        'ERROR: counting reference for region exceeding the end of the file by one cluster or more: ' +
+          `offset 0x${hexOf(offset)} size 0x${hexOf(length)}`,
+      );
+      return;
+    }
+    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + length - 1) / cs); c++) this.counts.add(c);
+  }
+
+  async countAll(): Promise<void> {
+    const { img } = this;
+    const cs = img.clusterSize;
+    const h = img.header;
+    const rc = img.refcounts;
+    this.inc(0, cs);
+    if (h.l1Size) this.inc(h.l1TableOffset, h.l1Size * 8);
+    await this.walk(img.l1Table, true);
+    for (const sn of img.snapshots) {
+      this.inc(sn.l1TableOffset, Math.max(1, sn.l1Size * 8));
+      await this.walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), false);
+    }
+    if (h.nbSnapshots) this.inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);
+    const rt = rc.tableLocation;
+    this.inc(rt.offset, rt.clusters * cs);
+    for (const r of (await img.bitmaps?.references()) ?? []) this.inc(r.offset, r.length);
+    // Last, the refcount blocks: each must be in the file, and used by nothing else.
+    for (let i = 0; i < rc.blocks.length; i++) {
+      const damage = rc.damaged.get(i)?.kind;
+      const b = rc.blocks[i];
+      if (damage || b >= this.fileSize) {
+        // Not counted, as in qemu-img: a block still read past reserved bits shows as leaked.
+        this.corrupt(DAMAGE[damage ?? 'outside'](i));
+        this.rebuild = true;
+      } else if (b) {
+        this.inc(b, cs);
+        const n = this.counts.get(b / cs);
+        if (n !== 1) {
+          this.corrupt(`ERROR refcount block ${i} refcount=${n}`);
+          this.rebuild = true;
+        }
+      }
+    }
+  }
 
   /** Counts an L1 table's L2 tables and clusters; the active one also gathers fragmentation. */
-  const walk = async (l1: BigUint64Array, active: boolean) => {
+  private async walk(l1: BigUint64Array, active: boolean): Promise<void> {
+    const { img, report } = this;
+    const cs = img.clusterSize;
     for (let i = 0; i < l1.length; i++) {
       let l2Offset: number;
       try {
         l2Offset = decodeL1(l1[i], cs, i).offset;
       } catch (err) {
-        corrupt(`ERROR ${(err as Error).message}`);
+        this.corrupt(`ERROR ${(err as Error).message}`);
         continue;
       }
       if (!l2Offset) continue;
-      inc(l2Offset, cs);
+      this.inc(l2Offset, cs);
       // Like qemu-img, contiguity is judged within each L2 table.
       let nextContiguous = 0;
       let table: BigUint64Array;
       try {
-        table = await img.readL2(l2Offset);
+        table = await storedL2(img, l2Offset);
       } catch (err) {
-        corrupt(`ERROR ${(err as Error).message}`);
+        this.corrupt(`ERROR ${(err as Error).message}`);
         continue;
       }
       for (let j = 0; j < img.l2Entries; j++) {
@@ -87,27 +194,27 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
           const alloc = bitmap & 0xffffffffn;
           if (e & OFLAG_COMPRESSED) {
             // Not counted either: its clusters then show as leaked, as in qemu-img.
-            corrupt(`ERROR compressed cluster ${j} with non-zero subcluster allocation bitmap, entry=0x${hex(e)}`);
+            this.corrupt(`ERROR compressed cluster ${j} with non-zero subcluster allocation bitmap, entry=0x${hex(e)}`);
             continue;
           }
           if (!(e & OFFSET_MASK) && alloc) {
-            corrupt('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+            this.corrupt('ERROR: Unallocated cluster has non-zero subcluster allocation map');
             bitmap &= ~0xffffffffn;
           } else if ((bitmap >> 32n) & alloc) {
             const host = hex(e & OFFSET_MASK);
-            corrupt(`ERROR offset=${host}: Allocated cluster has corrupted subcluster allocation bitmap`);
+            this.corrupt(`ERROR offset=${host}: Allocated cluster has corrupted subcluster allocation bitmap`);
             bitmap = alloc;
           }
         }
         let m;
         try {
-          m = decodeL2(e, img.clusterBits, h.version, () => `L2 entry ${j} of the table at ${l2Offset}`, bitmap, img.externalData);
+          m = decodeL2(e, img.clusterBits, img.header.version, () => `L2 entry ${j} of the table at ${l2Offset}`, bitmap, img.externalData);
         } catch (err) {
-          corrupt(`ERROR ${(err as Error).message}`);
+          this.corrupt(`ERROR ${(err as Error).message}`);
           continue;
         }
         if (m.kind === 'compressed') {
-          inc(m.host, m.length);
+          this.inc(m.host, m.length);
           if (active) {
             report.allocatedClusters++;
             report.compressedClusters++;
@@ -116,7 +223,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
         } else if (hostOf(m) || (img.externalData && m.kind === 'data')) {
           const host = hostOf(m);
           // Clusters of an external data file have no refcounts.
-          if (!img.externalData) inc(host, cs);
+          if (!img.externalData) this.inc(host, cs);
           if (active) {
             report.allocatedClusters++;
             if (nextContiguous && host !== nextContiguous) report.fragmentedClusters++;
@@ -125,31 +232,84 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
         }
       }
     }
-  };
-  for (const sn of img.snapshots) {
-    inc(sn.l1TableOffset, Math.max(1, sn.l1Size * 8));
-    await walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), false);
   }
-  await walk(img.l1Table, true);
+}
 
-  // Stored against counted.
-  const indexes = [...Array(fileClusters).keys(), ...[...beyond.keys()].sort((a, b) => a - b)];
-  for (const c of indexes) {
-    const want = c < fileClusters ? expected[c] : beyond.get(c)!;
+/** A cluster whose stored refcount is not the references counted. */
+interface Difference {
+  c: number;
+  have: number;
+  want: number;
+}
+
+/**
+ * Stored refcounts against counted references, each difference reported
+ * as qemu-img reports it (and counted in the report). A cluster in use that
+ * the stored counts call free means a rebuild: anything allocated since may
+ * have taken it. Also the highest cluster in use either way.
+ */
+async function compareCounts(tally: Tally): Promise<{ differences: Difference[]; highest: number }> {
+  const { img, counts, report, log } = tally;
+  const rc = img.refcounts;
+  const fileClusters = Math.ceil(tally.fileSize / img.clusterSize);
+  const differences: Difference[] = [];
+  // As in qemu-img: the header's cluster at least, even when no count could be read.
+  let highest = 0;
+  let signalled = false;
+  for (let c = 0; c < fileClusters; c++) {
+    const bi = Math.floor(c / rc.perBlock);
+    const misaligned = rc.damaged.get(bi);
+    if (misaligned?.kind === 'misaligned') {
+      // Its counts cannot be read: qemu-img says so for each cluster, as a check error.
+      if (!signalled) {
+        const where = `Refblock offset 0x${misaligned.offset.toString(16)} unaligned (reftable index: ${bi})`;
+        log(`qcow2: Image is corrupt: ${where}; further non-fatal corruption events will be suppressed`);
+        signalled = true;
+      }
+      log(`Can't get refcount for cluster ${c}: Input/output error`);
+      report.checkErrors++;
+      continue;
+    }
+    // A range no block stores and nothing references: skip it whole (a sparse file may be huge).
+    if (c % rc.perBlock === 0 && !rc.blocks[bi] && !counts.anyIn(c, c + rc.perBlock)) {
+      c += rc.perBlock - 1;
+      continue;
+    }
     const have = await rc.get(c);
+    const want = counts.get(c);
+    if (have || want) highest = c;
     if (have === want) continue;
-    const tooLow = have < want;
-    log(`${tooLow ? 'ERROR' : 'Leaked'} cluster ${c} refcount=${have} reference=${want}`);
-    if (repair === 'all' || (repair === 'leaks' && !tooLow)) {
-      log(`Repairing cluster ${c} refcount=${have} reference=${want}`);
-      await rc.update(c, 1, want - have);
-      if (tooLow) report.corruptionsFixed++;
-      else report.leaksFixed++;
-    } else if (tooLow) report.corruptions++;
+    if (have === 0) tally.rebuild = true;
+    differences.push({ c, have, want });
+    log(`${have < want ? 'ERROR' : 'Leaked'} cluster ${c} refcount=${have} reference=${want}`);
+    if (have < want) report.corruptions++;
     else report.leaks++;
   }
+  return { differences, highest };
+}
 
-  // COPIED flags of the active tables must say "refcount is exactly one".
+/** Mends the differences in place (leaks only, or all), reported again as qemu-img's second pass reports them. */
+async function mendCounts(img: Qcow2Image, differences: Difference[], repair: RepairMode, report: CheckReport, log: Log): Promise<void> {
+  for (const { c, have, want } of differences) {
+    const tooLow = have < want;
+    if (repair === 'all' || !tooLow) {
+      log(`Repairing cluster ${c} refcount=${have} reference=${want}`);
+      await img.refcounts.update(c, 1, want - have);
+      if (tooLow) report.corruptionsFixed++;
+      else report.leaksFixed++;
+    } else {
+      log(`ERROR cluster ${c} refcount=${have} reference=${want}`);
+      report.corruptions++;
+    }
+  }
+}
+
+/** The COPIED flags of the active tables must say "refcount is exactly one"; -r all sets them right. */
+async function checkCopiedFlags(img: Qcow2Image, repair: RepairMode, report: CheckReport, log: Log): Promise<void> {
+  const cs = img.clusterSize;
+  const rc = img.refcounts;
+  // A count that cannot be read was reported already; like qemu-img, no flag is judged by it.
+  const unreadable = (c: number) => rc.damaged.get(Math.floor(c / rc.perBlock))?.kind === 'misaligned';
   const l1 = img.l1Table;
   for (let i = 0; i < l1.length; i++) {
     let l2Offset: number;
@@ -159,6 +319,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
       continue;
     }
     if (!l2Offset) continue;
+    if (unreadable(l2Offset / cs)) continue;
     const l2rc = await rc.get(l2Offset / cs);
     const copied = (l1[i] & OFLAG_COPIED) !== 0n;
     if ((l2rc === 1) !== copied) {
@@ -170,7 +331,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
     }
     let table: BigUint64Array;
     try {
-      table = await img.readL2(l2Offset);
+      table = await storedL2(img, l2Offset);
     } catch {
       continue;
     }
@@ -183,6 +344,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
       }
       const host = hostOf(m);
       if (!host && !(img.externalData && m.kind === 'data')) continue;
+      if (!img.externalData && unreadable(host / cs)) continue;
       const e = table[j * img.l2Stride];
       // Clusters of an external data file have no refcounts; they are always the image's own.
       const drc = img.externalData ? 1 : await rc.get(host / cs);
@@ -195,17 +357,4 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: (line: string
       }
     }
   }
-
-  // The end of the last cluster in use (references past the end of the file included).
-  let last = -1;
-  for (const c of beyond.keys()) if (c > last && (await rc.get(c)) > 0) last = c;
-  for (let c = fileClusters - 1; c > last; c--) {
-    if ((await rc.get(c)) > 0) {
-      last = c;
-      break;
-    }
-  }
-  report.imageEndOffset = (last + 1) * cs;
-  if (report.corruptionsFixed || report.leaksFixed) await img.proto.flush();
-  return report;
 }

@@ -13,7 +13,7 @@ export const qcow2: FormatDriver = {
   description: 'QEMU copy-on-write v2/v3 (snapshots, backing files, compression)',
   /** Magic "QFI\xfb" followed by version 2 or 3 (version 1 is qcow). */
   probe: ({ head }) => (hasMagic(head, 'QFI\xfb') && (be32(head, 4) ?? 0) >= 2 ? 100 : 0),
-  open: (proto, opts) => openQcow2(proto, opts.readOnly, opts.snapshot, opts.repair, opts.openFile),
+  open: (proto, opts) => openQcow2(proto, opts.readOnly, opts.snapshot, opts.repair, opts.openFile, opts.forCheck),
   createOptions: QCOW2_CREATE_OPTIONS,
   async create(proto, req) {
     const image = await createQcow2(proto, req);

@@ -19,6 +19,8 @@ export async function openQcow2(
   snapshot?: string,
   repair = false,
   openFile?: DriverOpenOptions['openFile'],
+  /** Opened by check: damaged refcount table entries are left for check to report and repair. */
+  forCheck = false,
 ): Promise<Qcow2Image> {
   const head = new Uint8Array(Math.min(await proto.size(), 4096));
   await proto.read(head, 0);
@@ -33,7 +35,7 @@ export async function openQcow2(
   // Its decoder is WebAssembly, loaded once before the first cluster needs it.
   if (header.compressionType === 1) await loadZstd();
   const l1 = await readTable(proto, header.l1TableOffset, header.l1Size);
-  const refcounts = await loadRefcounts(proto, header);
+  const refcounts = await loadRefcounts(proto, header, forCheck);
   const snapshots = header.nbSnapshots
     ? (await readSnapshotTable((b, o) => proto.read(b, o), header.snapshotsOffset, header.nbSnapshots, clusterSize, await proto.size())).entries
     : [];

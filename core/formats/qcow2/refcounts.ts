@@ -62,6 +62,9 @@ export function writeRefcount(b: Uint8Array, i: number, bits: number, v: number)
   }
 }
 
+/** How a refcount table entry can be damaged: reserved bits set, a block not on a cluster, or one past any file. */
+export type RefcountDamage = 'reserved' | 'misaligned' | 'outside';
+
 export class Refcounts {
   readonly clusterSize: number;
   readonly bits: number;
@@ -108,31 +111,51 @@ export class Refcounts {
     this.end = Math.ceil(fileSize / this.clusterSize);
   }
 
-  /** Reads and checks the refcount table. */
+  /**
+   * Reads and checks the refcount table. A damaged entry is refused, or,
+   * `lenient` (for check), kept in `damaged` and read as no block, so that
+   * check can report it and rebuild the structures.
+   */
   static async load(
     proto: Protocol,
     clusterBits: number,
     refcountOrder: number,
     loc: RefcountTableLocation,
     saveLocation: (loc: RefcountTableLocation) => Promise<void>,
+    lenient = false,
   ): Promise<Refcounts> {
     const clusterSize = 2 ** clusterBits;
     const raw = new Uint8Array(loc.clusters * clusterSize);
     await proto.read(raw, loc.offset);
     const dv = new DataView(raw.buffer);
     const table: number[] = [];
+    const damaged = new Map<number, { kind: RefcountDamage; offset: bigint }>();
     for (let i = 0; i < raw.length / 8; i++) {
       const e = dv.getBigUint64(i * 8);
-      if (e & REFT_RESERVED_MASK) throw new BlockError('Corrupt', `refcount table entry ${i} has reserved bits set`);
       // Bits 9-63 are the offset (QEMU's REFT_OFFSET_MASK): high bits must not be dropped silently.
       const offset = e & ~REFT_RESERVED_MASK;
-      if (offset >= BigInt(MAX_HOST_OFFSET)) throw new BlockError('Corrupt', `refcount block ${i} is at an impossible offset`);
-      const off = Number(offset);
-      if (off % clusterSize !== 0) throw new BlockError('Corrupt', `refcount block ${i} is not cluster aligned (offset ${off})`);
-      table.push(off);
+      const possible = offset < BigInt(MAX_HOST_OFFSET);
+      const aligned = possible && Number(offset) % clusterSize === 0;
+      let kind: RefcountDamage | undefined;
+      let why = '';
+      if (e & REFT_RESERVED_MASK) [kind, why] = ['reserved', `refcount table entry ${i} has reserved bits set`];
+      else if (!possible) [kind, why] = ['outside', `refcount block ${i} is at an impossible offset`];
+      else if (!aligned) [kind, why] = ['misaligned', `refcount block ${i} is not cluster aligned (offset ${offset})`];
+      if (kind && !lenient) throw new BlockError('Corrupt', why);
+      if (kind) damaged.set(i, { kind, offset });
+      // Like QEMU, a block is still read past reserved bits; a misaligned one cannot be.
+      table.push(aligned && kind !== 'misaligned' ? Number(offset) : 0);
     }
-    return new Refcounts(proto, clusterBits, refcountOrder, loc, table, await proto.size(), saveLocation);
+    const rc = new Refcounts(proto, clusterBits, refcountOrder, loc, table, await proto.size(), saveLocation);
+    rc.damaged = damaged;
+    return rc;
   }
+
+  /**
+   * Refcount table entries a lenient load found damaged, by index, with
+   * the offset they hold: read as no block, except past reserved bits.
+   */
+  damaged: ReadonlyMap<number, { kind: RefcountDamage; offset: bigint }> = new Map();
 
   get tableLocation(): RefcountTableLocation {
     return this.location;
@@ -443,8 +466,8 @@ export class Refcounts {
   }
 }
 
-/** The refcount structures the header names; a moved table is saved back into `header`. */
-export function loadRefcounts(proto: Protocol, header: Qcow2Header): Promise<Refcounts> {
+/** The refcount structures the header names; a moved table is saved back into `header`. `lenient`: see Refcounts.load. */
+export function loadRefcounts(proto: Protocol, header: Qcow2Header, lenient = false): Promise<Refcounts> {
   return Refcounts.load(
     proto,
     header.clusterBits,
@@ -455,5 +478,6 @@ export function loadRefcounts(proto: Protocol, header: Qcow2Header): Promise<Ref
       header.refcountTableClusters = loc.clusters;
       await proto.write(serializeHeader(header), 0);
     },
+    lenient,
   );
 }
