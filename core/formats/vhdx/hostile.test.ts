@@ -14,11 +14,12 @@ import type { ErrorKind } from '../../image/errors.js';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
 import { expectRefused } from '../../test/hostile.js';
-import { tempDir } from '../../test/tmp.js';
+import { hasTool, shStatus, tempDir } from '../../test/tmp.js';
 import { setVhdxChecksum } from './crc32c.js';
 import { MAX_LOG_OVERLAY_SECTORS } from './limits.js';
 import { buildEntry } from './log.js';
 
+const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 const KiB = 1024;
 const MiB = 1 << 20;
 const H1 = 64 * KiB;
@@ -267,6 +268,20 @@ describe('hostile VHDX images are refused with one clear sentence', () => {
         await img.close();
       }
     }
+  });
+
+  it('a damaged first region table: check reports it, -r all mends it from the second so that qemu-img opens the image', async () => {
+    const path = imageWith('region1-mend', (e) => e.u32(RT1 + 4, 1));
+    const found = await platter(['check', path]);
+    expect(found.code).toBe(2);
+    expect(found.stderr).toMatch(/^ERROR the region table's first copy is damaged, its second is in use: .*checksum/m);
+    const mended = await platter(['check', '-r', 'all', path]);
+    expect(mended.code, mended.stderr).toBe(0);
+    expect(mended.stdout).toContain('1 corruptions');
+    const after = readFileSync(path);
+    expect(after.subarray(RT1, RT1 + 64 * KiB).equals(after.subarray(RT2, RT2 + 64 * KiB))).toBe(true);
+    expect((await platter(['check', path])).code).toBe(0);
+    if (HAS_QEMU) expect(shStatus('qemu-img', ['check', '-f', 'vhdx', path]).status).toBe(0);
   });
 
   it('on the command line: one line, exit 1', async () => {

@@ -57,6 +57,8 @@ export interface VhdxParts {
   logPending: boolean;
   /** BAT problems found at open (only when opened for check). */
   problems: string[];
+  /** The region table's first copy is damaged and the second is in use (check -r all mends the first). */
+  damagedRegionTable?: { why: string; good: Uint8Array };
   fileSize: number;
 }
 
@@ -427,8 +429,17 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, PlacesClus
   }
 
   /** See check.ts; whole-image work, like QEMU's. */
-  check(_repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
-    return this.ranges.all(async () => checkVhdx(this.parts, log));
+  check(repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
+    return this.ranges.all(() =>
+      checkVhdx(this.parts, repair, log, async (good) => {
+        this.checkWritable();
+        await this.metaLock.run(async () => {
+          await this.proto.write(good, L.REGION_TABLE1_OFFSET);
+          await this.proto.flush();
+        });
+        this.parts.damagedRegionTable = undefined;
+      }),
+    );
   }
 
   /**

@@ -74,7 +74,7 @@ export async function openVhdx(file: Protocol, opts: DriverOpenOptions): Promise
   const regions = new FileRegions();
   regions.add(0, L.HEADER_SECTION_SIZE, 'header section');
   regions.add(current.header.logOffset, current.header.logLength, 'log');
-  const table = parseRegionTables(section, size, regions);
+  const { table, damagedFirst } = parseRegionTables(section, size, regions);
   const meta = await readMetadata(proto, table.metadata);
   if (meta.hasParent && !opts.readOnly) {
     throw new BlockError('Unsupported', 'VHDX differencing images can only be opened read-only', { op: 'open' });
@@ -97,6 +97,7 @@ export async function openVhdx(file: Protocol, opts: DriverOpenOptions): Promise
     logReplayed,
     logPending,
     problems,
+    damagedRegionTable: damagedFirst,
     fileSize: size,
   });
 }

@@ -82,23 +82,28 @@ function parseTable(buf: Uint8Array, fileSize: number, regions: FileRegions): Re
   return { bat, metadata };
 }
 
+/** The region table in use, and, when that is the second copy, what is wrong with the first and the bytes to mend it with. */
+export interface RegionTables {
+  table: RegionTable;
+  damagedFirst?: { why: string; good: Uint8Array };
+}
+
 /**
  * The region table from the header section, the first copy if valid, else
  * the second; the BAT and metadata region are added to `regions`.
  */
-export function parseRegionTables(section: Uint8Array, fileSize: number, regions: FileRegions): RegionTable {
-  const copy = (at: number) => parseTable(section.subarray(at, at + L.HEADER_BLOCK_SIZE), fileSize, regions);
-  const first = copy(L.REGION_TABLE1_OFFSET);
-  let table = first;
+export function parseRegionTables(section: Uint8Array, fileSize: number, regions: FileRegions): RegionTables {
+  const bytes = (at: number) => section.subarray(at, at + L.HEADER_BLOCK_SIZE);
+  const first = parseTable(bytes(L.REGION_TABLE1_OFFSET), fileSize, regions);
+  let out: RegionTables;
   if (first instanceof BlockError) {
-    const second = copy(L.REGION_TABLE2_OFFSET);
+    const second = parseTable(bytes(L.REGION_TABLE2_OFFSET), fileSize, regions);
     if (second instanceof BlockError) throw first;
-    table = second;
-  }
-  const t = table as RegionTable;
-  regions.add(t.bat.offset, t.bat.length, 'BAT');
-  regions.add(t.metadata.offset, t.metadata.length, 'metadata region');
-  return t;
+    out = { table: second, damagedFirst: { why: first.message, good: bytes(L.REGION_TABLE2_OFFSET).slice() } };
+  } else out = { table: first };
+  regions.add(out.table.bat.offset, out.table.bat.length, 'BAT');
+  regions.add(out.table.metadata.offset, out.table.metadata.length, 'metadata region');
+  return out;
 }
 
 /** A region table listing the BAT and the metadata region (both required), checksummed. */
