@@ -137,7 +137,7 @@ class Tally {
     if (h.l1Size) this.inc(h.l1TableOffset, h.l1Size * 8);
     await this.walk(img.l1Table, true);
     for (const sn of img.snapshots) {
-      this.inc(sn.l1TableOffset, Math.max(1, sn.l1Size * 8));
+      this.inc(sn.l1TableOffset, sn.l1Size * 8);
       await this.walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), false);
     }
     if (h.nbSnapshots) this.inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);

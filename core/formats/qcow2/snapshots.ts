@@ -63,9 +63,9 @@ async function reachable(img: Qcow2Image, l1: BigUint64Array, tables: boolean): 
 /** Table copies held in memory at once by a snapshot operation. */
 const COPY_BATCH_BYTES = 8 << 20;
 
-/** The clusters `l1` itself takes (at least one, as QEMU frees it). */
+/** The clusters an L1 table of `entries` takes: none for an empty one (a disk of size 0), as in QEMU. */
 function l1Clusters(img: Qcow2Image, offset: number, entries: number): { offset: number; clusters: number } {
-  return { offset, clusters: Math.max(1, Math.ceil((entries * 8) / img.clusterSize)) };
+  return { offset, clusters: Math.ceil((entries * 8) / img.clusterSize) };
 }
 
 function addTo(delta: Map<number, number>, refs: Map<number, number>, sign: 1 | -1): void {
@@ -175,9 +175,13 @@ async function switchView(
     if (batch.length * cs >= COPY_BATCH_BYTES) await writeBatch();
   }
   await writeBatch();
-  const rawL1 = encodeTable(l1, cs);
-  const l1Offset = await img.refcounts.allocate(rawL1.length / cs);
-  await img.proto.write(rawL1, l1Offset);
+  // An empty table (a disk of size 0) takes no cluster and has no offset.
+  let l1Offset = 0;
+  if (l1.length) {
+    const rawL1 = encodeTable(l1, cs);
+    l1Offset = await img.refcounts.allocate(rawL1.length / cs);
+    await img.proto.write(rawL1, l1Offset);
+  }
   const freeAfter = [...(v.freeAfter ?? [])];
   if (!v.keepL1) freeAfter.push(l1Clusters(img, img.header.l1TableOffset, img.l1Table.length));
   const header: Partial<Qcow2Header> = { l1TableOffset: l1Offset, l1Size: l1.length, size: v.size ?? img.size };
