@@ -43,6 +43,14 @@ function qemuMade(name: string, format: string, opts: string, size = '4M'): stri
   return path;
 }
 
+/** A new 4 MiB VHDX made by Platter. */
+async function platterMade(name: string, opts: string): Promise<string> {
+  const path = t.path(name);
+  const made = await platter(['create', '-q', '-f', 'vhdx', '-o', opts, path, '4M']);
+  expect(made.code, made.stderr).toBe(0);
+  return path;
+}
+
 /** Host ranges holding guest data, per qemu-img map: their words are not worth aiming at. */
 function dataRanges(path: string, format: string): [number, number][] {
   const map = JSON.parse(sh('qemu-img', ['map', '--output=json', '-f', format, path])) as {
@@ -204,9 +212,7 @@ const SEEDS: SeedSpec[] = [
     name: 'vhdx-4k',
     format: 'vhdx',
     build: async () => {
-      const path = t.path('vhdx-4k.vhdx');
-      const made = await platter(['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M,logical_sector_size=4096', path, '4M']);
-      expect(made.code, made.stderr).toBe(0);
+      const path = await platterMade('vhdx-4k.vhdx', 'block_size=1M,logical_sector_size=4096');
       const image = await openImage(path, { readOnly: false });
       await image.write(new Uint8Array(4 * KiB).fill(0x11), 0);
       await image.write(new Uint8Array(8 * KiB).fill(0x22), 2 * MiB);
@@ -219,9 +225,7 @@ const SEEDS: SeedSpec[] = [
     name: 'vhdx-log',
     format: 'vhdx',
     build: async () => {
-      const path = t.path('vhdx-log.vhdx');
-      const made = await platter(['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', path, '4M']);
-      expect(made.code, made.stderr).toBe(0);
+      const path = await platterMade('vhdx-log.vhdx', 'block_size=1M');
       qemuIo(path, ['write -P 0x11 0 4k', 'write -P 0x22 2M 8k'], 'vhdx');
       const b = new Uint8Array(readFileSync(path));
       const guid = new Uint8Array(16).fill(0x5a);

@@ -13,13 +13,18 @@ let t: ReturnType<typeof tempDir>;
 beforeAll(() => (t = tempDir()));
 afterAll(() => t?.cleanup());
 
+/** Writes `bytes` at `offset` of the file. */
+function poke(path: string, offset: number, bytes: Buffer): void {
+  const fd = openSync(path, 'r+');
+  writeSync(fd, bytes, 0, bytes.length, offset);
+  closeSync(fd);
+}
+
 /** Writes a big-endian u16 at `offset` (a 16-bit refcount entry). */
 function poke16(path: string, offset: number, value: number): void {
-  const fd = openSync(path, 'r+');
   const b = Buffer.alloc(2);
   b.writeUInt16BE(value);
-  writeSync(fd, b, 0, 2, offset);
-  closeSync(fd);
+  poke(path, offset, b);
 }
 
 /**
@@ -39,11 +44,9 @@ const REFTABLE = 0x10000;
 
 /** Writes a big-endian u64 at `offset` (a refcount table entry). */
 function poke64(path: string, offset: number, value: bigint): void {
-  const fd = openSync(path, 'r+');
   const b = Buffer.alloc(8);
   b.writeBigUInt64BE(value);
-  writeSync(fd, b, 0, 8, offset);
-  closeSync(fd);
+  poke(path, offset, b);
 }
 
 const CASES: Record<string, (p: string) => void> = {
