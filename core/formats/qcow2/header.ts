@@ -127,13 +127,19 @@ export function parseHeader(cluster: Uint8Array, fileSize = cluster.length): Qco
   }
 
   // Extensions first: the feature name table makes the feature errors readable.
-  let at = h.headerLength;
-  for (;;) {
-    if (at + 8 > clusterSize) throw corrupt('the header extensions run past the first cluster');
+  // As in QEMU, they end where the backing file name starts (or with the
+  // cluster), and every one, the end marker too, must fit before that.
+  const backingAt = Number(dv.getBigUint64(8));
+  const extEnd = backingAt > 0 && backingAt < clusterSize ? backingAt : clusterSize;
+  for (let at = h.headerLength; at < extEnd; ) {
+    if (at + 8 > extEnd) throw corrupt('the header extensions run past their end');
     const type = dv.getUint32(at);
     const len = dv.getUint32(at + 4);
+    if (len > extEnd - at - 8) {
+      const what = type === L.EXT_END ? "the header extensions' end marker" : `header extension 0x${type.toString(16)}`;
+      throw corrupt(`${what} is too large (${len} bytes)`);
+    }
     if (type === L.EXT_END) break;
-    if (len > clusterSize - at - 8) throw corrupt(`header extension 0x${type.toString(16)} is too large (${len} bytes)`);
     const data = cluster.slice(at + 8, at + 8 + len);
     if (type === L.EXT_BACKING_FORMAT) h.backingFormat = text.decode(data);
     else if (type === L.EXT_DATA_FILE) h.dataFile = text.decode(data);
@@ -142,7 +148,7 @@ export function parseHeader(cluster: Uint8Array, fileSize = cluster.length): Qco
       if (data.length !== L.BITMAPS_EXTENSION_BYTES) throw corrupt(`the bitmaps extension has an invalid length (${len} bytes)`);
       if (h.autoclear & L.AUTOCLEAR_BITMAPS) h.bitmaps = parseBitmapsExtension(data, clusterSize);
       else h.staleBitmaps = true;
-    }    else h.otherExtensions.push({ type, data });
+    } else h.otherExtensions.push({ type, data });
     at += 8 + Math.ceil(len / 8) * 8;
   }
 

@@ -246,6 +246,16 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
         'InvalidFormat',
         /header extension 0x(6803f857|bad0bad) is too large \(2147483647 bytes\)/,
       ],
+      [
+        'an end-of-extensions marker with a length of 8 MiB (QEMU checks its length too)',
+        (f) => {
+          const at = f.readUInt32BE(H.header_length);
+          f.writeUInt32BE(0, at); //           the end marker
+          f.writeUInt32BE(8 << 20, at + 4); // its length
+        },
+        'InvalidFormat',
+        /the header extensions' end marker is too large \(8388608 bytes\)/,
+      ],
       ['refcount_table_clusters 0xffffffff', (f) => f.writeUInt32BE(0xffffffff, H.refcount_table_clusters), 'InvalidFormat', /refcount table is too large/],
       ['refcount_table_clusters 0', (f) => f.writeUInt32BE(0, H.refcount_table_clusters), 'InvalidFormat', /refcount table is empty/],
       [
