@@ -216,8 +216,9 @@ export class Qcow2Image
     return this.externalData && (this.header.autoclear & L.AUTOCLEAR_DATA_FILE_RAW) !== 0n;
   }
 
+  /** The guest size in whole sectors, as QEMU reads it: a size field that is not (a damaged one) is cut down. */
   get size(): number {
-    return this.header.size;
+    return this.header.size - (this.header.size % 512);
   }
 
   /** The active L1 table's raw entries. */

@@ -348,6 +348,19 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
   });
 
   describe('images qemu makes read identically in Platter', () => {
+    it('a size field that is not whole sectors (a damaged header) is cut down to them, as QEMU reads it', async () => {
+      const img = t.path('odd-size.qcow2');
+      sh('qemu-img', ['create', '-q', '-f', 'qcow2', img, '1M']);
+      const fd = openSync(img, 'r+');
+      const size = Buffer.alloc(8);
+      size.writeBigUInt64BE(BigInt(MiB + 700));
+      writeSync(fd, size, 0, 8, 24);
+      closeSync(fd);
+      const theirs = JSON.parse(sh('qemu-img', ['info', '--output=json', img]))['virtual-size'];
+      const ours = JSON.parse((await platter(['info', '--output=json', img])).stdout)['virtual-size'];
+      expect([ours, theirs]).toEqual([MiB + 512, MiB + 512]);
+    });
+
     /** A qemu-made image with seeded qemu-io changes; returns its name. */
     const qemuMade = (compat: string, cs: string, pre: string, seed: number) => {
       const img = t.path(`q-${seed}.qcow2`);
