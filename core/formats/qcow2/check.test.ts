@@ -2,7 +2,7 @@
  * platter check against qemu-img check on the same damaged images: the same
  * findings, messages, JSON and exit codes; repairs that qemu-img accepts.
  */
-import { copyFileSync, openSync, closeSync, writeSync, readFileSync, truncateSync } from 'node:fs';
+import { copyFileSync, openSync, closeSync, writeSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { platter } from '../../test/cli.js';
 import { bounded } from '../../test/hostile.js';
@@ -157,6 +157,42 @@ describe.skipIf(!HAS_QEMU)('check', () => {
     expect(r.code).toBe(0);
     expect(shStatus('qemu-img', ['check', p]).status).toBe(0);
     expect(shStatus('qemu-img', ['compare', p, p + '.raw']).status).toBe(0);
+  });
+
+  it('an L1 entry with flags but no L2 table: reported, and cleared by -r all (qemu-img would read the header as its L2 table)', async () => {
+    const p = t.path('flags-only-l1.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '1G']);
+    sh('qemu-io', ['-c', 'write -P 7 0 64k', p]);
+    sh('qemu-img', ['convert', '-O', 'raw', p, p + '.raw']);
+    poke64(p, 0x30000 + 8, 1n << 63n);
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(2);
+    const found = await platter(['check', p]);
+    expect(found.code).toBe(2);
+    expect(found.stderr).toContain('ERROR L1 entry 1 has flags set but no L2 table: 0x8000000000000000');
+    expect((await platter(['check', '-r', 'all', p])).code).toBe(0);
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(0);
+    expect(shStatus('qemu-img', ['compare', p, p + '.raw']).status).toBe(0);
+  });
+
+  it('compressed data running less than a cluster past the end of the file is counted there, as qemu-img counts it', async () => {
+    // 4 KiB clusters, packed compressed data: cut the file at cluster 10, whose
+    // data then lies past the end, and call that cluster free.
+    const raw = t.path('text.raw');
+    writeFileSync(raw, Buffer.alloc(2 << 20, 'platter check text '));
+    const p = t.path('cut-compressed.qcow2');
+    sh('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', 'cluster_size=4k', raw, p]);
+    truncateSync(p, 10 * 4096);
+    const file = readFileSync(p);
+    const refblock = Number(file.readBigUInt64BE(Number(file.readBigUInt64BE(48))));
+    poke16(p, refblock + 10 * 2, 0);
+    const theirs = shStatus('qemu-img', ['check', p]);
+    expect(theirs.stderr).toMatch(/^ERROR cluster 10 refcount=0 reference=\d+$/m);
+    const ours = await platter(['check', p]);
+    expect(ours.stdout).toBe(theirs.stdout);
+    expect(ours.stderr).toBe(theirs.stderr);
+    expect(ours.code).toBe(theirs.status);
+    expect((await platter(['check', '-r', 'all', p])).code).toBe(0);
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(0);
   });
 
   it('a file grown sparse to 1 TiB: the same report as qemu-img, quickly and in little memory', async () => {

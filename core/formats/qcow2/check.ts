@@ -58,7 +58,7 @@ type Log = (line: string) => void;
  * checks again, and -r leaks refuses, as qemu-img does.
  */
 async function checkOnce(img: Qcow2Image, repair: RepairMode, log: Log, rebuilt = false): Promise<CheckReport> {
-  const report: CheckReport = { ...emptyCheckReport(), totalClusters: Math.ceil(img.header.size / img.clusterSize) };
+  const report: CheckReport = { ...emptyCheckReport(), totalClusters: Math.ceil(img.size / img.clusterSize) };
   const tally = new Tally(img, await img.proto.size(), report, log);
   await tally.countAll();
   const found = { corruptions: report.corruptions, leaks: report.leaks };
@@ -88,6 +88,7 @@ async function checkOnce(img: Qcow2Image, repair: RepairMode, log: Log, rebuilt 
     Object.assign(report, found);
     await mendCounts(img, differences, repair, report, log);
   }
+  if (repair === 'all') await clearEmptyL1Entries(img, tally.emptyL1Entries, report, log);
   await checkCopiedFlags(img, repair, report, log);
   report.imageEndOffset = (highest + 1) * img.clusterSize;
   if (report.corruptionsFixed || report.leaksFixed) await img.proto.flush();
@@ -99,6 +100,12 @@ class Tally {
   readonly counts = new ClusterCounts();
   /** Mending counts in place would allocate through damaged structures: they must be rebuilt. */
   rebuild = false;
+  /**
+   * L1 entries with flags but no L2 table (offset 0), by the file offset of
+   * the entry: reads take them as unallocated, but qemu-img check would
+   * take the header for an L2 table. -r all clears them.
+   */
+  readonly emptyL1Entries: number[] = [];
 
   constructor(
     readonly img: Qcow2Image,
@@ -135,10 +142,10 @@ class Tally {
     const rc = img.refcounts;
     this.inc(0, cs);
     if (h.l1Size) this.inc(h.l1TableOffset, h.l1Size * 8);
-    await this.walk(img.l1Table, true);
+    await this.walk(img.l1Table, h.l1TableOffset, true);
     for (const sn of img.snapshots) {
       this.inc(sn.l1TableOffset, sn.l1Size * 8);
-      await this.walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), false);
+      await this.walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), sn.l1TableOffset, false);
     }
     if (h.nbSnapshots) this.inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);
     const rt = rc.tableLocation;
@@ -163,8 +170,8 @@ class Tally {
     }
   }
 
-  /** Counts an L1 table's L2 tables and clusters; the active one also gathers fragmentation. */
-  private async walk(l1: BigUint64Array, active: boolean): Promise<void> {
+  /** Counts the L2 tables and clusters of the L1 table at `at`; the active one also gathers fragmentation. */
+  private async walk(l1: BigUint64Array, at: number, active: boolean): Promise<void> {
     const { img, report } = this;
     const cs = img.clusterSize;
     for (let i = 0; i < l1.length; i++) {
@@ -175,7 +182,13 @@ class Tally {
         this.corrupt(`ERROR ${(err as Error).message}`);
         continue;
       }
-      if (!l2Offset) continue;
+      if (!l2Offset) {
+        if (l1[i]) {
+          this.corrupt(`ERROR L1 entry ${i} has flags set but no L2 table: 0x${hex(l1[i])}`);
+          this.emptyL1Entries.push(at + i * 8);
+        }
+        continue;
+      }
       this.inc(l2Offset, cs);
       // Like qemu-img, contiguity is judged within each L2 table.
       let nextContiguous = 0;
@@ -251,12 +264,13 @@ interface Difference {
 async function compareCounts(tally: Tally): Promise<{ differences: Difference[]; highest: number }> {
   const { img, counts, report, log } = tally;
   const rc = img.refcounts;
-  const fileClusters = Math.ceil(tally.fileSize / img.clusterSize);
+  // Up to the file's end, or one cluster past it: a compressed cluster at the end may run over (see Tally.inc).
+  const end = Math.max(Math.ceil(tally.fileSize / img.clusterSize), counts.highest() + 1);
   const differences: Difference[] = [];
   // As in qemu-img: the header's cluster at least, even when no count could be read.
   let highest = 0;
   let signalled = false;
-  for (let c = 0; c < fileClusters; c++) {
+  for (let c = 0; c < end; c++) {
     const bi = Math.floor(c / rc.perBlock);
     const misaligned = rc.damaged.get(bi);
     if (misaligned?.kind === 'misaligned') {
@@ -301,6 +315,18 @@ async function mendCounts(img: Qcow2Image, differences: Difference[], repair: Re
       log(`ERROR cluster ${c} refcount=${have} reference=${want}`);
       report.corruptions++;
     }
+  }
+}
+
+/** Clears L1 entries that have flags but no L2 table (reads see no difference: both mean unallocated). */
+async function clearEmptyL1Entries(img: Qcow2Image, entries: number[], report: CheckReport, log: Log): Promise<void> {
+  for (const at of entries) {
+    log(`Repairing L1 entry at offset ${at}: flags without an L2 table cleared`);
+    const active = (at - img.header.l1TableOffset) / 8;
+    if (active >= 0 && active < img.l1Table.length && Number.isInteger(active)) await img.rewriteL1Entry(active, 0n);
+    else await img.proto.write(new Uint8Array(8), at);
+    report.corruptions--;
+    report.corruptionsFixed++;
   }
 }
 
