@@ -6,7 +6,7 @@
  * an image clean, qemu-img check must agree. The cases are seeded: the same
  * on every run. A failing case is replayed with FUZZ_ONLY=seed:case, and
  * FUZZ_KEEP=DIR keeps its file; FUZZ_CASES sets the cases per seed (CI runs
- * 100; a campaign, thousands).
+ * 100; a campaign, thousands) and FUZZ_FROM the first case's number.
  */
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,6 +23,8 @@ import { vhdChecksum } from './vpc/footer.js';
 
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 const CASES = Number(process.env.FUZZ_CASES) || 100;
+/** The first case's number: a campaign can go on where another stopped. */
+const FIRST = Number(process.env.FUZZ_FROM) || 0;
 const ONLY = process.env.FUZZ_ONLY ? process.env.FUZZ_ONLY.split(':') : undefined;
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -252,7 +254,7 @@ describe.skipIf(!HAS_QEMU)('mutated images work or are refused clearly', () => {
       const data = spec.mapByQemu ? dataRanges(seed.path, spec.format) : [];
       const words = nonZeroWords(original).filter((w) => !data.some(([from, to]) => w >= from && w < to));
       const failures: string[] = [];
-      const cases = ONLY ? [Number(ONLY[1])] : Array.from({ length: CASES }, (_, i) => i);
+      const cases = ONLY ? [Number(ONLY[1])] : Array.from({ length: CASES }, (_, i) => FIRST + i);
       for (const index of cases) {
         const rng = prng(hashName(spec.name) ^ Math.imul(index + 1, 0x9e3779b1));
         const { bytes, changes } = mutate(rng, original, seed, words);
