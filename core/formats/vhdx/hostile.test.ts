@@ -284,6 +284,24 @@ describe('hostile VHDX images are refused with one clear sentence', () => {
     if (HAS_QEMU) expect(shStatus('qemu-img', ['check', '-f', 'vhdx', path]).status).toBe(0);
   });
 
+  it('a log of 0 bytes: the image reads, and a write that needs the log is refused in one sentence (it looped)', async () => {
+    const path = imageWith('log-0', (e) => e.u32(H1 + 68, 0).u32(H2 + 68, 0).sums());
+    const img = await openImage(path, { readOnly: false });
+    const buf = new Uint8Array(4 * KiB);
+    await img.read(buf, 0);
+    expect(buf[0]).toBe(0x11);
+    await expectRefused(
+      async () => {
+        await img.write(new Uint8Array(4 * KiB).fill(7), MiB);
+        await img.flush();
+      },
+      path,
+      'Corrupt',
+      /the VHDX log is 0 bytes long, too short for any entry/,
+    );
+    await img.close().catch(() => undefined);
+  });
+
   it('on the command line: one line, exit 1', async () => {
     const path = imageWith('cli', (e) => e.u32(ITEMS, 3 * MiB));
     const r = await platter(['info', path]);

@@ -380,10 +380,15 @@ export class VhdxImage implements FormatImage, Checkable, HasBacking, PlacesClus
       const batAt = this.parts.table.bat.offset;
       const writes = [...pages.map((p) => ({ fileOffset: batAt + p * S, data: this.bat.page(p) })), ...extra];
       try {
+        const { logLength } = this.parts.headers.header;
+        const max = Math.min(L.QEMU_MAX_LOG_DESCRIPTORS, maxSectorsPerEntry(logLength));
+        // A log of 0 bytes (damaged; QEMU's writes fail there too) has no room for any entry.
+        if (max < 1) {
+          throw new BlockError('Corrupt', `the VHDX log is ${logLength} bytes long, too short for any entry: the image can only be read`);
+        }
         // Placed blocks end in a hole where their data does: the file must still cover them (as allocate's do).
         if ((await this.proto.size()) < this.placedEnd) await this.proto.truncate(this.placedEnd);
         await this.proto.flush();
-        const max = Math.min(L.QEMU_MAX_LOG_DESCRIPTORS, maxSectorsPerEntry(this.parts.headers.header.logLength));
         for (let i = 0; i < writes.length; i += max) await this.logged(writes.slice(i, i + max));
       } catch (err) {
         this.bat.restore(pages);
