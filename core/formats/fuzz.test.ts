@@ -262,6 +262,8 @@ describe.skipIf(!HAS_QEMU)('mutated images work or are refused clearly', () => {
         if (process.env.FUZZ_LOG) appendFileSync(process.env.FUZZ_LOG, note + '\n');
         const path = t.path(`case.${spec.format}`);
         writeFileSync(path, bytes);
+        // The case under way is kept too: a hang leaves it behind.
+        if (process.env.FUZZ_KEEP) writeFileSync(`${process.env.FUZZ_KEEP}/current.${spec.format}`, bytes);
         const outcome = await exercise(path, t.path(`repair.${spec.format}`), seed, rng);
         if (process.env.FUZZ_LOG) appendFileSync(process.env.FUZZ_LOG, `  ${outcome.steps.join(' ')}\n`);
         if (!outcome.failure && spec.readsAsQemu?.(bytes) && outcome.steps[0] === 'read:ok') {

@@ -1,7 +1,7 @@
 /**
  * Mutation fuzzing of image drivers: take a small valid image, change a few
  * of its bytes, and run what a user would run on a file they were handed
- * (info, map, reading the guest, check, check -r all). Each must either work
+ * (info, map, reading the guest, check, check -r all, writing). Each must either work
  * or refuse with one clear sentence (a BlockError), quickly and without a
  * large allocation; never a JavaScript error, a hang or a crash.
  *
@@ -138,9 +138,34 @@ async function readAround(path: string, rng: Rng): Promise<void> {
   }
 }
 
+/** Writes what a user might: data, zeros and a discard at a few places, then flushes. */
+async function writeAround(path: string, rng: Rng): Promise<void> {
+  const image = await openImage(path, { readOnly: false });
+  try {
+    const sectors = Math.floor(image.size / 512);
+    if (sectors === 0) return;
+    const piece = () => {
+      const at = rng.int(0, sectors) * 512;
+      return { at, length: Math.min(rng.int(1, 129) * 512, image.size - at) };
+    };
+    for (let i = 0; i < 3; i++) {
+      const { at, length } = piece();
+      await image.write(new Uint8Array(length).fill(0x5a + i), at);
+    }
+    const zeros = piece();
+    await image.writeZeroes(zeros.at, zeros.length, true);
+    const gone = piece();
+    await image.discard(gone.at, gone.length);
+    await image.flush();
+  } finally {
+    await image.close();
+  }
+}
+
 /**
  * Runs each step on the image at `path`; a step may refuse (a clear
- * BlockError) and the next still runs. `scratch` receives a copy to repair.
+ * BlockError) and the next still runs. `scratch` receives copies to repair
+ * and to write to.
  */
 export async function exercise(path: string, scratch: string, seed: FuzzSeed, rng: Rng): Promise<FuzzOutcome> {
   const steps: string[] = [];
@@ -174,5 +199,7 @@ export async function exercise(path: string, scratch: string, seed: FuzzSeed, rn
     const failure = await run('repair', () => check({ filename: scratch, repair: 'all' }), repaired);
     if (failure) return { steps, failure };
   }
-  return { steps };
+  copyFileSync(path, scratch);
+  const failure = await run('write', () => writeAround(scratch, rng));
+  return failure ? { steps, failure } : { steps };
 }
