@@ -208,7 +208,8 @@ function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   const l2Entries = clusterSize / (extended ? L.L2_EXTENDED_ENTRY_BYTES : L.L2_ENTRY_BYTES);
   const needL1 = Math.ceil(h.size / clusterSize / l2Entries);
   if (h.l1Size < needL1) throw corrupt(`the L1 table (${h.l1Size} entries) is too small for the virtual size`);
-  if (h.l1Size > 0) checkAligned(h.l1TableOffset, clusterSize, 'L1 table offset');
+  // As QEMU (validate_table_offset): tables start on a cluster even when they are empty.
+  checkAligned(h.l1TableOffset, clusterSize, 'L1 table offset');
   if (h.refcountTableClusters === 0) throw corrupt('the refcount table is empty');
   if (h.refcountTableClusters > L.MAX_REFTABLE_BYTES / clusterSize) {
     throw corrupt(`the refcount table is too large (${h.refcountTableClusters} clusters)`);
@@ -216,7 +217,7 @@ function validate(h: Qcow2Header, dv: DataView, clusterSize: number): void {
   checkAligned(h.refcountTableOffset, clusterSize, 'refcount table offset');
   if (h.refcountTableOffset === 0) throw corrupt('the refcount table overlaps the header');
   if (h.nbSnapshots > L.MAX_SNAPSHOTS) throw corrupt(`too many snapshots (${h.nbSnapshots}, at most ${L.MAX_SNAPSHOTS})`);
-  if (h.nbSnapshots > 0) checkAligned(h.snapshotsOffset, clusterSize, 'snapshot table offset');
+  checkAligned(h.snapshotsOffset, clusterSize, 'snapshot table offset');
   void dv;
 }
 

@@ -282,6 +282,12 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
         /snapshot table offset \d+ is not aligned to a cluster/,
       ],
       [
+        'a misaligned snapshot table offset with no snapshots (QEMU checks it all the same)',
+        (f, l) => f.writeBigUInt64BE(BigInt(misaligned(l, 4 * l.clusterSize)), H.snapshots_offset),
+        'InvalidFormat',
+        /snapshot table offset \d+ is not aligned to a cluster/,
+      ],
+      [
         'a snapshot table offset of 2^60 (nb_snapshots 1)',
         (f) => {
           f.writeUInt32BE(1, H.nb_snapshots);
