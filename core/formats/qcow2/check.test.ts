@@ -195,6 +195,23 @@ describe.skipIf(!HAS_QEMU)('check', () => {
     expect(shStatus('qemu-img', ['check', p]).status).toBe(0);
   });
 
+  it('a version 3 snapshot table entry with less than 16 bytes of extra data: reported as qemu-img does, rewritten by -r all', async () => {
+    const p = base('short-extra.qcow2');
+    sh('qemu-img', ['snapshot', '-c', 'one', p]);
+    const table = Number(readFileSync(p).readBigUInt64BE(64));
+    const extra = Buffer.alloc(4);
+    extra.writeUInt32BE(8);
+    poke(p, table + 36, extra);
+    const theirs = shStatus('qemu-img', ['check', p]);
+    expect(theirs.stderr).toBe('ERROR snapshot table entry 0 is incomplete\n');
+    const ours = await platter(['check', p]);
+    expect([ours.stdout, ours.stderr, ours.code]).toEqual([theirs.stdout, theirs.stderr, theirs.status]);
+    const fixed = await platter(['check', '-r', 'all', p]);
+    expect(fixed.stderr).toBe('Repairing snapshot table entry 0 is incomplete\n');
+    expect(fixed.code).toBe(0);
+    expect(shStatus('qemu-img', ['check', p]).status).toBe(0);
+  });
+
   it('a file grown sparse to 1 TiB: the same report as qemu-img, quickly and in little memory', async () => {
     // 4 KiB clusters: 2^28 clusters of file, nearly all holes nothing references.
     const p = t.path('sparse-tail.qcow2');

@@ -14,7 +14,7 @@ import { OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED } from './limits.js';
 import type { Qcow2Image } from './image.js';
 import { rebuildRefcounts } from './rebuild.js';
 import type { RefcountDamage } from './refcounts.js';
-import { serializeSnapshotTable } from './snapshot-table.js';
+import { saveSnapshotTable, storedSnapshotTable } from './snapshots.js';
 import { readTable } from './tables.js';
 
 const hex = (e: bigint) => e.toString(16);
@@ -29,13 +29,24 @@ function storedL2(img: Qcow2Image, offset: number): Promise<BigUint64Array> {
 }
 
 export async function checkQcow2(img: Qcow2Image, repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
+  // First, as in qemu-img: version 3 wants at least 16 bytes of extra data in every snapshot table entry.
+  const stored = img.header.version >= 3 ? (await storedSnapshotTable(img)).entries : [];
+  const incomplete = stored.flatMap((e, i) => ((e.extraBytes ?? 0) < 16 ? [i] : []));
+  for (const i of incomplete) log(`${repair === 'all' ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
   const first = await img.exclusive(() => checkOnce(img, repair, log));
   let result = first;
-  if (first.leaksFixed || first.corruptionsFixed) {
+  let snapshotsFixed = 0;
+  if (incomplete.length && repair === 'all' && !first.corruptions && !first.checkErrors) {
+    // Rewritten whole, with the extra data (the counts are sound now: new clusters can be taken).
+    await img.exclusive(() => saveSnapshotTable(img, img.snapshots));
+    snapshotsFixed = incomplete.length;
+  }
+  if (first.leaksFixed || first.corruptionsFixed || snapshotsFixed) {
     // Like qemu-img: after repairing, check again and report that result.
     const second = await img.exclusive(() => checkOnce(img, 'none', () => undefined));
-    result = { ...second, leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed };
+    result = { ...second, leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed + snapshotsFixed };
   }
+  result.corruptions += incomplete.length - snapshotsFixed;
   // A full repair that leaves no corruption lifts the corrupt mark.
   if (repair === 'all' && !result.corruptions && !result.checkErrors) await img.clearCorrupt();
   return result;
@@ -147,7 +158,7 @@ class Tally {
       this.inc(sn.l1TableOffset, sn.l1Size * 8);
       await this.walk(await readTable(img.proto, sn.l1TableOffset, sn.l1Size), sn.l1TableOffset, false);
     }
-    if (h.nbSnapshots) this.inc(h.snapshotsOffset, serializeSnapshotTable(img.snapshots, h.version).length);
+    if (h.nbSnapshots) this.inc(h.snapshotsOffset, (await storedSnapshotTable(img)).size);
     const rt = rc.tableLocation;
     this.inc(rt.offset, rt.clusters * cs);
     for (const r of (await img.bitmaps?.references()) ?? []) this.inc(r.offset, r.length);

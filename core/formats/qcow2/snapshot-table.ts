@@ -15,6 +15,8 @@ export interface SnapshotEntry {
   diskSize?: number;
   /** Extra data past the fields Platter knows, kept as read. */
   extraRest: Uint8Array;
+  /** Bytes of extra data the entry has in the file, when read from it (version 3 needs at least 16). */
+  extraBytes?: number;
 }
 
 const corrupt = (msg: string) => new BlockError('Corrupt', msg);
@@ -102,6 +104,7 @@ export function parseSnapshotTable(
       vmStateSize,
       diskSize,
       extraRest: extra.slice(Math.min(extraLen, L.SNAPSHOT_EXTRA_DATA_V3)),
+      extraBytes: extraLen,
     });
     at = pad8(end);
     if (at > L.MAX_SNAPSHOT_TABLE_BYTES) throw corrupt('the snapshot table is larger than 64 MiB');

@@ -11,7 +11,7 @@ import { decodeL1, hostOf } from './l2.js';
 import type { Qcow2Image } from './image.js';
 import { MAX_SNAPSHOTS, OFLAG_COPIED } from './limits.js';
 import { switchRefcounts } from './refcount-switch.js';
-import { serializeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
+import { readSnapshotTable, serializeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
 import { encodeTable, readTable } from './tables.js';
 
 /** qemu-img finds a snapshot by ID first, then by name. */
@@ -98,17 +98,25 @@ async function writeSnapshotTable(
   return { offset, clusters };
 }
 
-/** Where the current snapshot list lies. */
-function snapshotTableNow(img: Qcow2Image): { offset: number; clusters: number } {
+/** Where the current snapshot list lies, as long as the file holds it (not as Platter would write it). */
+async function snapshotTableNow(img: Qcow2Image): Promise<{ offset: number; clusters: number }> {
   if (!img.snapshots.length) return { offset: 0, clusters: 0 };
-  const size = serializeSnapshotTable(img.snapshots, img.header.version).length;
+  const { size } = await storedSnapshotTable(img);
   return { offset: img.header.snapshotsOffset, clusters: Math.ceil(size / img.clusterSize) };
+}
+
+/** The snapshot table as the file holds it, and its length there. */
+export async function storedSnapshotTable(img: Qcow2Image): Promise<{ entries: SnapshotEntry[]; size: number }> {
+  const h = img.header;
+  if (!h.nbSnapshots) return { entries: [], size: 0 };
+  const read = (buf: Uint8Array, offset: number) => img.proto.read(buf, offset);
+  return readSnapshotTable(read, h.snapshotsOffset, h.nbSnapshots, img.clusterSize, await img.proto.size());
 }
 
 /** Writes the snapshot list to new clusters, points the header at it, frees the old one. */
 export async function saveSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): Promise<void> {
   const h = img.header;
-  const old = snapshotTableNow(img);
+  const old = await snapshotTableNow(img);
   const { offset } = await writeSnapshotTable(img, entries);
   await img.proto.flush();
   h.snapshotsOffset = offset;
@@ -188,7 +196,7 @@ async function switchView(
   if (v.snapshots) {
     const table = await writeSnapshotTable(img, v.snapshots);
     Object.assign(header, { snapshotsOffset: table.offset, nbSnapshots: v.snapshots.length });
-    const old = snapshotTableNow(img);
+    const old = await snapshotTableNow(img);
     if (old.clusters) freeAfter.push(old);
   }
   await img.proto.flush();
