@@ -158,7 +158,9 @@ const SEEDS: SeedSpec[] = [
       name: `vpc-${subformat}`,
       format: 'vpc',
       mapByQemu: true,
-      readsAsQemu: always,
+      // Where a dynamic image's footer copy at the start says "fixed" and the footer at the end does not, QEMU
+      // takes the copy (and the file for a fixed disk); Platter lets the end decide, by design (see vpc/open.ts).
+      readsAsQemu: (b) => subformat === 'fixed' || b.subarray(0, 512).every((x, i) => x === b[b.length - 512 + i]),
       build: () => {
         const path = qemuMade(`vpc-${subformat}.vhd`, 'vpc', `subformat=${subformat}`);
         const size = readFileSync(path).length;
