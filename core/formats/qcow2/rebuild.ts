@@ -31,11 +31,19 @@ export async function rebuildRefcounts(img: Qcow2Image, counts: ClusterCounts): 
   let lastBlock = 0;
   let table = { at: -1, clusters: 0 };
   let end = counts.highest() + 1;
+  // Each search for a block's cluster goes on from the last one found: from 0 each time, it would scan
+  // every cluster in use once per block.
+  let free = 0;
+  const take = (n: number) => {
+    const at = counts.take(free, n);
+    if (n === 1) free = at + 1;
+    return at;
+  };
   for (let placed = true; placed; ) {
     placed = false;
     for (let bi = 0; bi * perBlock < end; bi++) {
       if (blocks.has(bi) || !counts.anyIn(bi * perBlock, (bi + 1) * perBlock)) continue;
-      const at = counts.take(0, 1);
+      const at = take(1);
       blocks.set(bi, at);
       lastBlock = Math.max(lastBlock, bi);
       end = Math.max(end, at + 1);
@@ -47,7 +55,7 @@ export async function rebuildRefcounts(img: Qcow2Image, counts: ClusterCounts): 
     }
     if (need > table.clusters) {
       if (table.at >= 0) counts.release(table.at, table.clusters);
-      table = { at: counts.take(0, need), clusters: need };
+      table = { at: take(need), clusters: need };
       end = Math.max(end, table.at + need);
       placed = true;
     }
