@@ -19,6 +19,8 @@ import { readTable } from './tables.js';
 
 const hex = (e: bigint) => e.toString(16);
 
+type Log = (line: string) => void;
+
 /**
  * An L2 table as the file holds it, even where it overlaps other metadata
  * (which the counts then show), as qemu-img check reads it. Whatever the
@@ -28,7 +30,7 @@ function storedL2(img: Qcow2Image, offset: number): Promise<BigUint64Array> {
   return readTable(img.proto, offset, img.clusterSize / 8);
 }
 
-export async function checkQcow2(img: Qcow2Image, repair: RepairMode, log: (line: string) => void): Promise<CheckReport> {
+export async function checkQcow2(img: Qcow2Image, repair: RepairMode, log: Log): Promise<CheckReport> {
   // First, as in qemu-img: version 3 wants at least 16 bytes of extra data in every snapshot table entry.
   const stored = img.header.version >= 3 ? (await storedSnapshotTable(img)).entries : [];
   const incomplete = stored.flatMap((e, i) => ((e.extraBytes ?? 0) < 16 ? [i] : []));
@@ -59,7 +61,6 @@ const DAMAGE: Record<RefcountDamage, (i: number) => string> = {
   outside: (i) => `ERROR refcount block ${i} is outside image`,
 };
 
-type Log = (line: string) => void;
 
 /**
  * One pass, in qemu-img's order: count the references to every host
@@ -112,11 +113,12 @@ class Tally {
   /** Mending counts in place would allocate through damaged structures: they must be rebuilt. */
   rebuild = false;
   /**
-   * L1 entries with flags but no L2 table (offset 0), by the file offset of
-   * the entry: reads take them as unallocated, but qemu-img check would
-   * take the header for an L2 table. -r all clears them.
+   * L1 entries with flags but no L2 table (offset 0): where each is in the
+   * file, and its index when it is in the active table (which the image
+   * also holds in memory). Reads take them as unallocated, but qemu-img
+   * check would take the header for an L2 table. -r all clears them.
    */
-  readonly emptyL1Entries: number[] = [];
+  readonly emptyL1Entries: { at: number; active?: number }[] = [];
 
   constructor(
     readonly img: Qcow2Image,
@@ -196,7 +198,7 @@ class Tally {
       if (!l2Offset) {
         if (l1[i]) {
           this.corrupt(`ERROR L1 entry ${i} has flags set but no L2 table: 0x${hex(l1[i])}`);
-          this.emptyL1Entries.push(at + i * 8);
+          this.emptyL1Entries.push({ at: at + i * 8, active: active ? i : undefined });
         }
         continue;
       }
@@ -330,11 +332,10 @@ async function mendCounts(img: Qcow2Image, differences: Difference[], repair: Re
 }
 
 /** Clears L1 entries that have flags but no L2 table (reads see no difference: both mean unallocated). */
-async function clearEmptyL1Entries(img: Qcow2Image, entries: number[], report: CheckReport, log: Log): Promise<void> {
-  for (const at of entries) {
+async function clearEmptyL1Entries(img: Qcow2Image, entries: Tally['emptyL1Entries'], report: CheckReport, log: Log): Promise<void> {
+  for (const { at, active } of entries) {
     log(`Repairing L1 entry at offset ${at}: flags without an L2 table cleared`);
-    const active = (at - img.header.l1TableOffset) / 8;
-    if (active >= 0 && active < img.l1Table.length && Number.isInteger(active)) await img.rewriteL1Entry(active, 0n);
+    if (active !== undefined) await img.rewriteL1Entry(active, 0n);
     else await img.proto.write(new Uint8Array(8), at);
     report.corruptions--;
     report.corruptionsFixed++;
