@@ -22,8 +22,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const PLATTER_BIN = join(ROOT, 'bin', 'platter.mjs');
-const PLATTER_BUNDLE = join(ROOT, 'dist', 'cli.mjs');
+const PLATTER_BIN = join(ROOT, 'bin', 'platter.cjs');
+const PLATTER_BUNDLE = join(ROOT, 'dist', 'cli.cjs');
 const GNU_TIME = '/usr/bin/time';
 const MiB = 1 << 20;
 /** Bump when the generator changes, so cached images are regenerated. */
@@ -512,7 +512,7 @@ function operations(img, dir, qemuImg) {
 }
 
 function commandLine([cmd, args]) {
-  const shown = cmd === process.execPath ? ['node', ...args.map((a) => (a === PLATTER_BIN ? 'bin/platter.mjs' : a))] : [cmd, ...args];
+  const shown = cmd === process.execPath ? ['node', ...args.map((a) => (a === PLATTER_BIN ? 'bin/platter.cjs' : a))] : [cmd, ...args];
   return shown.join(' ');
 }
 

@@ -32,7 +32,7 @@ import { DEFAULT_COPY_OPTIONS } from './copy.js';
 const MiB = 1 << 20;
 /** Above copy-workers' MIN_BYTES, so the CLI copies on threads. */
 const SIZE = 96 * MiB;
-const SCRIPT = new URL('../../dist/copy-worker.mjs', import.meta.url);
+const SCRIPT = new URL('../../dist/copy-worker.cjs', import.meta.url);
 const hasQemu = hasTool('qemu-img', 'apt-get install qemu-utils');
 
 const t = tempDir();
@@ -197,7 +197,7 @@ describe('copy on worker threads', () => {
         created.image,
         { ...DEFAULT_COPY_OPTIONS, targetIsZero: true },
         {},
-        new URL('./no-such-copy-worker.mjs', SCRIPT),
+        new URL('./no-such-copy-worker.cjs', SCRIPT),
       );
       await expect(copy).rejects.toBeInstanceOf(BlockError);
     } finally {

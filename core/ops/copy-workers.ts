@@ -176,12 +176,22 @@ async function placedCopier(
   };
 }
 
-/** The worker script beside this bundle (.mjs for the CLI, .cjs for Electron); none when running from source. */
+/** The worker script beside this bundle (the CLI's or Electron's); none when running from source. */
 function workerScript(): URL | undefined {
-  const ext = extname(fileURLToPath(import.meta.url));
-  if (ext !== '.mjs' && ext !== '.cjs') return undefined;
-  const url = new URL(`./copy-worker${ext}`, import.meta.url);
+  if (extname(fileURLToPath(import.meta.url)) !== '.cjs') return undefined;
+  const url = new URL('./copy-worker.cjs', import.meta.url);
   return existsSync(url) ? url : undefined;
+}
+
+/**
+ * A copy worker running `script`: through the code-cache loader when the
+ * CLI's build put one beside it (core/cli/code-cache.ts), else as it is.
+ */
+function startWorker(script: URL, workerData: WorkerData): Worker {
+  const loader = new URL('./code-cache.cjs', script);
+  if (!existsSync(loader)) return new Worker(script, { workerData });
+  const [loaderPath, scriptPath] = [loader, script].map((u) => JSON.stringify(fileURLToPath(u)));
+  return new Worker(`require(${loaderPath}).loadBundle(${scriptPath});`, { eval: true, workerData });
 }
 
 /** Threads to copy with, this one included: PLATTER_COPY_THREADS, else one per core up to MAX_THREADS. */
@@ -334,7 +344,7 @@ export async function copyInWorkers(
         new Promise<void>((resolve) => {
           let thread: Worker;
           try {
-            thread = new Worker(script, { workerData: { task, worker } satisfies WorkerData });
+            thread = startWorker(script, { task, worker });
           } catch (err) {
             // No thread to be had (a resource limit): the copy stops, the threads started so far with it.
             fail(toBlockError(err, { path: target.filename }));

@@ -23,7 +23,7 @@ const KiB = 1024;
 const MiB = 1 << 20;
 /** Above copy-workers' MIN_BYTES, and not a whole number of clusters: the last one is cut by the end. */
 const SIZE = 96 * MiB + 1536;
-const SCRIPT = new URL('../../dist/copy-worker.mjs', import.meta.url);
+const SCRIPT = new URL('../../dist/copy-worker.cjs', import.meta.url);
 const hasQemu = hasTool('qemu-img', 'apt-get install qemu-utils');
 
 const t = tempDir();

@@ -3,7 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { run } from '../cli/main.js';
 
-export const PLATTER_BIN = fileURLToPath(new URL('../../bin/platter.mjs', import.meta.url));
+export const PLATTER_BIN = fileURLToPath(new URL('../../bin/platter.cjs', import.meta.url));
 
 export async function platter(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = '';

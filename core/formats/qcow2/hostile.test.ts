@@ -164,10 +164,10 @@ function expectCliRefused(command: 'info' | 'map' | 'convert', path: string, mes
 
 // ------------------------------------------------------------------ setup
 
-/** dist/cli.mjs, rebuilt when older than any engine source (the CLI tests run the build). */
+/** dist/cli.cjs, rebuilt when older than any engine source (the CLI tests run the build). */
 function ensureBuilt(): void {
   const root = fileURLToPath(new URL('../../../', import.meta.url));
-  const bundle = join(root, 'dist/cli.mjs');
+  const bundle = join(root, 'dist/cli.cjs');
   const newest = (dir: string): number => {
     let m = 0;
     for (const e of readdirSync(dir, { withFileTypes: true })) {

@@ -1,0 +1,74 @@
+/**
+ * The code-cache loader. Bundles are loaded in a new Node process, through
+ * the built loader (dist/code-cache.cjs; `npm test` builds first): a process
+ * that compiled a text once keeps it in memory and would never look at the
+ * cache.
+ */
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { tempDir } from '../test/tmp.js';
+import { cacheFileOf, writeCodeCache } from './code-cache.js';
+
+const DIST = fileURLToPath(new URL('../../dist/', import.meta.url));
+
+let t: ReturnType<typeof tempDir>;
+beforeEach(() => {
+  t = tempDir('platter-code-cache-');
+});
+afterEach(() => t.cleanup());
+
+/** A bundle whose exports say which text ran, and what CommonJS gave it. */
+const bundle = (word: string) =>
+  `const path = require('node:path');\n` +
+  `module.exports = { word: ${JSON.stringify(word)}, file: __filename, dir: __dirname, sep: path.sep, self: exports };\n`;
+
+/** Loads `file` in a new process: whether its code came from the cache, and its exports. */
+function loadInChild(file: string): { fromCache: boolean; exports: Record<string, unknown> } {
+  const script =
+    `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(file)});` +
+    `process.stdout.write(JSON.stringify(r));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  expect(r.stderr).toBe('');
+  return JSON.parse(r.stdout);
+}
+
+describe('code cache', () => {
+  it('runs a bundle from its cache, as require() would', () => {
+    const file = t.path('b.cjs');
+    writeFileSync(file, bundle('first'));
+    writeCodeCache(file);
+    expect(loadInChild(file)).toEqual({
+      fromCache: true,
+      exports: { word: 'first', file, dir: t.dir, sep: '/', self: {} },
+    });
+  });
+
+  it('never runs an older text from a cache V8 would take (same length)', () => {
+    const file = t.path('b.cjs');
+    writeFileSync(file, bundle('first'));
+    writeCodeCache(file);
+    writeFileSync(file, bundle('other'));
+    expect(loadInChild(file)).toMatchObject({ fromCache: false, exports: { word: 'other' } });
+  });
+
+  it.each([
+    ['missing', () => {}],
+    ['empty', (cache: string) => writeFileSync(cache, '')],
+    ['cut short', (cache: string) => writeFileSync(cache, readFileSync(cache).subarray(0, 40))],
+    ['garbage after the hash', (cache: string) => writeFileSync(cache, readFileSync(cache).fill(0x5a, 32))],
+  ])('compiles from source when the cache is %s', (how, damage) => {
+    const file = t.path('b.cjs');
+    writeFileSync(file, bundle('first'));
+    if (how !== 'missing') writeCodeCache(file);
+    damage(cacheFileOf(file));
+    expect(loadInChild(file)).toMatchObject({ fromCache: false, exports: { word: 'first' } });
+  });
+
+  it('the build caches the CLI for the Node that runs it', () => {
+    const { fromCache, exports } = loadInChild(DIST + 'cli.cjs');
+    expect(fromCache).toBe(true);
+    expect(exports).toHaveProperty('COMMANDS');
+  });
+});
