@@ -10,10 +10,12 @@ import { fileURLToPath } from 'node:url';
 // import.meta.url, which CommonJS lacks: the banner supplies it. koffi loads
 // its native library, and zstd-wasm its WebAssembly, from their own folders
 // at run time. zstd-wasm is required, not import()ed: V8 loses a script's
-// dynamic-import hook when it comes from a code cache.
+// dynamic-import hook when it comes from a code cache. The banner starts
+// with the strict-mode directive, as the sources are ES modules (strict):
+// esbuild's own comes after the banner, where it is no directive.
 const importMetaUrl = {
   define: { 'import.meta.url': '__platterModuleUrl' },
-  banner: { js: "var __platterModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
+  banner: { js: "'use strict'; var __platterModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
 };
 await build({
   entryPoints: { cli: 'core/cli/main.ts', 'copy-worker': 'core/ops/copy-worker.ts', 'code-cache': 'core/cli/code-cache.ts' },

@@ -71,4 +71,11 @@ describe('code cache', () => {
     expect(fromCache).toBe(true);
     expect(exports).toHaveProperty('COMMANDS');
   });
+
+  it.each(['cli.cjs', 'copy-worker.cjs', 'electron/job-worker.cjs', 'electron/main.cjs'])(
+    'the build makes %s strict, as the ES modules it comes from',
+    (name) => {
+      expect(readFileSync(DIST + name, 'utf8')).toMatch(/^'use strict';/);
+    },
+  );
 });
