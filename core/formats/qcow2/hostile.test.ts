@@ -536,6 +536,23 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
       expect(readFileSync(path).equals(before), 'the image changed').toBe(true);
     });
 
+    it('an L2 entry at 1 PiB without COPIED: the copy-on-write refuses to free it at once, without growing the refcounts', async () => {
+      // No refcount block counts 1 PiB: its count is 0, and dropping it is a
+      // corruption. Found by the fuzz tests: the refcount table was grown
+      // toward 1 PiB first, for 12 s on 512-byte clusters.
+      const path = hostile('L2 entry at 1 PiB', base, l2(() => 1n << 50n));
+      const size = statSync(path).size;
+      const image = await openQcow2(path, false);
+      try {
+        const err = await bounded(() => rejection(image.write(new Uint8Array(512).fill(0xee), 0)));
+        expectClear(err, path, 'Corrupt', /refcount of cluster \d+ would drop below zero/);
+      } finally {
+        await image.close().catch(() => {});
+      }
+      const clusterSize = 2 ** readFileSync(path).readUInt32BE(H.cluster_bits);
+      expect(statSync(path).size - size, 'the file grew by more than the copied cluster').toBeLessThanOrEqual(clusterSize);
+    });
+
     it('an L1 entry of offset 0 with the COPIED bit (the header is cluster 0) reads as unallocated', async () => {
       const path = hostile('L1 entry 0 copied', base, l1(() => COPIED));
       expect((await readBytes(path, 0, 4096)).every((x) => x === 0)).toBe(true);

@@ -217,10 +217,13 @@ export class Refcounts {
       const bi = Math.floor(at / this.perBlock);
       const first = at % this.perBlock;
       const n = Math.min(this.perBlock - first, index + count - at);
-      const b = (await this.block(bi)) ?? (await this.createBlock(bi));
+      // No block counts these clusters: their counts are 0, so a decrement
+      // is a corruption, with no block to create for it.
+      const b = (await this.block(bi)) ?? (delta < 0 ? undefined : await this.createBlock(bi));
+      if (!b) throw underflow(at);
       for (let i = first; i < first + n; i++) {
         const v = readRefcount(b, i, this.bits) + delta;
-        if (v < 0) throw new BlockError('Corrupt', `refcount of cluster ${bi * this.perBlock + i} would drop below zero`);
+        if (v < 0) throw underflow(bi * this.perBlock + i);
         if (v > this.max) throw new BlockError('Unsupported', `refcount of cluster ${bi * this.perBlock + i} would exceed ${this.max}`);
         writeRefcount(b, i, this.bits, v);
         if (v === 0) this.onFreed?.(bi * this.perBlock + i);
@@ -409,6 +412,10 @@ export class Refcounts {
     let newBlocks: number[] = [];
     for (;;) {
       tableClusters = Math.ceil((entries * 8) / cs);
+      // Before counting blocks: for a table far over the limit, that takes seconds.
+      if (tableClusters * cs > MAX_REFTABLE_BYTES) {
+        throw new BlockError('Unsupported', 'the image would need a refcount table larger than 8 MiB');
+      }
       // Blocks needed so that every cluster of the new area is counted.
       let areaEnd = start + tableClusters;
       for (;;) {
@@ -423,9 +430,6 @@ export class Refcounts {
       const needed = Math.ceil(areaEnd / this.perBlock);
       if (entries >= needed) break;
       entries = needed;
-    }
-    if (tableClusters * cs > MAX_REFTABLE_BYTES) {
-      throw new BlockError('Unsupported', 'the image would need a refcount table larger than 8 MiB');
     }
     const areaEnd = start + newBlocks.length + tableClusters;
     this.checkNotMetadata(start, areaEnd - start, 'allocate');
@@ -464,6 +468,10 @@ export class Refcounts {
     await this.saveLocation(this.location);
     await this.free(old.offset, old.clusters);
   }
+}
+
+function underflow(cluster: number): BlockError {
+  return new BlockError('Corrupt', `refcount of cluster ${cluster} would drop below zero`);
 }
 
 /** The refcount structures the header names; a moved table is saved back into `header`. `lenient`: see Refcounts.load. */
