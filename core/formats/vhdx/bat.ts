@@ -33,6 +33,20 @@ export function batGeometry(
   return { blockSize, chunkRatio, dataBlocks, entries };
 }
 
+/**
+ * Entries the BAT region of a new image holds: what it needs, except for a
+ * disk of size 0. There qemu-img counts the bitmap entries of 0 blocks in
+ * 32-bit arithmetic, which wraps around to (2^32 - 1) / chunk ratio, and it
+ * opens only a file whose BAT region holds that many (its own empty VHDX
+ * files are laid out so). It reads the BAT region in one request, below 2 GiB:
+ * with 256 MiB blocks it can neither make nor open an empty disk, and the
+ * region keeps the size the disk needs.
+ */
+export function newBatEntries(g: BatGeometry): number {
+  const wrapped = Math.floor(0xffffffff / g.chunkRatio);
+  return g.dataBlocks === 0 && Math.ceil((wrapped * 8) / L.MiB) * L.MiB < 2 ** 31 ? wrapped : g.entries;
+}
+
 /** The BAT index of payload block `b`. */
 export const payloadIndex = (g: BatGeometry, b: number) => b + Math.floor(b / g.chunkRatio);
 /** The BAT index of the sector bitmap block covering payload block `b`. */
