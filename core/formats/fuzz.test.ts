@@ -74,7 +74,7 @@ function qemuFindsClean(format: string): (path: string) => string | undefined {
 /**
  * The same for VHDX, but for a disk of size 0: qemu-img opens one only when
  * its BAT region is as large as qemu-img's 32-bit count of no blocks wraps
- * around to (see newBatEntries in vhdx/bat.ts); Platter reads it as the
+ * around to (see newBatLength in vhdx/bat.ts); Platter reads it as the
  * empty disk it is, by design.
  */
 function qemuFindsCleanVhdx(path: string): string | undefined {

@@ -61,7 +61,6 @@ const DAMAGE: Record<RefcountDamage, (i: number) => string> = {
   outside: (i) => `ERROR refcount block ${i} is outside image`,
 };
 
-
 /**
  * One pass, in qemu-img's order: count the references to every host
  * cluster, compare them with the stored refcounts, mend them, then the

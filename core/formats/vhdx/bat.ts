@@ -33,18 +33,24 @@ export function batGeometry(
   return { blockSize, chunkRatio, dataBlocks, entries };
 }
 
+/** The length of a region holding `entries` BAT entries: whole MiB, as the spec wants. */
+const regionLength = (entries: number) => Math.ceil((entries * 8) / L.MiB) * L.MiB;
+
+/** The most QEMU reads in one request (BDRV_REQUEST_MAX_BYTES): it reads the BAT region in one. */
+const QEMU_MAX_REQUEST = 2 ** 31 - 512;
+
 /**
- * Entries the BAT region of a new image holds: what it needs, except for a
- * disk of size 0. There qemu-img counts the bitmap entries of 0 blocks in
- * 32-bit arithmetic, which wraps around to (2^32 - 1) / chunk ratio, and it
- * opens only a file whose BAT region holds that many (its own empty VHDX
- * files are laid out so). It reads the BAT region in one request, below 2 GiB:
- * with 256 MiB blocks it can neither make nor open an empty disk, and the
- * region keeps the size the disk needs.
+ * The BAT region of a new image: the entries it needs, except for a disk of
+ * size 0. There qemu-img counts the bitmap entries of 0 blocks in 32-bit
+ * arithmetic, which wraps around to (2^32 - 1) / chunk ratio, and it opens
+ * only a file whose BAT region holds that many (its own empty VHDX files are
+ * laid out so). With 256 MiB blocks that region is too long for QEMU to read:
+ * it can neither make nor open such an empty disk, and the region keeps the
+ * size the disk needs.
  */
-export function newBatEntries(g: BatGeometry): number {
-  const wrapped = Math.floor(0xffffffff / g.chunkRatio);
-  return g.dataBlocks === 0 && Math.ceil((wrapped * 8) / L.MiB) * L.MiB < 2 ** 31 ? wrapped : g.entries;
+export function newBatLength(g: BatGeometry): number {
+  const forQemu = regionLength(Math.floor(0xffffffff / g.chunkRatio));
+  return g.dataBlocks === 0 && forQemu <= QEMU_MAX_REQUEST ? forQemu : regionLength(g.entries);
 }
 
 /** The BAT index of payload block `b`. */

@@ -13,7 +13,7 @@ import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
 import type { OptionDecl, OptionValues } from '../../options/schema.js';
 import { SIZE_OPTION } from '../../options/common.js';
-import { Bat, batGeometry, payloadIndex, newBatEntries } from './bat.js';
+import { Bat, batGeometry, newBatLength, payloadIndex } from './bat.js';
 import { newGuid } from './guid.js';
 import { serializeHeader } from './header.js';
 import * as L from './limits.js';
@@ -89,7 +89,7 @@ export function vhdxLayout(size: number, options: OptionValues): VhdxLayout {
   if (blockSize & (blockSize - 1)) throw invalid('Block size must be a power of two');
   const g = batGeometry(rounded, blockSize, logicalSectorSize, false);
   const batOffset = Math.ceil((L.HEADER_SECTION_SIZE + logSize) / L.MiB) * L.MiB;
-  const batLength = Math.ceil((newBatEntries(g) * 8) / L.MiB) * L.MiB;
+  const batLength = newBatLength(g);
   const metadataOffset = batOffset + batLength;
   return {
     size: rounded,
