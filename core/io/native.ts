@@ -15,8 +15,6 @@ interface Libc {
   posixFallocate?: (fd: number, offset: number, length: number) => Promise<number>;
   /** sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) on a worker thread. */
   startWriteback?: (fd: number) => Promise<void>;
-  /** posix_memalign: `size` bytes at a multiple of `align`, viewed as an ArrayBuffer (never freed). */
-  alignedAlloc?: (size: number, align: number) => ArrayBuffer | undefined;
   /** ioctl(fd, FS_IOC_GETFLAGS / FS_IOC_SETFLAGS, &flags); -1 on failure. */
   getInodeFlags?: (fd: number) => number;
   setInodeFlags?: (fd: number, flags: number) => boolean;
@@ -57,14 +55,9 @@ function load(): Libc | null {
     const koffi = require('koffi') as typeof import('koffi');
     const lib = koffi.load(process.platform === 'darwin' ? 'libc.dylib' : 'libc.so.6');
     const lseek = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
-    const memalign = lib.func('int posix_memalign(_Out_ void **ptr, size_t align, size_t size)');
     const c: Libc = {
       lseek: (fd, offset, whence) => Number(lseek(fd, offset, whence)),
       errno: () => koffi.errno(),
-      alignedAlloc: (size, align) => {
-        const ptr: unknown[] = [null];
-        return memalign(ptr, align, size) === 0 ? koffi.view(ptr[0], size) : undefined;
-      },
     };
     if (process.platform === 'linux') {
       const fa = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
@@ -153,16 +146,3 @@ export function setNoCow(fd: number): boolean {
   const flags = c.getInodeFlags(fd);
   return flags >= 0 && c.setInodeFlags(fd, flags | FS_NOCOW_FL);
 }
-
-/**
- * A page-aligned buffer for I/O, or undefined where the FFI is missing. The
- * kernel copies to and from whole pages then; measured on a 1.2 GB copy, 20%
- * less system time than V8's buffers, which start 16 bytes into a page. The
- * memory is never freed: callers keep such buffers in a pool (see buffers.ts).
- */
-export function alignedBuffer(size: number): Uint8Array | undefined {
-  const ab = libcOrNull()?.alignedAlloc?.(size, PAGE);
-  return ab ? new Uint8Array(ab) : undefined;
-}
-
-const PAGE = 4096;
