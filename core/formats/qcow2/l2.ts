@@ -107,6 +107,40 @@ export function decodeL2(
   return { kind: 'data', host, copied };
 }
 
+/**
+ * Bits 21-30 of an entry's high half (53-62 of the entry): compressed (62),
+ * reserved (56-61) or an offset past MAX_HOST_OFFSET (53-55). With bits 0-8
+ * of the low half (the zero flag and reserved bits), what the quick decoders
+ * below leave to decodeL1 and decodeL2.
+ */
+const UNPLAIN_HIGH = 0x7fe00000;
+const UNPLAIN_LOW = 0x1ff;
+
+/**
+ * decodeL1's offset for the entry with these 32-bit halves (0: no table),
+ * without BigInt arithmetic, when the entry is plain: no flag but copied and
+ * an aligned offset. Undefined otherwise, for decodeL1 to decode or refuse.
+ */
+export function plainL1Offset(hi: number, lo: number, clusterSize: number): number | undefined {
+  if ((hi & UNPLAIN_HIGH) !== 0 || (lo & UNPLAIN_LOW) !== 0) return undefined;
+  const offset = (hi & 0x1fffff) * 2 ** 32 + lo;
+  return offset % clusterSize === 0 ? offset : undefined;
+}
+
+/**
+ * decodeL2 of a standard entry from its 32-bit halves, without BigInt
+ * arithmetic, for the cases a plain image is made of: unallocated, or data
+ * at an aligned offset. Undefined for anything else (compressed, zero,
+ * reserved bits, a bad or zero offset), for decodeL2 to decode or refuse.
+ */
+export function decodePlainL2(hi: number, lo: number, clusterSize: number): Mapping | undefined {
+  if ((hi | lo) === 0) return UNALLOCATED;
+  if ((hi & UNPLAIN_HIGH) !== 0 || (lo & UNPLAIN_LOW) !== 0) return undefined;
+  const host = (hi & 0x1fffff) * 2 ** 32 + lo;
+  if (host === 0 || host % clusterSize !== 0) return undefined;
+  return { kind: 'data', host, copied: (hi & 0x80000000) !== 0 };
+}
+
 /** The first (or only) 64 bits of an L2 entry for `m`; `extended` images keep zeros in the bitmap instead. */
 export function encodeL2(m: Mapping, clusterBits: number, extended = false): bigint {
   switch (m.kind) {

@@ -24,3 +24,20 @@ export function encodeTable(table: BigUint64Array, padTo: number): Uint8Array {
   table.forEach((e, i) => dv.setBigUint64(i * 8, e));
   return raw;
 }
+
+/** Where an entry's high and low 32 bits sit in halvesOf(table): words[2i + HI] and words[2i + LO]. */
+export const HI = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0;
+export const LO = 1 - HI;
+
+const halves = new WeakMap<BigUint64Array, Uint32Array>();
+
+/**
+ * A table's entries as 32-bit halves, over the same memory (so always
+ * current): hot paths decode them with number arithmetic, since every read
+ * of a BigUint64Array element and every BigInt operation allocates.
+ */
+export function halvesOf(table: BigUint64Array): Uint32Array {
+  let words = halves.get(table);
+  if (!words) halves.set(table, (words = new Uint32Array(table.buffer, table.byteOffset, table.length * 2)));
+  return words;
+}
