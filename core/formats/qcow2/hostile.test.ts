@@ -432,6 +432,24 @@ describe.skipIf(!HAS_QEMU)('hostile qcow2 images', { timeout: TEST_TIMEOUT_MS },
   });
 
   describe('snapshots (qemu-snapshot)', () => {
+    it('an L2 table shared with a snapshot but counted free: a write never hands its cluster out, and nothing is written', async () => {
+      // Found by the fuzz tests (qcow2-v2:9341): copy-on-write took the
+      // table's own cluster for the new one, freed it again as the old
+      // table, and failed on a TypeError when writing the changes back.
+      const path = hostile('shared L2 table counted free', 'qemu-snapshot', (f, l) =>
+        f.writeUInt16BE(0, l.refblock + 2 * (l.l2Offset / l.clusterSize)),
+      );
+      const before = readFileSync(path);
+      const image = await openQcow2(path, false);
+      try {
+        const err = await bounded(() => rejection(image.write(new Uint8Array(512).fill(0xee), 0)));
+        expectClear(err, path, 'Corrupt', /the refcounts call cluster \d+ free, but it holds the L2 table; repair the image/);
+      } finally {
+        await image.close().catch(() => {});
+      }
+      expect(readFileSync(path).equals(before), 'the image changed').toBe(true);
+    });
+
     it('a snapshot whose L1 table has l1_size 0: the image opens and reads; exporting it is clean either way', async () => {
       const path = hostile('snapshot l1_size 0', 'qemu-snapshot', (f) => {
         const table = Number(f.readBigUInt64BE(H.snapshots_offset));

@@ -186,6 +186,7 @@ export class Qcow2Image
     if (this.readOnly) return;
     refcounts.onFreed = (c) => this.forgetCluster(c);
     refcounts.beforeDecrement = () => this.writeBack();
+    refcounts.tableAt = (c) => this.tableAt(c, true);
   }
 
   /**
@@ -456,19 +457,30 @@ export class Qcow2Image
    * (QEMU's overlap check): data must never land on tables.
    */
   metadataOverlap(offset: number, length: number, checkL2: boolean): string | undefined {
-    const cs = this.clusterSize;
     // (Callers check data clusters; an external data file holds no metadata.)
-    const hits = (start: number, len: number) => offset < start + len && start < offset + length;
-    if (hits(0, cs)) return 'image header';
-    if (this.l1.length && hits(this.header.l1TableOffset, Math.ceil((this.l1.length * 8) / cs) * cs)) return 'L1 table';
-    // The header, refcount table and blocks: a lookup per cluster, not a scan of the table.
+    const cs = this.clusterSize;
+    // A lookup per cluster, not a scan of the refcount table or of the cached tables.
     for (let c = Math.floor(offset / cs); c * cs < offset + length; c++) {
-      const what = this.refcounts.metadataAt(c);
+      const what = this.refcounts.metadataAt(c) ?? this.tableAt(c, checkL2);
       if (what) return what;
     }
-    if (this.header.nbSnapshots && hits(this.header.snapshotsOffset, cs)) return 'snapshot table';
-    if (this.bitmaps?.directoryOverlaps(offset, length)) return 'bitmap directory';
-    if (checkL2) for (const t of this.l2Cache.keys()) if (hits(t, cs)) return 'an L2 table';
+    return undefined;
+  }
+
+  /**
+   * Which table in use host cluster `c` holds, of those the refcount
+   * structures do not describe: the L1 table, the snapshot table, the bitmap
+   * directory or (with `checkL2`) a cached L2 table. Undefined if none.
+   */
+  private tableAt(c: number, checkL2: boolean): string | undefined {
+    const cs = this.clusterSize;
+    const at = c * cs;
+    const within = (start: number, len: number) => start <= at && at < start + len;
+    if (this.l1.length && within(this.header.l1TableOffset, Math.ceil((this.l1.length * 8) / cs) * cs)) return 'L1 table';
+    if (this.header.nbSnapshots && within(this.header.snapshotsOffset, cs)) return 'snapshot table';
+    if (this.bitmaps?.directoryOverlaps(at, cs)) return 'bitmap directory';
+    // L2 tables are single clusters at aligned offsets (decodeL1 checks).
+    if (checkL2 && this.l2Cache.has(at)) return 'L2 table';
     return undefined;
   }
 

@@ -91,6 +91,12 @@ export class Refcounts {
   onFreed?: (index: number) => void;
   /** Runs before a refcount drops in the file: whatever still maps the clusters there must be unmapped first. */
   beforeDecrement?: () => Promise<void>;
+  /**
+   * Which table in use, of those these structures do not describe (L1, L2,
+   * snapshot table...), host cluster `c` holds: told by the image, so that
+   * damaged refcounts calling it free never get it handed out.
+   */
+  tableAt?: (c: number) => string | undefined;
 
   constructor(
     private readonly proto: Protocol,
@@ -313,12 +319,14 @@ export class Refcounts {
 
   /**
    * Refuses to hand out or free clusters [index, index+count) that hold the
-   * header, the refcount table or a refcount block: damaged refcounts can
-   * call them free, and reusing them would destroy the image.
+   * header, the refcount table or a refcount block, or to hand out ones that
+   * hold another table in use (tableAt): damaged refcounts can call them
+   * free, and reusing them would destroy the image.
    */
   private checkNotMetadata(index: number, count: number, op: 'allocate' | 'free'): void {
     for (let c = index; c < index + count; c++) {
-      const what = this.metadataAt(c);
+      // Freeing an old table is normal (its replacement is in use by then): only allocations ask the image.
+      const what = this.metadataAt(c) ?? (op === 'allocate' ? this.tableAt?.(c) : undefined);
       if (!what) continue;
       throw new BlockError(
         'Corrupt',
