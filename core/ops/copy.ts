@@ -10,7 +10,7 @@ import type { Image } from '../image/image.js';
 import { giveBuffer, takeBuffer } from '../io/buffers.js';
 import { readGuest } from './read-ahead.js';
 import { ProgressMeter, runWorkers, type JobContext } from './job.js';
-import { zeroRuns } from './zero-runs.js';
+import { zeroRuns, type Run } from './zero-runs.js';
 
 /** A piece of a source image, placed at `targetOffset` in the target. */
 export interface CopySpan {
@@ -88,6 +88,40 @@ export function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopyS
   }
 }
 
+/**
+ * Reads `chunk` into `buf` and says, in order, which of its bytes are data
+ * and which are zeros (chunk-relative runs). What the source's block status
+ * calls zero is not read: those bytes of `buf` keep what they held. With a
+ * `sparseSize` (-S), runs of whole zero blocks among the bytes read are
+ * zeros too.
+ */
+export async function readChunk(chunk: CopySpan, buf: Uint8Array, sparseSize: number): Promise<Run[]> {
+  const runs: Run[] = [];
+  for (let at = 0; at < chunk.length; ) {
+    const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
+    if (st.zero) runs.push({ start: at, length: st.length, zero: true });
+    else {
+      const data = buf.subarray(at, at + st.length);
+      await chunk.source.read(data, chunk.sourceOffset + at);
+      if (sparseSize === 0) runs.push({ start: at, length: st.length, zero: false });
+      else for (const r of zeroRuns(data, chunk.targetOffset + at, sparseSize)) runs.push({ ...r, start: at + r.start });
+    }
+    at += st.length;
+  }
+  return runs;
+}
+
+/**
+ * Writes one run of a chunk (as readChunk describes it, its bytes in `buf`)
+ * into the target: the bytes, or zeros unless the target already reads as
+ * zeros; zeros become holes where -S allows.
+ */
+export function writeRun(target: Image, chunk: CopySpan, buf: Uint8Array, run: Run, opts: CopyOptions): Promise<void> {
+  const dst = chunk.targetOffset + run.start;
+  if (!run.zero) return target.write(buf.subarray(run.start, run.start + run.length), dst);
+  return opts.targetIsZero ? Promise.resolve() : target.writeZeroes(dst, run.length, opts.sparseSize > 0);
+}
+
 export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOptions, ctx: JobContext): Promise<void> {
   const total = spans.reduce((n, s) => n + s.length, 0);
   const meter = new ProgressMeter(total, ctx);
@@ -101,10 +135,6 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
   const throttle = new Throttle(opts.rateLimit);
   // Writes wait for the previous chunk's writes to start unless out-of-order is allowed.
   let lastIssued: Promise<void> = Promise.resolve();
-
-  const zeroTarget = async (offset: number, length: number) => {
-    if (!opts.targetIsZero) await target.writeZeroes(offset, length, opts.sparseSize > 0);
-  };
 
   await runWorkers(
     Math.max(1, opts.parallel ?? (cluster || target.compressesWrites ? COMPRESSING_PARALLEL : DEFAULT_PARALLEL)),
@@ -126,29 +156,11 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
           await readGuest(chunk.source, data, chunk.sourceOffset);
           for (const run of zeroRuns(data, chunk.targetOffset, cluster)) {
             const dst = chunk.targetOffset + run.start;
-            if (run.zero) writes.push(() => zeroTarget(dst, run.length));
+            if (run.zero) writes.push(() => writeRun(target, chunk, buf, run, opts));
             else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
           }
-        }
-        for (let at = cluster ? chunk.length : 0; at < chunk.length; ) {
-          const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
-          const len = st.length;
-          const dst = chunk.targetOffset + at;
-          if (st.zero) {
-            writes.push(() => zeroTarget(dst, len));
-          } else {
-            const data = buf.subarray(at, at + len);
-            await chunk.source.read(data, chunk.sourceOffset + at);
-            if (opts.sparseSize === 0) {
-              writes.push(() => target.write(data, dst));
-            } else {
-              for (const run of zeroRuns(data, dst, opts.sparseSize)) {
-                const piece = data.subarray(run.start, run.start + run.length);
-                writes.push(run.zero ? () => zeroTarget(dst + run.start, run.length) : () => target.write(piece, dst + run.start));
-              }
-            }
-          }
-          at += len;
+        } else {
+          for (const run of await readChunk(chunk, buf, opts.sparseSize)) writes.push(() => writeRun(target, chunk, buf, run, opts));
         }
         if (!opts.outOfOrder) await prev;
         // A chunk's writes cover distinct bytes: they go out together, and

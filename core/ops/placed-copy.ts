@@ -10,8 +10,7 @@
 import type { ClusterPlacement } from '../image/driver.js';
 import { toBlockError, type BlockError } from '../image/errors.js';
 import type { Protocol } from '../io/protocol.js';
-import type { CopyOptions, CopySpan } from './copy.js';
-import { zeroRuns } from './zero-runs.js';
+import { readChunk, type CopyOptions, type CopySpan } from './copy.js';
 
 /** A run of host clusters: where the first is, and how many. */
 export interface HostRun {
@@ -354,23 +353,14 @@ export async function copyChunkPlaced(
     if (pieces.length && pieces[pieces.length - 1] === from) pieces[pieces.length - 1] = to;
     else pieces.push(from, to);
   };
-  for (let at = 0; at < chunk.length; ) {
-    const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
-    const piece = buf.subarray(at, at + st.length);
-    if (st.zero) {
+  for (const { start, length, zero } of await readChunk(chunk, buf, opts.sparseSize)) {
+    if (!zero) addData(start, start + length);
+    else if (!zeroFilled) {
       // Only clusters this range shares with data are written (whole): zero its parts of those.
-      if (!zeroFilled) {
-        const headEnd = Math.min(at + st.length, Math.ceil(at / cs) * cs);
-        buf.fill(0, at, headEnd);
-        buf.fill(0, Math.max(headEnd, Math.floor((at + st.length) / cs) * cs), at + st.length);
-      }
-    } else {
-      await chunk.source.read(piece, chunk.sourceOffset + at);
-      const whole = [{ start: 0, length: st.length, zero: false }];
-      const runs = opts.sparseSize ? zeroRuns(piece, chunk.targetOffset + at, opts.sparseSize) : whole;
-      for (const run of runs) if (!run.zero) addData(at + run.start, at + run.start + run.length);
+      const headEnd = Math.min(start + length, Math.ceil(start / cs) * cs);
+      buf.fill(0, start, headEnd);
+      buf.fill(0, Math.max(headEnd, Math.floor((start + length) / cs) * cs), start + length);
     }
-    at += st.length;
   }
   if (!zeroFilled) buf.fill(0, chunk.length, count * cs);
   const first = chunk.targetOffset / cs;
