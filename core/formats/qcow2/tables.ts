@@ -1,6 +1,19 @@
 /** Reading and writing tables of big-endian u64 entries (L1, L2). */
 import type { Protocol } from '../../io/protocol.js';
 
+/** Where an entry's high and low 32 bits sit in halvesOf(table): words[2i + HI] and words[2i + LO]. */
+export const HI = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0;
+export const LO = 1 - HI;
+
+/**
+ * Swaps the bytes of each 8-byte word of `bytes` (a whole number of words)
+ * where the host is little-endian: big-endian file entries to native ones
+ * and back, natively, instead of one BigInt per entry.
+ */
+function swapEntries(bytes: Uint8Array): void {
+  if (HI === 1) Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).swap64();
+}
+
 /**
  * Reads `entries` entries at `offset` into one buffer, converted in place.
  * What lies past the end of the file is never read: it stays the zeros it
@@ -11,8 +24,7 @@ export async function readTable(proto: Protocol, offset: number, entries: number
   const inFile = Math.max(0, Math.min(entries * 8, (await proto.size()) - offset));
   if (inFile > 0) {
     await proto.read(new Uint8Array(table.buffer, 0, inFile), offset);
-    const dv = new DataView(table.buffer);
-    for (let i = 0; i < inFile / 8; i++) table[i] = dv.getBigUint64(i * 8);
+    swapEntries(new Uint8Array(table.buffer));
   }
   return table;
 }
@@ -20,14 +32,10 @@ export async function readTable(proto: Protocol, offset: number, entries: number
 /** Encodes a table, zero-padded to a multiple of `padTo` bytes (at least one). */
 export function encodeTable(table: BigUint64Array, padTo: number): Uint8Array {
   const raw = new Uint8Array(Math.max(1, Math.ceil((table.length * 8) / padTo)) * padTo);
-  const dv = new DataView(raw.buffer);
-  table.forEach((e, i) => dv.setBigUint64(i * 8, e));
+  raw.set(new Uint8Array(table.buffer, table.byteOffset, table.byteLength));
+  swapEntries(raw.subarray(0, table.byteLength));
   return raw;
 }
-
-/** Where an entry's high and low 32 bits sit in halvesOf(table): words[2i + HI] and words[2i + LO]. */
-export const HI = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0;
-export const LO = 1 - HI;
 
 const halves = new WeakMap<BigUint64Array, Uint32Array>();
 
