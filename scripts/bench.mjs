@@ -327,6 +327,34 @@ function tail(stream, limit = 4000) {
 const RUN_ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_EXTRA_CA_CERTS'));
 const DROPPED_ENV = 'NODE_EXTRA_CA_CERTS' in process.env ? ['NODE_EXTRA_CA_CERTS'] : [];
 
+/** virtio's device ID of a memory balloon, and its feature bit for reporting free pages to the host. */
+const VIRTIO_BALLOON = 5;
+const VIRTIO_BALLOON_F_REPORTING = 5;
+
+/**
+ * Whether this machine is a VM whose balloon hands free memory back to its
+ * host (Linux reports free 2 MiB blocks about 2 s after they are freed).
+ * Then the page cache of an output deleted before a run (each run starts
+ * from a fresh target) may be gone from the host when the next run writes:
+ * every page faults in from the host. Measured on the 2-core CI VM: the
+ * same raw->raw convert took 0.5 s or 1.8-3.4 s depending on how long ago
+ * that memory was freed, for qemu-img and Platter alike.
+ */
+function hostReclaimsFreeMemory() {
+  const root = '/sys/bus/virtio/devices';
+  let devices = [];
+  try {
+    devices = fs.readdirSync(root);
+  } catch {
+    return false;
+  }
+  return devices.some((d) => {
+    const id = Number(readIfExists(join(root, d, 'device')).trim());
+    const features = readIfExists(join(root, d, 'features')).trim();
+    return id === VIRTIO_BALLOON && features[VIRTIO_BALLOON_F_REPORTING] === '1';
+  });
+}
+
 /**
  * Runs one command and returns its wall time (measured here, the same way
  * for both tools), its peak RSS and its exit code. `stdout` is 'ignore',
@@ -729,6 +757,9 @@ function printReport(summary) {
     `  peak memory = max RSS per process (${summary.rssMethod}); compare runs on two identical images (worst case: reads all data)`,
     `  \`sync\` before every run; qemu-img convert's default (cache=unsafe) never fsyncs, Platter's convert does: see the -t writeback and -t unsafe rows (like for like)`,
     ...DROPPED_ENV.map((v) => `  ${v} unset for every run (Node would parse that CA bundle at each start; Platter makes no TLS connection)`),
+    ...(summary.hostReclaimsMemory
+      ? ['  this VM hands freed memory back to its host (virtio-balloon free page reporting): a run may pay for faulting the page cache back in, whichever tool it is; single rounds can be 2-6x slower, so read medians of several rounds (--rounds)']
+      : []),
     '',
     table(rows),
     '',
@@ -779,6 +810,7 @@ async function main() {
     onlyQemu: o.onlyQemu,
     warmUp: true,
     rssMethod,
+    hostReclaimsMemory: hostReclaimsFreeMemory(),
     image: { path: img.src, copy: img.copy, sizeMiB: o.size / MiB, ...img.meta },
     operations: results.map(({ runs, failures: _f, ...r }) => ({ ...r, ...(runs.platter?.digests || runs.reference?.digests ? { digests: { platter: runs.platter?.digests?.[0], reference: runs.reference?.digests?.[0] } } : {}) })),
     targets: targets(results),
