@@ -8,6 +8,7 @@ import { BlockError } from '../../image/errors.js';
 import type { Protocol } from '../../io/protocol.js';
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFT_RESERVED_MASK } from './limits.js';
+import { halvesOf, HI, LO, readTable } from './tables.js';
 
 /** Refcount blocks kept in memory; each is one cluster. */
 const BLOCK_CACHE_BYTES = 16 << 20;
@@ -131,13 +132,17 @@ export class Refcounts {
     lenient = false,
   ): Promise<Refcounts> {
     const clusterSize = 2 ** clusterBits;
-    const raw = new Uint8Array(loc.clusters * clusterSize);
-    await proto.read(raw, loc.offset);
-    const dv = new DataView(raw.buffer);
+    const entries = await readTable(proto, loc.offset, (loc.clusters * clusterSize) / 8);
+    const words = halvesOf(entries);
     const table: number[] = [];
     const damaged = new Map<number, { kind: RefcountDamage; offset: bigint }>();
-    for (let i = 0; i < raw.length / 8; i++) {
-      const e = dv.getBigUint64(i * 8);
+    for (let i = 0; i < entries.length; i++) {
+      // Most entries are empty (a new image has one block): no BigInt arithmetic for those.
+      if (words[2 * i + HI] === 0 && words[2 * i + LO] === 0) {
+        table.push(0);
+        continue;
+      }
+      const e = entries[i];
       // Bits 9-63 are the offset (QEMU's REFT_OFFSET_MASK): high bits must not be dropped silently.
       const offset = e & ~REFT_RESERVED_MASK;
       const possible = offset < BigInt(MAX_HOST_OFFSET);
