@@ -1,4 +1,4 @@
-/** Reading and writing tables of big-endian u64 entries (L1, L2). */
+/** Reading and writing tables of big-endian u64 entries (L1, L2, the refcount table). */
 import type { Protocol } from '../../io/protocol.js';
 
 /** Where an entry's high and low 32 bits sit in halvesOf(table): words[2i + HI] and words[2i + LO]. */
