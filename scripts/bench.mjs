@@ -758,7 +758,7 @@ function printReport(summary) {
     `  \`sync\` before every run; qemu-img convert's default (cache=unsafe) never fsyncs, Platter's convert does: see the -t writeback and -t unsafe rows (like for like)`,
     ...DROPPED_ENV.map((v) => `  ${v} unset for every run (Node would parse that CA bundle at each start; Platter makes no TLS connection)`),
     ...(summary.hostReclaimsMemory
-      ? ['  this VM hands freed memory back to its host (virtio-balloon free page reporting): a run may pay for faulting the page cache back in, whichever tool it is; single rounds can be 2-6x slower, so read medians of several rounds (--rounds)']
+      ? ['  this VM hands freed memory back to its host (virtio-balloon free page reporting): a run may pay for faulting the page cache back in, whichever tool it is; single rounds can be up to 7x slower, so read medians of several rounds (--rounds)']
       : []),
     '',
     table(rows),
