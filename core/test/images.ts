@@ -1,5 +1,10 @@
-/** Test images: a mixed raw file to convert from, and the guest bytes of any image as Platter reads them. */
+/**
+ * Test images: a mixed raw file to convert from, a guest's writes into an
+ * image (mirrored in a model of its bytes), and the guest bytes of any image
+ * as Platter reads them.
+ */
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import type { Image } from '../image/image.js';
 import { openImage } from '../image/open.js';
 import type { Rng } from './prng.js';
 
@@ -32,6 +37,35 @@ export function makeMixedRaw(path: string, size: number, rng: Rng, { zeroRun = M
     closeSync(fd);
   }
   return content;
+}
+
+/**
+ * Writes into `img` as a guest would, and the same into `model` (its guest
+ * bytes): `count` writes of random sector-aligned lengths and places, one
+ * after the other, then 24 of 4 KiB in flight together, `stride` bytes apart
+ * from `burstAt` (some in the same block).
+ */
+export async function writeAsAGuest(
+  img: Image,
+  model: Uint8Array,
+  rng: Rng,
+  { count, burstAt, stride }: { count: number; burstAt: number; stride: number },
+): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const len = rng.int(1, 1500) * 512;
+    const off = rng.int(0, (model.length - len) / 512) * 512;
+    const data = rng.bytes(len);
+    model.set(data, off);
+    await img.write(data, off);
+  }
+  const writes: Promise<void>[] = [];
+  for (let i = 0; i < 24; i++) {
+    const data = rng.bytes(4096);
+    const off = burstAt + i * stride;
+    model.set(data, off);
+    writes.push(img.write(data, off));
+  }
+  await Promise.all(writes);
 }
 
 /** Everything the guest sees in an image, read by Platter (the format probed unless given). */

@@ -9,7 +9,7 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
-import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
+import { makeMixedRaw, readGuestBytes, writeAsAGuest } from '../../test/images.js';
 import { prng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
@@ -53,22 +53,7 @@ describe.skipIf(!HAS_QEMU)('vdi interop: Platter writes, QEMU reads', () => {
       const rng = prng(kind.label.length);
       const img = await openImage(path, { readOnly: false });
       try {
-        for (let i = 0; i < 40; i++) {
-          const len = rng.int(1, 1500) * 512;
-          const off = rng.int(0, (size - len) / 512) * 512;
-          const data = rng.bytes(len);
-          model.set(data, off);
-          await img.write(data, off);
-        }
-        // Several in flight at once, apart from each other, some in the same block.
-        const writes: Promise<void>[] = [];
-        for (let i = 0; i < 24; i++) {
-          const data = rng.bytes(4096);
-          const off = 8 * MiB + i * 100 * KiB;
-          model.set(data, off);
-          writes.push(img.write(data, off));
-        }
-        await Promise.all(writes);
+        await writeAsAGuest(img, model, rng, { count: 40, burstAt: 8 * MiB, stride: 100 * KiB });
         // Whole blocks dropped, partial ranges zeroed, a discard.
         await img.writeZeroes(2 * MiB, 2 * MiB, true);
         model.fill(0, 2 * MiB, 4 * MiB);

@@ -14,7 +14,7 @@ import { openImage } from '../../image/open.js';
 import { openProtocol } from '../../io/open.js';
 import { platter } from '../../test/cli.js';
 import { firstDifference, hasFuseTool, withFuseMount } from '../../test/fuse.js';
-import { makeMixedRaw, readGuestBytes } from '../../test/images.js';
+import { makeMixedRaw, readGuestBytes, writeAsAGuest } from '../../test/images.js';
 import { prng, type Rng } from '../../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo, qemuIo } from '../../test/qemu.js';
 import { recording, replay, type Recorded } from '../../test/recording.js';
@@ -61,22 +61,7 @@ describe.skipIf(!HAS_QEMU)('vhdx interop: Platter writes, QEMU and libvhdi read'
       const rng = prng(combo.label.length * 31 + 7);
       const img = await openImage(path, { readOnly: false });
       try {
-        for (let i = 0; i < 30; i++) {
-          const len = rng.int(1, 1500) * 512;
-          const off = rng.int(0, (SIZE - len) / 512) * 512;
-          const data = rng.bytes(len);
-          model.set(data, off);
-          await img.write(data, off);
-        }
-        // Several in flight at once, some in the same block.
-        const writes: Promise<void>[] = [];
-        for (let i = 0; i < 24; i++) {
-          const data = rng.bytes(4096);
-          const off = 20 * MiB + i * 300 * KiB;
-          model.set(data, off);
-          writes.push(img.write(data, off));
-        }
-        await Promise.all(writes);
+        await writeAsAGuest(img, model, rng, { count: 30, burstAt: 20 * MiB, stride: 300 * KiB });
         await img.writeZeroes(2 * MiB, 2 * MiB, true);
         model.fill(0, 2 * MiB, 4 * MiB);
         await img.writeZeroes(6 * MiB + 1024, 10000, true);
