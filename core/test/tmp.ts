@@ -1,13 +1,24 @@
 /** Test helpers: temporary folders and external tools that may be missing. */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /** A fresh folder, removed by the returned cleanup. */
-export function tempDir(prefix = 'platter-test-'): { dir: string; path: (name: string) => string; cleanup: () => void } {
+export function tempDir(prefix = 'platter-test-'): {
+  dir: string;
+  path: (name: string) => string;
+  /** Writes file `name` and returns its path. */
+  write: (name: string, bytes: Uint8Array | string) => string;
+  cleanup: () => void;
+} {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, path: (name) => join(dir, name), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  const path = (name: string) => join(dir, name);
+  const write = (name: string, bytes: Uint8Array | string) => {
+    writeFileSync(path(name), bytes);
+    return path(name);
+  };
+  return { dir, path, write, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 /**

@@ -6,7 +6,6 @@
  * Header layout: QEMU's block/vmdk.c VMDK3Header (after the magic) and
  * libyal's VMDK notes (the 2048-byte header, version 1, flags 3).
  */
-import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
@@ -103,16 +102,9 @@ beforeAll(() => {
 });
 afterAll(() => t.cleanup());
 
-/** Writes a file and returns its path. */
-function put(name: string, bytes: Uint8Array): string {
-  const path = t.path(name);
-  writeFileSync(path, bytes);
-  return path;
-}
-
 /** A vmfsSparse descriptor naming one COWD extent (how VMware lays out such disks). */
 function descriptor(name: string, extent: string, sectors: number): string {
-  return put(name, oneExtentDescriptor('vmfsSparse', 'VMFSSPARSE', extent, sectors));
+  return t.write(name, oneExtentDescriptor('vmfsSparse', 'VMFSSPARSE', extent, sectors));
 }
 
 const openCowd = (path: string, length?: number) => openExtent(path, (f) => openCowdExtent(f, length));
@@ -120,7 +112,7 @@ const openCowd = (path: string, length?: number) => openExtent(path, (f) => open
 describe('COWD extents', () => {
   it('read back the grains written, zeros elsewhere', async () => {
     const { file, guest } = cowdImage(MAIN);
-    const extent = await openCowd(put('main.vmdk', file));
+    const extent = await openCowd(t.write('main.vmdk', file));
     try {
       expect(extent.length).toBe(MAIN.sectors * SECTOR);
       expect(Buffer.from(await readAll(extent)).equals(Buffer.from(guest))).toBe(true);
@@ -142,7 +134,7 @@ describe('COWD extents', () => {
 
   it('reports runs: data with host offsets, unallocated (from the parent) for empty entries and tables', async () => {
     const { file, layout } = cowdImage(MAIN);
-    const extent = await openCowd(put('runs.vmdk', file));
+    const extent = await openCowd(t.write('runs.vmdk', file));
     const host = (g: number) => layout.grainSector.get(g)! * SECTOR;
     try {
       expect(await statusRuns(extent)).toEqual([
@@ -173,7 +165,7 @@ describe('COWD extents', () => {
       { sectors: 128, granularity: 128, grains: [0] },
     ]) {
       const { file, guest } = cowdImage(spec);
-      const extent = await openCowd(put(`small-${spec.granularity}.vmdk`, file));
+      const extent = await openCowd(t.write(`small-${spec.granularity}.vmdk`, file));
       try {
         expect(Buffer.from(await readAll(extent)).equals(Buffer.from(guest))).toBe(true);
       } finally {
@@ -188,7 +180,7 @@ describe('COWD extents', () => {
     const spec = { sectors: 81920, granularity: 1, grains: Array.from({ length: 400 }, () => rng.int(0, 81920)) };
     spec.grains = [...new Set(spec.grains)];
     const { file, guest } = cowdImage(spec);
-    const extent = await openCowd(put('many-tables.vmdk', file));
+    const extent = await openCowd(t.write('many-tables.vmdk', file));
     try {
       const chunks = Array.from({ length: 80 }, (_, i) => i * 512 * 1024);
       for (let i = chunks.length - 1; i > 0; i--) {
@@ -205,7 +197,7 @@ describe('COWD extents', () => {
 
   it('refuses reads past its end', async () => {
     const { file } = cowdImage(MAIN);
-    const path = put('past-end.vmdk', file);
+    const path = t.write('past-end.vmdk', file);
     const extent = await openCowd(path);
     try {
       await expectRefused(() => extent.read(new Uint8Array(1024), extent.length - 512), path, 'OutOfBounds', /outside/);
@@ -216,14 +208,14 @@ describe('COWD extents', () => {
 
   it('takes the descriptor length when it agrees with the header', async () => {
     const { file } = cowdImage(MAIN);
-    const extent = await openCowd(put('agree.vmdk', file), MAIN.sectors * SECTOR);
+    const extent = await openCowd(t.write('agree.vmdk', file), MAIN.sectors * SECTOR);
     expect(extent.length).toBe(MAIN.sectors * SECTOR);
     await extent.close();
   });
 
   it.skipIf(!HAS_QEMU)('reads as qemu-img reads it, opened directly and through a vmfsSparse descriptor', async () => {
     const { file, guest } = cowdImage(MAIN);
-    const path = put('x-delta.vmdk', file);
+    const path = t.write('x-delta.vmdk', file);
     const desc = descriptor('x.vmdk', 'x-delta.vmdk', MAIN.sectors);
     const extent = await openCowd(path, MAIN.sectors * SECTOR);
     try {
@@ -238,7 +230,7 @@ describe('COWD extents', () => {
       // descriptor) and refuses the file without it; real COWD files have none there. That
       // text in the (unused) parent-name field lets qemu-img read the same grains directly.
       const cid = new TextEncoder().encode('CID=12345678\nparentCID=ffffffff\n');
-      const direct = put('direct.vmdk', new Bytes(file.length).put(0, file).put(512, cid).buf);
+      const direct = t.write('direct.vmdk', new Bytes(file.length).put(0, file).put(512, cid).buf);
       expect(Buffer.from(qemuRead(direct, t.path('direct.raw'))).equals(Buffer.from(ours))).toBe(true);
     } finally {
       await extent.close();
@@ -252,7 +244,7 @@ function hostile(name: string, patch: (b: Bytes, l: CowdLayout) => unknown): { p
   const b = new Bytes(file.length).put(0, file);
   patch(b, layout);
   const extent = `hostile-${name}-delta.vmdk`;
-  return { path: put(extent, b.buf), desc: descriptor(`hostile-${name}.vmdk`, extent, MAIN.sectors) };
+  return { path: t.write(extent, b.buf), desc: descriptor(`hostile-${name}.vmdk`, extent, MAIN.sectors) };
 }
 
 /** Opens `path` and reads all of it, 1 MiB at a time. */
@@ -353,7 +345,7 @@ describe('hostile COWD extents (one field changed each) are refused with one sen
       .u32le(20, HEADER_SECTORS) //         grain directory sector
       .u32le(24, gdEntries); //             grain directory entries
     for (let i = 0; i < gdEntries; i++) b.u32le(HEADER_SECTORS * SECTOR + i * 4, tableSector);
-    const extent = await openCowd(put('one-table.vmdk', b.buf));
+    const extent = await openCowd(t.write('one-table.vmdk', b.buf));
     try {
       const started = performance.now();
       const run = await extent.blockStatus(0, extent.length);

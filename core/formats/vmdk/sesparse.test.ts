@@ -6,7 +6,6 @@
  * Layout: QEMU's block/vmdk.c (VMDKSESparseConstHeader,
  * VMDKSESparseVolatileHeader, get_cluster_offset); all fields little-endian u64.
  */
-import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { Bytes } from '../../test/headers.js';
@@ -152,15 +151,9 @@ beforeAll(() => {
 });
 afterAll(() => t.cleanup());
 
-function put(name: string, bytes: Uint8Array): string {
-  const path = t.path(name);
-  writeFileSync(path, bytes);
-  return path;
-}
-
 /** A descriptor naming one seSparse extent, so qemu-img opens it. */
 function descriptor(name: string, extent: string, sectors: number): string {
-  return put(name, oneExtentDescriptor('seSparse', 'SESPARSE', extent, sectors));
+  return t.write(name, oneExtentDescriptor('seSparse', 'SESPARSE', extent, sectors));
 }
 
 const openSe = (path: string, length: number) => openExtent(path, (f) => openSeSparseExtent(f, length));
@@ -168,7 +161,7 @@ const openSe = (path: string, length: number) => openExtent(path, (f) => openSeS
 describe('seSparse extents', () => {
   it('read back the grains written, zeros elsewhere', async () => {
     const { file, guest } = seSparseImage(MAIN);
-    const extent = await openSe(put('main-sesparse.vmdk', file), MAIN.sectors * SECTOR);
+    const extent = await openSe(t.write('main-sesparse.vmdk', file), MAIN.sectors * SECTOR);
     try {
       expect(extent.length).toBe(MAIN.sectors * SECTOR);
       expect(Buffer.from(await readAll(extent)).equals(Buffer.from(guest))).toBe(true);
@@ -189,7 +182,7 @@ describe('seSparse extents', () => {
 
   it('reports runs: data with host offsets, zero for types 1 and 2, unallocated (from the parent) for 0', async () => {
     const { file, layout } = seSparseImage(MAIN);
-    const extent = await openSe(put('runs-sesparse.vmdk', file), MAIN.sectors * SECTOR);
+    const extent = await openSe(t.write('runs-sesparse.vmdk', file), MAIN.sectors * SECTOR);
     const host = (g: number) => (layout.grainsSector + MAIN.grains.indexOf(g) * 8) * SECTOR;
     try {
       expect(await statusRuns(extent)).toEqual([
@@ -218,7 +211,7 @@ describe('seSparse extents', () => {
 
   it.skipIf(!HAS_QEMU)('reads as qemu-img reads it through a seSparse descriptor', async () => {
     const { file, guest } = seSparseImage(MAIN);
-    const path = put('x-sesparse.vmdk', file);
+    const path = t.write('x-sesparse.vmdk', file);
     const desc = descriptor('x.vmdk', 'x-sesparse.vmdk', MAIN.sectors);
     const extent = await openSe(path, MAIN.sectors * SECTOR);
     try {
@@ -240,7 +233,7 @@ function hostile(name: string, patch: (b: Bytes, l: SeSparseLayout) => unknown):
   const b = new Bytes(file.length).put(0, file);
   patch(b, layout);
   const extent = `hostile-${name}-sesparse.vmdk`;
-  return { path: put(extent, b.buf), desc: descriptor(`hostile-${name}.vmdk`, extent, MAIN.sectors) };
+  return { path: t.write(extent, b.buf), desc: descriptor(`hostile-${name}.vmdk`, extent, MAIN.sectors) };
 }
 
 /** Opens `path` as an extent of `length` bytes and reads all of it, 1 MiB at a time. */
