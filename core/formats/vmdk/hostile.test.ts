@@ -6,7 +6,7 @@
  *
  * Field offsets: sparse-test-helpers.ts (block/vmdk.c VMDK4Header).
  */
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, symlinkSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockError, type ErrorKind } from '../../image/errors.js';
 import { openImage } from '../../image/open.js';
@@ -87,20 +87,14 @@ async function refusal(path: string): Promise<BlockError> {
   return e;
 }
 
-function write(name: string, bytes: Uint8Array | string): string {
-  const path = t.path(name);
-  writeFileSync(path, bytes);
-  return path;
-}
-
 function patched(patch: (f: Buffer) => Buffer | void): string {
   const f = baseImage();
-  return write('hostile.vmdk', patch(f) ?? f);
+  return t.write('hostile.vmdk', patch(f) ?? f);
 }
 
 describe('hostile sparse headers', () => {
   it('the base image opens and reads as built', async () => {
-    const img = await openImage(write('base.vmdk', baseImage()));
+    const img = await openImage(t.write('base.vmdk', baseImage()));
     try {
       const buf = new Uint8Array(128 * 1024);
       await img.read(buf, 0);
@@ -182,9 +176,9 @@ describe('hostile descriptor files', () => {
     `# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n${extents}\n`;
 
   it('reads a good one (two flat extents, one with an offset)', async () => {
-    write('a.bin', Buffer.alloc(4096, 1));
-    write('b.bin', Buffer.concat([Buffer.alloc(1024, 9), Buffer.alloc(1024, 2)]));
-    const img = await openImage(write('d.vmdk', descriptor('RW 8 FLAT "a.bin" 0\nRW 2 FLAT "b.bin" 2')));
+    t.write('a.bin', Buffer.alloc(4096, 1));
+    t.write('b.bin', Buffer.concat([Buffer.alloc(1024, 9), Buffer.alloc(1024, 2)]));
+    const img = await openImage(t.write('d.vmdk', descriptor('RW 8 FLAT "a.bin" 0\nRW 2 FLAT "b.bin" 2')));
     try {
       expect(img.size).toBe(5120);
       const buf = new Uint8Array(5120);
@@ -197,49 +191,49 @@ describe('hostile descriptor files', () => {
   });
 
   it('refuses a malformed extent line, quoting it', async () => {
-    const err = await refusal(write('d.vmdk', descriptor('RW 8 FLAT "a.bin"')));
+    const err = await refusal(t.write('d.vmdk', descriptor('RW 8 FLAT "a.bin"')));
     expect(err.message).toBe('invalid extent line: "RW 8 FLAT \\"a.bin\\""');
   });
 
   it('refuses a descriptor file larger than 1 MiB', async () => {
-    const err = await refusal(write('d.vmdk', descriptor('RW 8 FLAT "a.bin" 0') + '#'.repeat(1 << 20)));
+    const err = await refusal(t.write('d.vmdk', descriptor('RW 8 FLAT "a.bin" 0') + '#'.repeat(1 << 20)));
     expect(err.message).toMatch(/descriptor file is larger than/);
   });
 
   it('refuses extents adding up past 8 PiB', async () => {
-    write('a.bin', Buffer.alloc(512));
-    const err = await refusal(write('d.vmdk', descriptor('RW 9007199254740000 FLAT "a.bin" 0\nRW 9007199254740000 FLAT "a.bin" 0')));
+    t.write('a.bin', Buffer.alloc(512));
+    const err = await refusal(t.write('d.vmdk', descriptor('RW 9007199254740000 FLAT "a.bin" 0\nRW 9007199254740000 FLAT "a.bin" 0')));
     expect(err.message).toMatch(/add up to more than 8 PiB/);
   });
 
   it('opens a file named by many extent lines once, and refuses more extents than a disk can have', async () => {
-    write('a.bin', Buffer.alloc(512, 3));
-    const img = await openImage(write('d.vmdk', descriptor('RW 1 FLAT "a.bin" 0\n'.repeat(3000))));
+    t.write('a.bin', Buffer.alloc(512, 3));
+    const img = await openImage(t.write('d.vmdk', descriptor('RW 1 FLAT "a.bin" 0\n'.repeat(3000))));
     try {
       expect(img.size).toBe(3000 * 512);
     } finally {
       await img.close();
     }
-    const err = await refusal(write('e.vmdk', descriptor('RW 1 FLAT "a.bin" 0\n'.repeat(5000))));
+    const err = await refusal(t.write('e.vmdk', descriptor('RW 1 FLAT "a.bin" 0\n'.repeat(5000))));
     expect(err.message).toBe('the descriptor lists 5000 extents; at most 4096 are supported');
   });
 
   it("refuses a sparse extent whose header disagrees with the descriptor's sectors", async () => {
-    write('base.vmdk', baseImage());
+    t.write('base.vmdk', baseImage());
     const text = descriptor(`RW ${CAPACITY * 1000} SPARSE "base.vmdk"`).replace('monolithicFlat', 'twoGbMaxExtentSparse');
-    const err = await refusal(write('d.vmdk', text));
+    const err = await refusal(t.write('d.vmdk', text));
     expect(err.message).toMatch(/holds 2048 sectors but the descriptor gives it 2048000/);
   });
 
   it('refuses an unsupported create type and a missing extent file', async () => {
-    expect((await refusal(write('d.vmdk', descriptor('RW 8 FLAT "a.bin" 0').replace('monolithicFlat', 'fullDevice')))).message).toBe(
+    expect((await refusal(t.write('d.vmdk', descriptor('RW 8 FLAT "a.bin" 0').replace('monolithicFlat', 'fullDevice')))).message).toBe(
       "Unsupported image type 'fullDevice'",
     );
-    expect((await refusal(write('d.vmdk', descriptor('RW 8 FLAT "missing.bin" 0')))).kind).toBe('NotFound');
+    expect((await refusal(t.write('d.vmdk', descriptor('RW 8 FLAT "missing.bin" 0')))).kind).toBe('NotFound');
   });
 
   it('refuses extents outside the folder (/etc/hosts) unless allowed', async () => {
-    const path = write('d.vmdk', descriptor('RW 1 FLAT "/etc/hosts" 0'));
+    const path = t.write('d.vmdk', descriptor('RW 1 FLAT "/etc/hosts" 0'));
     expect((await refusal(path)).message).toMatch(/extent file \/etc\/hosts is outside the image's folder; pass --allow-external-files/);
     const img = await openImage(path, { allowExternalFiles: true });
     await img.close();
@@ -248,17 +242,17 @@ describe('hostile descriptor files', () => {
   it('refuses extents leading out of the folder by ../ or a symlink to a regular file, unless allowed', async () => {
     // The image lives in disk/; its neighbour one level up is a plain file it must not reach on its own.
     mkdirSync(t.path('disk'));
-    write('outside-flat.vmdk', Buffer.alloc(512, 5));
-    write('disk/inside-flat.vmdk', Buffer.alloc(512, 6));
+    t.write('outside-flat.vmdk', Buffer.alloc(512, 5));
+    t.write('disk/inside-flat.vmdk', Buffer.alloc(512, 6));
     symlinkSync(t.path('outside-flat.vmdk'), t.path('disk/out-link-flat.vmdk'));
     symlinkSync(t.path('disk/inside-flat.vmdk'), t.path('disk/in-link-flat.vmdk'));
-    const up = write('disk/up.vmdk', descriptor('RW 1 FLAT "../outside-flat.vmdk" 0'));
-    const link = write('disk/link.vmdk', descriptor('RW 1 FLAT "out-link-flat.vmdk" 0'));
+    const up = t.write('disk/up.vmdk', descriptor('RW 1 FLAT "../outside-flat.vmdk" 0'));
+    const link = t.write('disk/link.vmdk', descriptor('RW 1 FLAT "out-link-flat.vmdk" 0'));
     const outside = (name: string) => `extent file ${name} is outside the image's folder; pass --allow-external-files`;
     expect((await refusal(up)).message).toContain(outside('../outside-flat.vmdk'));
     expect((await refusal(link)).message).toContain(outside('out-link-flat.vmdk'));
     // Allowed, both read the outside file; a symlink that stays inside the folder needs no permission.
-    const inLink = write('disk/in-link.vmdk', descriptor('RW 1 FLAT "in-link-flat.vmdk" 0'));
+    const inLink = t.write('disk/in-link.vmdk', descriptor('RW 1 FLAT "in-link-flat.vmdk" 0'));
     for (const [path, fill, allowExternalFiles] of [[up, 5, true], [link, 5, true], [inLink, 6, false]] as const) {
       const img = await openImage(path, { allowExternalFiles });
       try {
@@ -273,9 +267,9 @@ describe('hostile descriptor files', () => {
 
   it('refuses extents that are devices, named directly or through a symlink in the folder', async () => {
     symlinkSync('/dev/null', t.path('dev.vmdk'));
-    const viaLink = await refusal(write('d.vmdk', descriptor('RW 1 FLAT "dev.vmdk" 0')));
+    const viaLink = await refusal(t.write('d.vmdk', descriptor('RW 1 FLAT "dev.vmdk" 0')));
     expect(viaLink.message).toMatch(/extent file dev.vmdk is not a regular file; pass --allow-external-files/);
-    const direct = await refusal(write('e.vmdk', descriptor('RW 1 FLAT "/dev/zero" 0')));
+    const direct = await refusal(t.write('e.vmdk', descriptor('RW 1 FLAT "/dev/zero" 0')));
     expect(direct.message).toMatch(/extent file \/dev\/zero is not a regular file/);
     const r = await platter(['info', t.path('d.vmdk')]);
     expect(r.code).toBe(1);
@@ -283,12 +277,12 @@ describe('hostile descriptor files', () => {
   });
 
   it('hands ESX sparse and seSparse extents to their readers, which refuse a damaged header in one line', async () => {
-    write('c.bin', Buffer.from('COWD'.padEnd(2048, '\0')));
-    const cowd = await refusal(write('d.vmdk', descriptor('RW 8 VMFSSPARSE "c.bin"').replace('monolithicFlat', 'vmfsSparse')));
+    t.write('c.bin', Buffer.from('COWD'.padEnd(2048, '\0')));
+    const cowd = await refusal(t.write('d.vmdk', descriptor('RW 8 VMFSSPARSE "c.bin"').replace('monolithicFlat', 'vmfsSparse')));
     expect([cowd.kind, cowd.message]).toEqual(['Unsupported', expect.stringMatching(/COWD version 0/)]);
     const lone = await refusal(t.path('c.bin'));
     expect([lone.kind, lone.message]).toEqual(['Unsupported', expect.stringMatching(/COWD version 0/)]);
-    const se = await refusal(write('e.vmdk', descriptor('RW 8 SESPARSE "c.bin"').replace('monolithicFlat', 'seSparse')));
+    const se = await refusal(t.write('e.vmdk', descriptor('RW 8 SESPARSE "c.bin"').replace('monolithicFlat', 'seSparse')));
     expect([se.kind, se.message]).toEqual(['InvalidFormat', expect.stringMatching(/seSparse/i)]);
   });
 });
