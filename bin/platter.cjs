@@ -20,8 +20,8 @@ if (!existsSync(join(dist, 'cli.cjs'))) {
   process.stderr.write('platter: not built yet; run `npm run build` in the Platter folder\n');
   process.exit(1);
 }
-const { loadBundle } = require(join(dist, 'code-cache.cjs'));
-const { run } = loadBundle(join(dist, 'cli.cjs')).exports;
+const { CLI_V8_FLAGS, loadBundle } = require(join(dist, 'code-cache.cjs'));
+const { run } = loadBundle(join(dist, 'cli.cjs'), CLI_V8_FLAGS).exports;
 run(process.argv.slice(2)).then((code) => {
   process.exitCode = code;
 });

@@ -32,8 +32,11 @@ await build({
   logLevel: 'warning',
 });
 {
-  const { writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
-  for (const bundle of ['cli', 'copy-worker']) writeCodeCache(fileURLToPath(new URL(`../dist/${bundle}.cjs`, import.meta.url)));
+  // Under the V8 flags the CLI runs with: its copy threads run under them too.
+  const { CLI_V8_FLAGS, writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
+  for (const bundle of ['cli', 'copy-worker']) {
+    writeCodeCache(fileURLToPath(new URL(`../dist/${bundle}.cjs`, import.meta.url)), CLI_V8_FLAGS);
+  }
 }
 
 // The desktop app: Electron's main process and preload as CommonJS bundles

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from '../test/tmp.js';
-import { cacheFileOf, writeCodeCache } from './code-cache.js';
+import { cacheFileOf, CLI_V8_FLAGS, writeCodeCache } from './code-cache.js';
 
 const DIST = fileURLToPath(new URL('../../dist/', import.meta.url));
 
@@ -24,10 +24,13 @@ const bundle = (word: string) =>
   `const path = require('node:path');\n` +
   `module.exports = { word: ${JSON.stringify(word)}, file: __filename, dir: __dirname, sep: path.sep, self: exports };\n`;
 
-/** Loads `file` in a new process: whether its code came from the cache, and its exports. */
-function loadInChild(file: string): { fromCache: boolean; exports: Record<string, unknown> } {
+/**
+ * Loads `file` in a new process (under V8 flags `v8Flags` if given, set as
+ * bin/platter.cjs sets them): whether its code came from the cache, and its exports.
+ */
+function loadInChild(file: string, v8Flags?: string): { fromCache: boolean; exports: Record<string, unknown> } {
   const script =
-    `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(file)});` +
+    `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(file)}, ${JSON.stringify(v8Flags)});` +
     `process.stdout.write(JSON.stringify(r));`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
   expect(r.stderr).toBe('');
@@ -66,10 +69,17 @@ describe('code cache', () => {
     expect(loadInChild(file)).toMatchObject({ fromCache: false, exports: { word: 'first' } });
   });
 
-  it('the build caches the CLI for the Node that runs it', () => {
-    const { fromCache, exports } = loadInChild(DIST + 'cli.cjs');
+  it('the build caches the CLI for the Node that runs it, under the CLI\'s V8 flags', () => {
+    const { fromCache, exports } = loadInChild(DIST + 'cli.cjs', CLI_V8_FLAGS);
     expect(fromCache).toBe(true);
     expect(exports).toHaveProperty('COMMANDS');
+  });
+
+  it('compiles from source under other V8 flags than the cache was made under', () => {
+    const file = t.path('b.cjs');
+    writeFileSync(file, bundle('first'));
+    writeCodeCache(file);
+    expect(loadInChild(file, CLI_V8_FLAGS)).toMatchObject({ fromCache: false, exports: { word: 'first' } });
   });
 
   it.each(['cli.cjs', 'copy-worker.cjs', 'electron/job-worker.cjs', 'electron/main.cjs'])(
