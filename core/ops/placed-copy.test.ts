@@ -214,6 +214,24 @@ describe.skipIf(!hasQemu)('copy on threads into a new qcow2', () => {
     await readOnly.close();
   });
 
+  it('a qcow2 maps each placed cluster once, and refuses to map one again', async () => {
+    const p = t.path('placement-twice.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '96M']);
+    const img = await openImage(p, { format: 'qcow2', readOnly: false });
+    try {
+      const placement = img.clusterPlacement()!;
+      const host = await placement.reserve(3);
+      await placement.map(5, host, 3);
+      await expect(placement.map(7, host, 1)).rejects.toThrow('guest cluster 7 is mapped already');
+      await img.flush();
+    } finally {
+      await img.close();
+    }
+    const map = JSON.parse(sh('qemu-img', ['map', '--output=json', p])) as MapExtent[];
+    expect(map.filter((e) => e.data)).toEqual([expect.objectContaining({ start: 5 * 65536, length: 3 * 65536 })]);
+    expect(problems(qemuCheck(p))).toEqual(CLEAN);
+  });
+
   it("a thread's error ends the convert as one line, and no target is left", () => {
     const bad = t.path('bad.qcow2');
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', bad, '96M']);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeL1, decodeL2, decodePlainL2, plainL1Offset, type Mapping } from './l2.js';
+import { decodeL1, decodeL2, decodePlainL2, encodeL2, plainL1Offset, setPlainL2, type Mapping } from './l2.js';
 import { halvesOf, HI, LO } from './tables.js';
 
 /** A seeded generator (mulberry32), so a failure names a reproducible case. */
@@ -68,6 +68,15 @@ describe('quick L1/L2 decoding (32-bit halves, no BigInt)', () => {
       expect(answered).toBeGreaterThan(10000);
     });
   }
+
+  it('sets plain data entries as encodeL2 encodes them', () => {
+    const rng = random(16);
+    const table = new BigUint64Array(4096);
+    const words = halvesOf(table);
+    const hosts = Array.from({ length: table.length }, (_, j) => (j < 2 ? [65536, 2 ** 52 - 65536][j] : Math.floor(rng() * 2 ** 36) * 65536));
+    hosts.forEach((host, j) => setPlainL2(words, j, host));
+    hosts.forEach((host, j) => expect(table[j]).toBe(encodeL2({ kind: 'data', host, copied: true }, 16)));
+  });
 
   it('answers for plain entries and leaves every other kind to the full decoders', () => {
     const cs = 65536;

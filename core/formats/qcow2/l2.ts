@@ -1,6 +1,7 @@
 /** Decoding qcow2 L1 and L2 entries into what a guest cluster is. */
 import { BlockError } from '../../image/errors.js';
 import * as L from './limits.js';
+import { HI, LO } from './tables.js';
 
 export type Mapping =
   /** Not in this image: read the backing file (or zeros). */
@@ -138,7 +139,20 @@ export function decodePlainL2(hi: number, lo: number, clusterSize: number): Mapp
   if ((hi & UNPLAIN_HIGH) !== 0 || (lo & UNPLAIN_LOW) !== 0) return undefined;
   const host = (hi & 0x1fffff) * 2 ** 32 + lo;
   if (host === 0 || host % clusterSize !== 0) return undefined;
-  return { kind: 'data', host, copied: (hi & 0x80000000) !== 0 };
+  return { kind: 'data', host, copied: (hi & COPIED_HIGH) !== 0 };
+}
+
+/** OFLAG_COPIED in an entry's high 32 bits. */
+const COPIED_HIGH = 0x80000000;
+
+/**
+ * Entry `j` of standard L2 table halves `w` (see halvesOf) set to data at
+ * `host` (a cluster-aligned offset below MAX_HOST_OFFSET), copied: what
+ * encodeL2 makes of it, without BigInt arithmetic.
+ */
+export function setPlainL2(w: Uint32Array, j: number, host: number): void {
+  w[2 * j + HI] = (Math.floor(host / 2 ** 32) | COPIED_HIGH) >>> 0;
+  w[2 * j + LO] = host >>> 0;
 }
 
 /** The first (or only) 64 bits of an L2 entry for `m`; `extended` images keep zeros in the bitmap instead. */
