@@ -303,6 +303,8 @@ export class Refcounts {
     while (await this.ensureBlocks(start, n)) start = await this.findFree(n);
     this.checkNotMetadata(start, n, 'allocate');
     await this.update(start, n, 1, deferred);
+    // Step the hint over what was taken, or the next search reads each of its counts again.
+    if (start === this.freeHint) this.freeHint = start + n;
     const offset = start * this.clusterSize;
     if (offset + n * this.clusterSize > MAX_HOST_OFFSET) {
       throw new BlockError('Unsupported', 'the image file would grow beyond 8 PiB');
@@ -373,10 +375,7 @@ export class Refcounts {
       }
       if ((await this.get(i)) === 0) {
         if (run === 0) start = i;
-        if (++run >= n) {
-          if (start === this.freeHint) this.freeHint = start + n;
-          return start;
-        }
+        if (++run >= n) return start;
       } else {
         run = 0;
         if (i === this.freeHint) this.freeHint = i + 1;
