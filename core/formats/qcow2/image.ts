@@ -476,9 +476,10 @@ export class Qcow2Image
   private tableAt(c: number, checkL2: boolean): string | undefined {
     const cs = this.clusterSize;
     const at = c * cs;
-    const within = (start: number, len: number) => start <= at && at < start + len;
-    if (this.l1.length && within(this.header.l1TableOffset, Math.ceil((this.l1.length * 8) / cs) * cs)) return 'L1 table';
-    if (this.header.nbSnapshots && within(this.header.snapshotsOffset, cs)) return 'snapshot table';
+    // Asked for every cluster allocated: plain comparisons, no closure.
+    const { l1TableOffset: l1, nbSnapshots, snapshotsOffset } = this.header;
+    if (this.l1.length && l1 <= at && at < l1 + Math.ceil((this.l1.length * 8) / cs) * cs) return 'L1 table';
+    if (nbSnapshots && snapshotsOffset <= at && at < snapshotsOffset + cs) return 'snapshot table';
     if (this.bitmaps?.directoryOverlaps(at, cs)) return 'bitmap directory';
     // L2 tables are single clusters at aligned offsets (decodeL1 checks).
     if (checkL2 && this.l2Cache.has(at)) return 'L2 table';
