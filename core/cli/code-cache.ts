@@ -46,14 +46,14 @@ const HASH_BYTES = 32;
 export const CLI_V8_FLAGS = '--interrupt-budget=1000000';
 
 /**
- * Sets V8 `flags` for the whole process before bundle `source` is compiled.
+ * Sets V8 `flags` for the whole process before bundle `source` is run.
  * Node's built-in modules come from a code cache as well, which V8 refuses
  * under other flags: those `source` requires are loaded first, or each
  * would be compiled from source (`platter --help` took 17 ms longer).
  * Node warns that flags set after start may misbehave; these are set before
  * any of the bundle's code runs, and only decide when V8 optimizes.
  */
-function setFlags(file: string, source: string, flags: string): void {
+function setFlagsToRun(file: string, source: string, flags: string): void {
   const load = createRequire(file);
   for (const [, builtin] of source.matchAll(/require\("(node:[\w/]+)"\)/g)) load(builtin);
   setFlagsFromString(flags);
@@ -80,7 +80,8 @@ function compile(file: string, source: string, cachedData?: Buffer): Script {
  */
 export function writeCodeCache(file: string, v8Flags?: string): void {
   const source = readFileSync(file, 'utf8');
-  if (v8Flags) setFlags(file, source, v8Flags);
+  // Only the cache must match the flags here: nothing of the bundle runs.
+  if (v8Flags) setFlagsFromString(v8Flags);
   const cache = Buffer.concat([hashOf(source), compile(file, source).createCachedData()]);
   const temporary = `${cacheFileOf(file)}.${process.pid}.tmp`;
   writeFileSync(temporary, cache);
@@ -106,7 +107,7 @@ function cacheFor(file: string, source: string): Buffer | undefined {
  */
 export function loadBundle(file: string, v8Flags?: string): { exports: unknown; fromCache: boolean } {
   const source = readFileSync(file, 'utf8');
-  if (v8Flags) setFlags(file, source, v8Flags);
+  if (v8Flags) setFlagsToRun(file, source, v8Flags);
   const cache = cacheFor(file, source);
   const script = compile(file, source, cache);
   const module = { exports: {} as unknown };

@@ -128,6 +128,9 @@ export function plainL1Offset(hi: number, lo: number, clusterSize: number): numb
   return offset % clusterSize === 0 ? offset : undefined;
 }
 
+/** OFLAG_COPIED in an entry's high 32 bits. */
+const COPIED_HIGH = 0x80000000;
+
 /**
  * decodeL2 of a standard entry from its 32-bit halves, without BigInt
  * arithmetic, for the cases a plain image is made of: unallocated, or data
@@ -141,9 +144,6 @@ export function decodePlainL2(hi: number, lo: number, clusterSize: number): Mapp
   if (host === 0 || host % clusterSize !== 0) return undefined;
   return { kind: 'data', host, copied: (hi & COPIED_HIGH) !== 0 };
 }
-
-/** OFLAG_COPIED in an entry's high 32 bits. */
-const COPIED_HIGH = 0x80000000;
 
 /**
  * Entry `j` of standard L2 table halves `w` (see halvesOf) set to data at
