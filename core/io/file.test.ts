@@ -90,6 +90,27 @@ describe('FileProtocol', () => {
     await p.close();
   });
 
+  it('allocates ahead of writes without changing the length; discard frees it, past the end too', async () => {
+    const path = t.path('a');
+    const p = await FileProtocol.open(path, { readOnly: false, create: true });
+    await p.allocate(0, 8 * MiB);
+    expect(await p.size()).toBe(0);
+    expect(statSync(path).size).toBe(0);
+    expect(statSync(path).blocks * 512).toBeGreaterThanOrEqual(8 * MiB);
+    await p.write(Buffer.alloc(MiB, 5), 0);
+    const back = new Uint8Array(2 * MiB);
+    await p.read(back, 0);
+    expect(back.subarray(0, MiB).every((b) => b === 5)).toBe(true);
+    expect(back.subarray(MiB).every((b) => b === 0)).toBe(true);
+    expect(statSync(path).size).toBe(MiB);
+    await p.discard(0, MiB / 2);
+    await p.discard(MiB, 7 * MiB);
+    await p.freePastEnd();
+    expect(statSync(path).size).toBe(MiB);
+    expect(statSync(path).blocks * 512).toBeLessThanOrEqual(MiB / 2 + 64 * 1024);
+    await p.close();
+  });
+
   it.each([
     ['off', 0],
     ['falloc', 8 * MiB],

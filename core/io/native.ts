@@ -11,6 +11,8 @@ interface Libc {
   errno(): number;
   /** fallocate(2) on koffi's worker thread; resolves true on success. */
   fallocate?: (fd: number, mode: number, offset: number, length: number) => Promise<boolean>;
+  /** fallocate(2) on the calling thread, for calls too short to hand off. */
+  fallocateHere?: (fd: number, mode: number, offset: number, length: number) => boolean;
   /** posix_fallocate(3) on a worker thread; resolves the error number, 0 on success. */
   posixFallocate?: (fd: number, offset: number, length: number) => Promise<number>;
   /** sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) on a worker thread. */
@@ -64,6 +66,7 @@ function load(): Libc | null {
       const pfa = lib.func('int posix_fallocate(int fd, int64_t offset, int64_t len)');
       c.fallocate = async (fd, mode, offset, length) =>
         (await onWorker<number>(fa, fd, mode, offset, length)) === 0;
+      c.fallocateHere = (fd, mode, offset, length) => fa(fd, mode, offset, length) === 0;
       c.posixFallocate = (fd, offset, length) => onWorker<number>(pfa, fd, offset, length);
       const sfr = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
       c.startWriteback = async (fd) => {
@@ -114,6 +117,15 @@ export async function zeroRange(fd: number, offset: number, length: number): Pro
   const c = libcOrNull();
   if (!c?.fallocate) return false;
   return c.fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+/**
+ * Allocates the range's blocks now, without changing the file's length
+ * (FALLOC_FL_KEEP_SIZE), for writes that will fill it; false if this host
+ * cannot.
+ */
+export function allocateAhead(fd: number, offset: number, length: number): boolean {
+  return libcOrNull()?.fallocateHere?.(fd, FALLOC_FL_KEEP_SIZE, offset, length) ?? false;
 }
 
 /**

@@ -41,6 +41,15 @@ export interface Protocol {
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
   /** The extent that starts at `offset`, at most `length` bytes long. */
   blockStatus(offset: number, length: number): Promise<ProtocolExtent>;
+  /**
+   * Has the storage allocate the range now, for writes that will fill it
+   * soon, without changing the length (past the end too). Only a hint: the
+   * storage may not. What is not written is given back with discard, and
+   * past the end with freePastEnd.
+   */
+  allocate?(offset: number, length: number): Promise<void>;
+  /** Frees what allocate reserved past the end; only while nothing else writes the file. */
+  freePastEnd?(): Promise<void>;
   /** Other threads wrote to the file (a threaded copy): re-read what is cached about it, such as its length. */
   resync?(): Promise<void>;
   /** Bytes really used on the storage (st_blocks), when known. */

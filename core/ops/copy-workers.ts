@@ -344,7 +344,7 @@ export async function copyInWorkers(
     if (how.placement) {
       const { clusterSize } = how.placement;
       const clusters = spans.reduce((n, s) => n + Math.ceil(s.length / clusterSize), 0);
-      metadata = await PlacementService.start(how.placement, workers, clusters, fail);
+      metadata = await PlacementService.start(how.placement, target.protocol, workers, clusters, fail);
       task.placed = metadata.share;
     }
     const running = Array.from(

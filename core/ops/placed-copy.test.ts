@@ -16,8 +16,11 @@ import { prng } from '../test/prng.js';
 import { CLEAN, problems, qemuCheck, qemuCompare, qemuInfo } from '../test/qemu.js';
 import { hasTool, sh, shStatus, tempDir, withSmallDisk } from '../test/tmp.js';
 import { vhdiinfo } from '../test/vhdi.js';
+import type { ClusterPlacement } from '../image/driver.js';
+import { FileProtocol } from '../io/file.js';
 import { copyInWorkers } from './copy-workers.js';
 import { DEFAULT_COPY_OPTIONS, type CopySpan } from './copy.js';
+import { PlacementService } from './placed-copy.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -86,6 +89,41 @@ function convert(args: string[], threads: string) {
   return platterProcess(['convert', ...args], { env: { PLATTER_COPY_THREADS: threads } });
 }
 
+describe('host clusters reserved for threads', () => {
+  it('come allocated in the file, and what no thread wrote is freed at the end, past the end of the file too', async () => {
+    const cs = 64 * KiB;
+    let fileEnd = 0;
+    const unreserved: number[][] = [];
+    const placement: ClusterPlacement = {
+      clusterSize: cs,
+      hostStride: cs,
+      appendOnly: false,
+      reserve: async (count) => (fileEnd += count * cs) - count * cs,
+      unreserve: async (host, count) => void unreserved.push([host, count]),
+      map: async () => undefined,
+    };
+    const path = t.path('runs.bin');
+    const file = await FileProtocol.open(path, { readOnly: false, create: true });
+    try {
+      const service = await PlacementService.start(placement, file, 1, 0, (err) => {
+        throw err;
+      });
+      // The worker's two slots hold a run each, allocated and never taken.
+      expect(statSync(path).blocks * 512).toBeGreaterThanOrEqual(8 * MiB);
+      const own = service.ownSide().clusters;
+      const [run] = (await own.take(3))!;
+      await file.write(new Uint8Array(3 * cs).fill(9), run.host);
+      await service.finish();
+      expect(unreserved.length).toBe(3);
+      expect(statSync(path).size).toBe(run.host + 3 * cs);
+      // Only the three clusters written keep their blocks.
+      expect(statSync(path).blocks * 512).toBe(3 * cs);
+    } finally {
+      await file.close();
+    }
+  });
+});
+
 describe.skipIf(!hasQemu)('copy on threads into a new qcow2', () => {
   const src = makeRaw('src.raw');
 
@@ -125,6 +163,15 @@ describe.skipIf(!hasQemu)('copy on threads into a new qcow2', () => {
     const report = JSON.parse(shStatus('qemu-img', ['check', '--output=json', out]).stdout) as Record<string, number>;
     // Chunks taken one at a time interleaved the threads' data in every run: 13% fragmented here.
     expect(report['fragmented-clusters'] / report['allocated-clusters']).toBeLessThan(0.05);
+  });
+
+  it("the runs' blocks allocated ahead and not written are freed: none past the file's end, none unaccounted", () => {
+    const out = t.path('allocated-2.qcow2');
+    expect(convert(['-f', 'raw', '-O', 'qcow2', src, out], '2')).toMatchObject({ code: 0, stderr: '' });
+    const { size, blocks } = statSync(out);
+    // Every run a thread took and did not fill (each worker ends with two untouched) is given back.
+    expect(blocks * 512).toBeLessThanOrEqual(size);
+    expect(problems(qemuCheck(out))).toEqual(CLEAN);
   });
 
   it('dd with skip and count into a new qcow2', () => {
