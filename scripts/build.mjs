@@ -1,7 +1,12 @@
 // Builds what Node runs: the `platter` CLI bundles. esbuild, not tsc, because
 // it bundles the whole CLI in ~50 ms; `npm run typecheck` runs tsc for types.
 import { build } from 'esbuild';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 // CommonJS, started from V8 code caches made here (core/cli/code-cache.ts):
@@ -33,9 +38,42 @@ await build({
 });
 {
   // Under the V8 flags the CLI runs with: its copy threads run under them too.
-  const { CLI_V8_FLAGS, writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
+  const { CLI_V8_FLAGS, TRAIN_CODE_CACHE, writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
   for (const bundle of ['cli', 'copy-worker']) {
     writeCodeCache(fileURLToPath(new URL(`../dist/${bundle}.cjs`, import.meta.url)), CLI_V8_FLAGS);
+  }
+  warmCodeCaches(TRAIN_CODE_CACHE);
+}
+
+/**
+ * Runs common commands once, each rewriting the caches with what it ran
+ * (see TRAIN_CODE_CACHE): converts raw->qcow2 and back on copy threads (the
+ * source is over their 64 MiB minimum), info, check, map and compare.
+ */
+function warmCodeCaches(trainVariable) {
+  const dir = mkdtempSync(join(tmpdir(), 'platter-build-'));
+  try {
+    const src = join(dir, 'src.raw');
+    const fd = openSync(src, 'w');
+    ftruncateSync(fd, 80 << 20);
+    for (let at = 0; at < 80 << 20; at += 8 << 20) writeSync(fd, randomBytes(1 << 20), 0, 1 << 20, at);
+    closeSync(fd);
+    const [qcow2, raw] = [join(dir, 'a.qcow2'), join(dir, 'b.raw')];
+    const commands = [
+      ['convert', '-f', 'raw', '-O', 'qcow2', src, qcow2],
+      ['convert', '-O', 'raw', qcow2, raw],
+      ['info', qcow2],
+      ['check', qcow2],
+      ['map', qcow2],
+      ['compare', qcow2, raw],
+    ];
+    const bin = fileURLToPath(new URL('../bin/platter.cjs', import.meta.url));
+    for (const args of commands) {
+      const r = spawnSync(process.execPath, [bin, ...args], { env: { ...process.env, [trainVariable]: '1' }, encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`build: warming the code caches, platter ${args[0]} failed: ${r.stderr || r.error}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from '../test/tmp.js';
-import { cacheFileOf, CLI_V8_FLAGS, writeCodeCache } from './code-cache.js';
+import { cacheFileOf, CLI_V8_FLAGS, TRAIN_CODE_CACHE, writeCodeCache } from './code-cache.js';
 
 const DIST = fileURLToPath(new URL('../../dist/', import.meta.url));
 
@@ -28,11 +28,16 @@ const bundle = (word: string) =>
  * Loads `file` in a new process (under V8 flags `v8Flags` if given, set as
  * bin/platter.cjs sets them): whether its code came from the cache, and its exports.
  */
-function loadInChild(file: string, v8Flags?: string): { fromCache: boolean; exports: Record<string, unknown> } {
+function loadInChild(
+  file: string,
+  v8Flags?: string,
+  env: NodeJS.ProcessEnv = {},
+): { fromCache: boolean; exports: Record<string, unknown> } {
   const script =
     `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(file)}, ${JSON.stringify(v8Flags)});` +
+    `if (typeof r.exports.exercise === 'function') r.exports.exercise();` +
     `process.stdout.write(JSON.stringify(r));`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, ...env } });
   expect(r.stderr).toBe('');
   return JSON.parse(r.stdout);
 }
@@ -80,6 +85,27 @@ describe('code cache', () => {
     writeFileSync(file, bundle('first'));
     writeCodeCache(file);
     expect(loadInChild(file, CLI_V8_FLAGS)).toMatchObject({ fromCache: false, exports: { word: 'first' } });
+  });
+
+  it('a process that ran the bundle while training writes its cache again, with what it ran', () => {
+    const file = t.path('b.cjs');
+    // A function V8 compiles only when it runs; its body is big enough to show in the cache's size.
+    const body = Array.from({ length: 400 }, (_, i) => `  total += ${i} * n;`).join('\n');
+    writeFileSync(file, `${bundle('first')}module.exports.exercise = (n = 2) => {\n  let total = 0;\n${body}\n  return total;\n};\n`);
+    writeCodeCache(file);
+    const cold = readFileSync(cacheFileOf(file)).length;
+    expect(loadInChild(file)).toMatchObject({ fromCache: true });
+    expect(readFileSync(cacheFileOf(file)).length).toBe(cold);
+    expect(loadInChild(file, undefined, { [TRAIN_CODE_CACHE]: '1' })).toMatchObject({ fromCache: true });
+    expect(readFileSync(cacheFileOf(file)).length).toBeGreaterThan(cold + 2000);
+    expect(loadInChild(file)).toMatchObject({ fromCache: true, exports: { word: 'first' } });
+  });
+
+  it.each(['cli.cjs', 'copy-worker.cjs'])('the build warms the cache of %s: it holds more than the top level', (name) => {
+    const copy = t.path(name);
+    writeFileSync(copy, readFileSync(DIST + name));
+    writeCodeCache(copy);
+    expect(readFileSync(cacheFileOf(DIST + name)).length).toBeGreaterThan(1.3 * readFileSync(cacheFileOf(copy)).length);
   });
 
   it.each(['cli.cjs', 'copy-worker.cjs', 'electron/job-worker.cjs', 'electron/main.cjs'])(
