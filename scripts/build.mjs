@@ -47,8 +47,9 @@ await build({
 
 /**
  * Runs common commands once, each rewriting the caches with what it ran
- * (see TRAIN_CODE_CACHE): converts raw->qcow2 and back on copy threads (the
- * source is over their 64 MiB minimum), info, check, map and compare.
+ * (see TRAIN_CODE_CACHE): converts raw->qcow2 and back on two copy threads
+ * whatever the cores here (the source is over their 64 MiB minimum), info,
+ * check, map and compare.
  */
 function warmCodeCaches(trainVariable) {
   const dir = mkdtempSync(join(tmpdir(), 'platter-build-'));
@@ -69,7 +70,8 @@ function warmCodeCaches(trainVariable) {
     ];
     const bin = fileURLToPath(new URL('../bin/platter.cjs', import.meta.url));
     for (const args of commands) {
-      const r = spawnSync(process.execPath, [bin, ...args], { env: { ...process.env, [trainVariable]: '1' }, encoding: 'utf8' });
+      const env = { ...process.env, [trainVariable]: '1', PLATTER_COPY_THREADS: '2' };
+      const r = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8' });
       if (r.status !== 0) throw new Error(`build: warming the code caches, platter ${args[0]} failed: ${r.stderr || r.error}`);
     }
   } finally {
