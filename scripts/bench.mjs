@@ -74,10 +74,10 @@ function parseOptions(argv) {
 }
 
 /** Conversions measured three ways: each tool's default, and like for like both durable and not. */
-const LIKE_FOR_LIKE = ['convert', 'to-qcow2', 'from-qcow2', 'to-vpc', 'to-vhdx', 'vhdx-to-qcow2'];
+const LIKE_FOR_LIKE = ['convert', 'to-qcow2', 'from-qcow2', 'to-vdi', 'to-vpc', 'to-vhdx', 'vhdx-to-qcow2'];
 const OPERATIONS = [
   ...LIKE_FOR_LIKE.flatMap((n) => [n, `${n}-writeback`, `${n}-unsafe`]),
-  'compress', 'to-vdi', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
+  'compress', 'to-vmdk', 'to-vmdk-stream', 'vmdk-to-qcow2',
   'compare', 'map', 'hash',
 ];
 
@@ -491,7 +491,7 @@ function operations(img, dir, qemuImg) {
     // The source is qemu-img's own qcow2 copy of the mixed image, made once.
     ...likeForLike('from-qcow2', 'qcow2->raw', qcow2ToRaw, qsrc, dst, makeQsrc),
     convertRow('compress', 'raw->qcow2 convert -c', ['-c', ...rawToQcow2], ['-c', ...rawToQcow2], img.src, qdst),
-    convertRow('to-vdi', 'raw->vdi convert', rawTo('vdi'), rawTo('vdi'), img.src, out('vdi')),
+    ...likeForLike('to-vdi', 'raw->vdi', rawTo('vdi'), img.src, out('vdi')),
     convertRow('to-vmdk', 'raw->vmdk (monolithicSparse)', rawTo('vmdk'), rawTo('vmdk'), img.src, out('vmdk')),
     convertRow(
       'to-vmdk-stream',
