@@ -12,7 +12,7 @@ import {
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockError } from '../image/errors.js';
 import { PLATTER_BIN, platterProcess } from '../test/cli.js';
-import { hasTool, tempDir } from '../test/tmp.js';
+import { hasTool, tempDir, withSmallDiskAsync } from '../test/tmp.js';
 import { FileProtocol } from './file.js';
 
 const MiB = 1 << 20;
@@ -109,6 +109,16 @@ describe('FileProtocol', () => {
     expect(statSync(path).size).toBe(MiB);
     expect(statSync(path).blocks * 512).toBeLessThanOrEqual(MiB / 2 + 64 * 1024);
     await p.close();
+  });
+
+  it('allocates nothing ahead on a nearly full disk: plain writes take only what they fill', async () => {
+    await withSmallDiskAsync(t.path('small'), '64m', 'allocating ahead on a nearly full disk', async () => {
+      const path = t.path('small/a');
+      const p = await FileProtocol.open(path, { readOnly: false, create: true });
+      await p.allocate(0, 8 * MiB);
+      expect(statSync(path).blocks).toBe(0);
+      await p.close();
+    });
   });
 
   it.each([

@@ -3,7 +3,7 @@
  * at positions, with holes found by SEEK_DATA/SEEK_HOLE and punched by
  * fallocate where the host has them.
  */
-import { constants as fsc, promises as fsp, readSync, writeSync } from 'node:fs';
+import { constants as fsc, promises as fsp, readSync, statfsSync, writeSync } from 'node:fs';
 import { constants as osc } from 'node:os';
 import { BlockError, toBlockError } from '../image/errors.js';
 import { allocateAhead, punchHole, reserve, seekData, setNoCow, startWriteback, zeroRange } from './native.js';
@@ -27,6 +27,13 @@ const WRITEBACK_EVERY = 16 << 20;
  * still large, and the extra call per 2 MiB costs nothing measurable.
  */
 const MAX_WRITE = 1 << 20;
+
+/**
+ * Space allocate() leaves free on the file system. What it allocates ahead
+ * and nobody writes is freed only at the end: on a nearly full disk, a copy
+ * that plain writes would fit must not fail for it.
+ */
+const ALLOCATE_MARGIN = 256 << 20;
 
 /** Zero-filling happens in pieces this big, so memory stays flat. */
 const ZERO_CHUNK = 1 << 20;
@@ -61,6 +68,8 @@ export class FileProtocol implements Protocol {
 
   private constructor(
     readonly name: string,
+    /** Where it is (`name` may be what the user will see instead). */
+    private readonly path: string,
     readonly readOnly: boolean,
     private readonly fh: fsp.FileHandle,
     /** Cached: Platter is the file's only writer while it is open. */
@@ -95,7 +104,7 @@ export class FileProtocol implements Protocol {
       await fh.close();
       throw toBlockError(err, ctx);
     }
-    return new FileProtocol(name, opts.readOnly, fh, size, opts.cache === 'unsafe', opts.blocking === true);
+    return new FileProtocol(name, path, opts.readOnly, fh, size, opts.cache === 'unsafe', opts.blocking === true);
   }
 
   get fd(): number {
@@ -218,7 +227,14 @@ export class FileProtocol implements Protocol {
    */
   async allocate(offset: number, length: number): Promise<void> {
     this.checkWritable('allocate');
-    allocateAhead(this.fd, offset, length);
+    let free: number;
+    try {
+      const { bavail, bsize } = statfsSync(this.path);
+      free = bavail * bsize;
+    } catch {
+      return; // only a hint
+    }
+    if (free >= length + ALLOCATE_MARGIN) allocateAhead(this.fd, offset, length);
   }
 
   /** ext4 punches no hole past the end: truncating to the length as it is frees what lies there. */

@@ -42,19 +42,33 @@ export function shStatus(cmd: string, args: string[], opts: { cwd?: string } = {
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** Mounts a tmpfs of `size` at new folder `dir`; false (reported as `what` skipped) where that needs root. */
+function mountSmallDisk(dir: string, size: string, what: string): boolean {
+  mkdirSync(dir);
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]).status === 0) return true;
+  console.warn(`SKIPPED ${what}: cannot mount a small tmpfs here (needs root)`);
+  return false;
+}
+
 /**
  * Runs `fn` with a tmpfs of `size` (e.g. '2m') mounted at `dir`, for tests of
  * a full disk; unmounts after. Without root there is no such mount: `what`
  * is reported as skipped and `fn` does not run.
  */
 export function withSmallDisk(dir: string, size: string, what: string, fn: () => void): void {
-  mkdirSync(dir);
-  if (spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]).status !== 0) {
-    console.warn(`SKIPPED ${what}: cannot mount a small tmpfs here (needs root)`);
-    return;
-  }
+  if (!mountSmallDisk(dir, size, what)) return;
   try {
     fn();
+  } finally {
+    execFileSync('umount', [dir]);
+  }
+}
+
+/** withSmallDisk for an async `fn`. */
+export async function withSmallDiskAsync(dir: string, size: string, what: string, fn: () => Promise<void>): Promise<void> {
+  if (!mountSmallDisk(dir, size, what)) return;
+  try {
+    await fn();
   } finally {
     execFileSync('umount', [dir]);
   }
