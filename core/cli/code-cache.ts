@@ -9,23 +9,22 @@
  * for every module; Node 20 has no such switch.)
  *
  * V8 checks a cache against the source's length only, so the cache file
- * starts with a SHA-256 of the source it was made from: a rebuilt bundle
- * never runs an older bundle's code. A cache V8 rejects (another Node
+ * starts with the very source it was made from, compared byte for byte: a
+ * rebuilt bundle never runs an older bundle's code. (A SHA-256 needed
+ * node:crypto, which a copy thread compiles from source under the CLI's
+ * flags: about 11 ms of its start.) A cache V8 rejects (another Node
  * version, other V8 flags) or one that is missing costs nothing but the
  * saving: the bundle is compiled from source as require() would.
  *
  * The CLI also runs under its own V8 flags (CLI_V8_FLAGS), so its caches are
  * made and loaded under them.
  */
-import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { Script } from 'node:vm';
 import { threadId } from 'node:worker_threads';
-
-const HASH_BYTES = 32;
 
 /**
  * V8 flags the `platter` command runs under.
@@ -63,8 +62,6 @@ function setFlagsToRun(file: string, source: string, flags: string): void {
 /** The cache file of bundle `file`. */
 export const cacheFileOf = (file: string) => `${file}.cache`;
 
-const hashOf = (source: string) => createHash('sha256').update(source).digest();
-
 /**
  * The bundle as a function of CommonJS's five arguments, as Node's own
  * loader wraps a module; on one line so that line numbers stay the file's.
@@ -86,9 +83,9 @@ function compile(file: string, source: string, cachedData?: Buffer): Script {
 export const TRAIN_CODE_CACHE = 'PLATTER_TRAIN_CODE_CACHE';
 
 /** Writes `data` as the code cache of bundle `file`, made from `source`: replaced whole, never half-written. */
-function saveCache(file: string, source: string, data: Buffer): void {
+function saveCache(file: string, source: Buffer, data: Buffer): void {
   const temporary = `${cacheFileOf(file)}.${process.pid}.${threadId}.tmp`;
-  writeFileSync(temporary, Buffer.concat([hashOf(source), data]));
+  writeFileSync(temporary, Buffer.concat([source, data]));
   renameSync(temporary, cacheFileOf(file));
 }
 
@@ -98,22 +95,22 @@ function saveCache(file: string, source: string, data: Buffer): void {
  * this process).
  */
 export function writeCodeCache(file: string, v8Flags?: string): void {
-  const source = readFileSync(file, 'utf8');
+  const source = readFileSync(file);
   // Only the cache must match the flags here: nothing of the bundle runs.
   if (v8Flags) setFlagsFromString(v8Flags);
-  saveCache(file, source, compile(file, source).createCachedData());
+  saveCache(file, source, compile(file, source.toString('utf8')).createCachedData());
 }
 
 /** The code cache made from exactly this source, if there is one. */
-function cacheFor(file: string, source: string): Buffer | undefined {
+function cacheFor(file: string, source: Buffer): Buffer | undefined {
   let cache: Buffer;
   try {
     cache = readFileSync(cacheFileOf(file));
   } catch {
     return undefined;
   }
-  if (cache.length <= HASH_BYTES || !hashOf(source).equals(cache.subarray(0, HASH_BYTES))) return undefined;
-  return cache.subarray(HASH_BYTES);
+  if (cache.length <= source.length || !source.equals(cache.subarray(0, source.length))) return undefined;
+  return cache.subarray(source.length);
 }
 
 /**
@@ -122,11 +119,12 @@ function cacheFor(file: string, source: string): Buffer | undefined {
  * whether V8 took its code from the cache.
  */
 export function loadBundle(file: string, v8Flags?: string): { exports: unknown; fromCache: boolean } {
-  const source = readFileSync(file, 'utf8');
+  const bytes = readFileSync(file);
+  const source = bytes.toString('utf8');
   if (v8Flags) setFlagsToRun(file, source, v8Flags);
-  const cache = cacheFor(file, source);
+  const cache = cacheFor(file, bytes);
   const script = compile(file, source, cache);
-  if (process.env[TRAIN_CODE_CACHE] === '1') process.once('exit', () => saveCache(file, source, script.createCachedData()));
+  if (process.env[TRAIN_CODE_CACHE] === '1') process.once('exit', () => saveCache(file, bytes, script.createCachedData()));
   const module = { exports: {} as unknown };
   script.runInThisContext()(module.exports, createRequire(file), module, file, dirname(file));
   return { exports: module.exports, fromCache: cache !== undefined && !script.cachedDataRejected };
