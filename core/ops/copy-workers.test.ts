@@ -94,6 +94,23 @@ describe('copy on worker threads', () => {
     expect(qemuCompare(top, out)).toMatch(/identical/);
   });
 
+  it.skipIf(!hasQemu)('a compressed qcow2 -> raw: every thread inflates clusters (its node:zlib loads on first use)', () => {
+    // Compressible: qemu-img stores a cluster compressed only when that saves space.
+    const content = new Uint8Array(SIZE);
+    const rng = prng(11);
+    for (let at = 0; at < SIZE; at += MiB) {
+      content.fill(1 + ((at / MiB) % 250), at, at + 600 * 1024);
+      content.set(rng.bytes(512), at + 4096);
+    }
+    const raw = t.write('compressible.raw', content);
+    const src = t.path('compressed.qcow2');
+    sh('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', raw, src]);
+    const out = t.path('from-compressed.raw');
+    const r = platterProcess(['convert', '-f', 'qcow2', '-O', 'raw', src, out], { env: { PLATTER_COPY_THREADS: '2' } });
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(Buffer.compare(readFileSync(out), content)).toBe(0);
+  });
+
   it.skipIf(!hasQemu)('convert -l: an internal snapshot, reopened by every thread, equals qemu-img\'s export', () => {
     const src = t.path('snap.qcow2');
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', src, String(SIZE)]);
