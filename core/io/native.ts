@@ -49,12 +49,28 @@ function onWorker<T>(fn: { async: (...args: unknown[]) => void }, ...args: unkno
   });
 }
 
+/**
+ * koffi, straight from its native module where the platform package holds
+ * one for this system's usual libc: koffi's own loader (its index.cjs) took
+ * 7-11 ms instead of 2 on every thread that needs a hole found (it reads
+ * Node's ELF header to tell glibc from musl, and resolves packages by
+ * path), and each copy thread compiles it from source. Anything else, a
+ * musl system or another layout, goes through koffi's loader.
+ */
+function loadKoffi(require: NodeJS.Require): typeof import('koffi') {
+  const { platform, arch } = process;
+  try {
+    return require(`@koromix/koffi-${platform}-${arch}/${platform}_${arch}/koffi.node`) as typeof import('koffi');
+  } catch {
+    return require('koffi') as typeof import('koffi');
+  }
+}
+
 function load(): Libc | null {
   if (process.env.PLATTER_NO_FFI === '1') return null;
   if (!WHENCE[process.platform]) return null;
   try {
-    const require = createRequire(import.meta.url);
-    const koffi = require('koffi') as typeof import('koffi');
+    const koffi = loadKoffi(createRequire(import.meta.url));
     const lib = koffi.load(process.platform === 'darwin' ? 'libc.dylib' : 'libc.so.6');
     const lseek = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
     const c: Libc = {
