@@ -65,6 +65,7 @@ function lazyBuiltins(names) {
     },
   };
 }
+
 {
   // Under the V8 flags the CLI runs with: its copy threads run under them too.
   const { CLI_V8_FLAGS, TRAIN_CODE_CACHE, writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
