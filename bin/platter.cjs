@@ -20,8 +20,11 @@ if (!existsSync(join(dist, 'cli.cjs'))) {
   process.stderr.write('platter: not built yet; run `npm run build` in the Platter folder\n');
   process.exit(1);
 }
-const { CLI_V8_FLAGS, loadBundle } = require(join(dist, 'code-cache.cjs'));
-const { run } = loadBundle(join(dist, 'cli.cjs'), CLI_V8_FLAGS).exports;
-run(process.argv.slice(2)).then((code) => {
+const { loadBundle, useCliV8Flags } = require(join(dist, 'code-cache.cjs'));
+const { run, startAhead } = loadBundle(join(dist, 'cli.cjs')).exports;
+const argv = process.argv.slice(2);
+// The CLI's V8 flags are set once the command has loaded what it runs (core/cli/code-cache.ts).
+startAhead(argv, useCliV8Flags);
+run(argv).then((code) => {
   process.exitCode = code;
 });

@@ -35,43 +35,14 @@ const cliBundle = {
   ...importMetaUrl,
   logLevel: 'warning',
 };
-await build({ ...cliBundle, entryPoints: { cli: 'core/cli/main.ts', 'code-cache': 'core/cli/code-cache.ts' } });
-await build({ ...cliBundle, entryPoints: { 'copy-worker': 'core/ops/copy-worker.ts' }, plugins: [lazyBuiltins(['crypto', 'zlib'])] });
-
-/**
- * A copy thread's Node compiles its built-in modules from source, as the
- * CLI's V8 flags do not match their code cache's, and node:crypto and
- * node:zlib, which only some formats' rarer paths use there, took some 20 ms
- * of its start. In the copy worker's bundle each becomes a module of
- * wrappers that load it on their first call (its functions only: a class
- * or constant imported from it fails the build). A 2 GiB qcow2->raw, 21
- * alternating runs: 492 -> 461 ms. The main thread keeps them: it loads its
- * built-ins before it sets the flags (core/cli/code-cache.ts).
- */
-function lazyBuiltins(names) {
-  const filter = new RegExp(`^node:(${names.join('|')})$`);
-  return {
-    name: 'lazy-builtins',
-    setup(b) {
-      // The wrappers' own require of the module stays a plain require.
-      b.onResolve({ filter }, (a) => (a.namespace === 'lazy' ? { path: a.path, external: true } : { path: a.path, namespace: 'lazy' }));
-      b.onLoad({ filter: /.*/, namespace: 'lazy' }, (a) => {
-        const real = createRequire(import.meta.url)(a.path);
-        const functions = Object.keys(real).filter((k) => /^[a-z]\w*$/.test(k) && typeof real[k] === 'function');
-        const wrappers = functions.map((k) => `export const ${k} = (...args) => load().${k}(...args);`);
-        const load = `let real;\nconst load = () => (real ??= require(${JSON.stringify(a.path)}));`;
-        return { contents: `${load}\n${wrappers.join('\n')}\n`, loader: 'js' };
-      });
-    },
-  };
-}
+await build({
+  ...cliBundle,
+  entryPoints: { cli: 'core/cli/main.ts', 'code-cache': 'core/cli/code-cache.ts', 'copy-worker': 'core/ops/copy-worker.ts' },
+});
 
 {
-  // Under the V8 flags the CLI runs with: its copy threads run under them too.
-  const { CLI_V8_FLAGS, TRAIN_CODE_CACHE, writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
-  for (const bundle of ['cli', 'copy-worker']) {
-    writeCodeCache(fileURLToPath(new URL(`../dist/${bundle}.cjs`, import.meta.url)), CLI_V8_FLAGS);
-  }
+  const { TRAIN_CODE_CACHE, writeCodeCache } = createRequire(import.meta.url)('../dist/code-cache.cjs');
+  for (const bundle of ['cli', 'copy-worker']) writeCodeCache(fileURLToPath(new URL(`../dist/${bundle}.cjs`, import.meta.url)));
   warmCodeCaches(TRAIN_CODE_CACHE);
 }
 

@@ -25,8 +25,8 @@ const bundle = (word: string) =>
   `module.exports = { word: ${JSON.stringify(word)}, file: __filename, dir: __dirname, sep: path.sep, self: exports };\n`;
 
 /**
- * Loads `file` in a new process (under V8 flags `v8Flags` if given, set as
- * bin/platter.cjs sets them): whether its code came from the cache, and its exports.
+ * Loads `file` in a new process (under V8 flags `v8Flags` if given):
+ * whether its code came from the cache, and its exports.
  */
 function loadInChild(
   file: string,
@@ -34,7 +34,8 @@ function loadInChild(
   env: NodeJS.ProcessEnv = {},
 ): { fromCache: boolean; exports: Record<string, unknown> } {
   const script =
-    `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(file)}, ${JSON.stringify(v8Flags)});` +
+    (v8Flags ? `require('node:v8').setFlagsFromString(${JSON.stringify(v8Flags)});` : '') +
+    `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(file)});` +
     `if (typeof r.exports.exercise === 'function') r.exports.exercise();` +
     `process.stdout.write(JSON.stringify(r));`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, ...env } });
@@ -75,10 +76,25 @@ describe('code cache', () => {
     expect(loadInChild(file)).toMatchObject({ fromCache: false, exports: { word: 'first' } });
   });
 
-  it('the build caches the CLI for the Node that runs it, under the CLI\'s V8 flags', () => {
-    const { fromCache, exports } = loadInChild(DIST + 'cli.cjs', CLI_V8_FLAGS);
+  it('the build caches the CLI for the Node that runs it, as bin/platter.cjs loads it: before the CLI\'s V8 flags', () => {
+    const { fromCache, exports } = loadInChild(DIST + 'cli.cjs');
     expect(fromCache).toBe(true);
     expect(exports).toHaveProperty('COMMANDS');
+  });
+
+  it('the build caches the copy worker as a thread started ahead of its copy loads it', () => {
+    // Started without its data, the worker says it is ready and waits: the thread is ended after its answer.
+    const script =
+      `const { Worker } = require('node:worker_threads');` +
+      `const thread = new Worker(${JSON.stringify(
+        `const r = require(${JSON.stringify(DIST + 'code-cache.cjs')}).loadBundle(${JSON.stringify(DIST + 'copy-worker.cjs')});` +
+          `require('node:worker_threads').parentPort.postMessage({ fromCache: r.fromCache });`,
+      )}, { eval: true });` +
+      `const said = [];` +
+      `thread.on('message', (m) => { said.push(m); if (said.length === 2) { process.stdout.write(JSON.stringify(said)); thread.terminate(); } });`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual([{ type: 'ready' }, { fromCache: true }]);
   });
 
   it('compiles from source under other V8 flags than the cache was made under', () => {

@@ -16,8 +16,12 @@
  * version, other V8 flags) or one that is missing costs nothing but the
  * saving: the bundle is compiled from source as require() would.
  *
- * The CLI also runs under its own V8 flags (CLI_V8_FLAGS), so its caches are
- * made and loaded under them.
+ * The CLI also runs under its own V8 flags (CLI_V8_FLAGS). V8 refuses a code
+ * cache made under other flags, Node's own cache of its built-in modules
+ * too, so every bundle and built-in is loaded under V8's defaults, the
+ * caches are made under them, and the CLI sets its flags after: at once for
+ * most commands, once its copy threads have loaded for a convert
+ * (core/cli/main.ts startAhead).
  */
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -46,17 +50,14 @@ import { threadId } from 'node:worker_threads';
 export const CLI_V8_FLAGS = '--interrupt-budget=1000000';
 
 /**
- * Sets V8 `flags` for the whole process before bundle `source` is run.
- * Node's built-in modules come from a code cache as well, which V8 refuses
- * under other flags: those `source` requires are loaded first, or each
- * would be compiled from source (`platter --help` took 17 ms longer).
- * Node warns that flags set after start may misbehave; these are set before
- * any of the bundle's code runs, and only decide when V8 optimizes.
+ * Sets CLI_V8_FLAGS for the whole process, once everything the command
+ * runs is loaded. Node warns that flags set after start may misbehave;
+ * these only decide when V8 optimizes. Not while the build trains the
+ * caches (TRAIN_CODE_CACHE): they are made as the command exits, and must
+ * be made under the flags they are loaded under.
  */
-function setFlagsToRun(file: string, source: string, flags: string): void {
-  const load = createRequire(file);
-  for (const [, builtin] of source.matchAll(/require\("(node:[\w/]+)"\)/g)) load(builtin);
-  setFlagsFromString(flags);
+export function useCliV8Flags(): void {
+  if (process.env[TRAIN_CODE_CACHE] !== '1') setFlagsFromString(CLI_V8_FLAGS);
 }
 
 /** The cache file of bundle `file`. */
@@ -91,13 +92,10 @@ function saveCache(file: string, source: Buffer, data: Buffer): void {
 
 /**
  * Writes the code cache of bundle `file` beside it (at build time), under
- * V8 flags `v8Flags` if given: those it will run under (they stay set in
- * this process).
+ * V8's default flags, which it is loaded under.
  */
-export function writeCodeCache(file: string, v8Flags?: string): void {
+export function writeCodeCache(file: string): void {
   const source = readFileSync(file);
-  // Only the cache must match the flags here: nothing of the bundle runs.
-  if (v8Flags) setFlagsFromString(v8Flags);
   saveCache(file, source, compile(file, source.toString('utf8')).createCachedData());
 }
 
@@ -114,14 +112,12 @@ function cacheFor(file: string, source: Buffer): Buffer | undefined {
 }
 
 /**
- * Runs CommonJS bundle `file` (an absolute path), first setting V8 flags
- * `v8Flags` for the whole process if given, and returns its exports and
- * whether V8 took its code from the cache.
+ * Runs CommonJS bundle `file` (an absolute path) and returns its exports
+ * and whether V8 took its code from the cache.
  */
-export function loadBundle(file: string, v8Flags?: string): { exports: unknown; fromCache: boolean } {
+export function loadBundle(file: string): { exports: unknown; fromCache: boolean } {
   const bytes = readFileSync(file);
   const source = bytes.toString('utf8');
-  if (v8Flags) setFlagsToRun(file, source, v8Flags);
   const cache = cacheFor(file, bytes);
   const script = compile(file, source, cache);
   if (process.env[TRAIN_CODE_CACHE] === '1') process.once('exit', () => saveCache(file, bytes, script.createCachedData()));

@@ -17,6 +17,12 @@ export interface Command {
   options: OptionSpec;
   /** Exit code for errors (compare uses 2, as qemu-img). */
   errorExitCode?: number;
+  /**
+   * For a command that may copy on worker threads: the files it copies
+   * from. Their size decides whether the threads start as the command
+   * starts (startAhead in main.ts).
+   */
+  copySources?(args: Parsed): string[];
   /** Rewrites argv before parsing, for syntax parseArgs cannot express. */
   preprocess?(argv: string[]): string[];
   run(args: Parsed, io: CliIO): Promise<number>;

@@ -3,7 +3,9 @@
  * reach the user as one line, `platter: FILE: what is wrong`; set
  * PLATTER_DEBUG=1 to see stack traces.
  */
+import { statSync } from 'node:fs';
 import { BlockError, toBlockError } from '../image/errors.js';
+import { startCopyThreadsAhead } from '../ops/copy-workers.js';
 import { parse } from './args.js';
 import type { CliIO, Command } from './command.js';
 import { amendCommand } from './commands/amend.js';
@@ -63,6 +65,26 @@ function mainHelp(): string {
 
 function commandHelp(c: Command): string {
   return `usage: platter ${c.name} ${c.usage}\n\n${c.summary}\n`;
+}
+
+/**
+ * Starts what command `argv` will need before it runs: a convert's copy
+ * threads (startCopyThreadsAhead), whose start then overlaps the images'
+ * opening. `loaded` runs once they have loaded, at once when there are
+ * none: bin/platter.cjs sets the CLI's V8 flags then.
+ */
+export function startAhead(argv: string[], loaded: () => void): void {
+  const [name, ...rest] = argv;
+  const command = COMMANDS.find((c) => c.name === name);
+  let bytes = 0;
+  try {
+    const sources = command?.copySources?.(parse(command.preprocess?.(rest) ?? rest, command.options)) ?? [];
+    for (const file of sources) bytes += statSync(file).size;
+  } catch {
+    // run() says what is wrong with the command line or the files; nothing starts ahead.
+    bytes = 0;
+  }
+  void startCopyThreadsAhead(bytes, loaded);
 }
 
 /** One line for the user: "platter: FILE: what is wrong". */

@@ -46,4 +46,9 @@ async function run({ task, worker }: WorkerData): Promise<void> {
   }
 }
 
-void run(workerData as WorkerData);
+// A worker started with its copy runs it; one started ahead of it (startCopyThreadsAhead) says when it is loaded, then runs the copy it is sent.
+if (workerData) void run(workerData as WorkerData);
+else {
+  port.once('message', (data: WorkerData) => void run(data));
+  post({ type: 'ready' });
+}

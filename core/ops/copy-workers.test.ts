@@ -26,7 +26,7 @@ import { makeMixedRaw } from '../test/images.js';
 import { prng } from '../test/prng.js';
 import { qemuCompare } from '../test/qemu.js';
 import { hasTool, sh, tempDir, withSmallDisk } from '../test/tmp.js';
-import { copyInWorkers } from './copy-workers.js';
+import { copyInWorkers, startCopyThreadsAhead } from './copy-workers.js';
 import { DEFAULT_COPY_OPTIONS } from './copy.js';
 
 const MiB = 1 << 20;
@@ -94,7 +94,7 @@ describe('copy on worker threads', () => {
     expect(qemuCompare(top, out)).toMatch(/identical/);
   });
 
-  it.skipIf(!hasQemu)('a compressed qcow2 -> raw: every thread inflates clusters (its node:zlib loads on first use)', () => {
+  it.skipIf(!hasQemu)('a compressed qcow2 -> raw: every thread inflates clusters', () => {
     // Compressible: qemu-img stores a cluster compressed only when that saves space.
     const content = new Uint8Array(SIZE);
     const rng = prng(11);
@@ -202,7 +202,6 @@ describe('copy on worker threads', () => {
     });
   });
 
-
   it('a thread that cannot start is reported as an error, never ignored', async () => {
     const src = t.path('nothread.raw');
     makeMixedRaw(src, SIZE, prng(13));
@@ -221,6 +220,60 @@ describe('copy on worker threads', () => {
       await created.abort();
       await source.close();
     }
+  });
+
+  describe('threads started ahead of the copy', () => {
+    /** A script that does not exist: only a thread started ahead can copy, any other fails to start. */
+    const MISSING = new URL('./no-such-copy-worker.cjs', SCRIPT);
+
+    /** Copies a mixed raw image into a new raw one on threads, new ones started from `script`: whether the copy is the source's bytes. */
+    async function copyWith(name: string, script: URL): Promise<boolean> {
+      const src = t.path(`${name}.raw`);
+      const content = makeMixedRaw(src, SIZE, prng(17));
+      const source = await openImage(src, { format: 'raw' });
+      const created = await createImage(t.path(`${name}-out.raw`), findDriver('raw'), SIZE, {});
+      try {
+        const spans = [{ source, sourceOffset: 0, length: SIZE, targetOffset: 0 }];
+        const threaded = await copyInWorkers(spans, created.image, { ...DEFAULT_COPY_OPTIONS, targetIsZero: true }, {}, script);
+        const out = Buffer.alloc(SIZE);
+        await created.image.read(out, 0);
+        return threaded && out.equals(content);
+      } finally {
+        await created.abort();
+        await source.close();
+      }
+    }
+
+    async function withThreads<T>(threads: string, body: () => Promise<T>): Promise<T> {
+      const before = process.env.PLATTER_COPY_THREADS;
+      process.env.PLATTER_COPY_THREADS = threads;
+      try {
+        return await body();
+      } finally {
+        if (before === undefined) delete process.env.PLATTER_COPY_THREADS;
+        else process.env.PLATTER_COPY_THREADS = before;
+      }
+    }
+
+    it('a copy takes them, once each, and says when they have loaded', async () => {
+      await withThreads('3', async () => {
+        let loaded = 0;
+        await startCopyThreadsAhead(SIZE, () => loaded++, SCRIPT);
+        expect(loaded).toBe(1);
+        await expect(copyWith('ahead', MISSING)).resolves.toBe(true);
+        // Both were taken: the next copy has to start its own.
+        await expect(copyWith('ahead-again', MISSING)).rejects.toBeInstanceOf(BlockError);
+      });
+    });
+
+    it('none start for a copy too small for threads', async () => {
+      await withThreads('2', async () => {
+        let loaded = 0;
+        await startCopyThreadsAhead(SIZE / 4, () => loaded++, SCRIPT);
+        expect(loaded).toBe(1);
+        await expect(copyWith('small', MISSING)).rejects.toBeInstanceOf(BlockError);
+      });
+    });
   });
 
   it.each(['raw', 'qcow2', 'vpc', 'vhdx'])('a cancel stops every thread, and the copy returns only then (into %s)', async (format) => {

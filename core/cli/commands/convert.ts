@@ -8,6 +8,7 @@ import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 export const convertCommand: Command = {
   name: 'convert',
   summary: 'copy one or more images (concatenated) into a new image of any format',
+  copySources: (args) => args.positionals.slice(0, -1),
   usage:
     '[-p] [--progress=json] [-q] [-n] [-c] [-l SNAPSHOT] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
   options: {
