@@ -16,7 +16,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { BlockError } from '../image/errors.js';
 import { createImage, openImage } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
@@ -244,35 +244,24 @@ describe('copy on worker threads', () => {
       }
     }
 
-    async function withThreads<T>(threads: string, body: () => Promise<T>): Promise<T> {
-      const before = process.env.PLATTER_COPY_THREADS;
-      process.env.PLATTER_COPY_THREADS = threads;
-      try {
-        return await body();
-      } finally {
-        if (before === undefined) delete process.env.PLATTER_COPY_THREADS;
-        else process.env.PLATTER_COPY_THREADS = before;
-      }
-    }
+    afterEach(() => vi.unstubAllEnvs());
 
     it('a copy takes them, once each, and says when they have loaded', async () => {
-      await withThreads('3', async () => {
-        let loaded = 0;
-        await startCopyThreadsAhead(SIZE, () => loaded++, SCRIPT);
-        expect(loaded).toBe(1);
-        await expect(copyWith('ahead', MISSING)).resolves.toBe(true);
-        // Both were taken: the next copy has to start its own.
-        await expect(copyWith('ahead-again', MISSING)).rejects.toBeInstanceOf(BlockError);
-      });
+      vi.stubEnv('PLATTER_COPY_THREADS', '3');
+      let loaded = 0;
+      await startCopyThreadsAhead(SIZE, () => loaded++, SCRIPT);
+      expect(loaded).toBe(1);
+      await expect(copyWith('ahead', MISSING)).resolves.toBe(true);
+      // Both were taken: the next copy has to start its own.
+      await expect(copyWith('ahead-again', MISSING)).rejects.toBeInstanceOf(BlockError);
     });
 
     it('none start for a copy too small for threads', async () => {
-      await withThreads('2', async () => {
-        let loaded = 0;
-        await startCopyThreadsAhead(SIZE / 4, () => loaded++, SCRIPT);
-        expect(loaded).toBe(1);
-        await expect(copyWith('small', MISSING)).rejects.toBeInstanceOf(BlockError);
-      });
+      vi.stubEnv('PLATTER_COPY_THREADS', '2');
+      let loaded = 0;
+      await startCopyThreadsAhead(SIZE / 4, () => loaded++, SCRIPT);
+      expect(loaded).toBe(1);
+      await expect(copyWith('small', MISSING)).rejects.toBeInstanceOf(BlockError);
     });
   });
 
