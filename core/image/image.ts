@@ -103,6 +103,18 @@ export class Image {
     await this.wrap('discard', offset, () => this.layer.discard(offset, length));
   }
 
+  /**
+   * Has the storage allocate the range now, for a write that will fill it
+   * (Protocol.allocate). A hint, taken only by a plain file, whose guest
+   * bytes are its file's bytes.
+   */
+  async allocate(offset: number, length: number): Promise<void> {
+    this.checkWritable('allocate');
+    this.checkRange('allocate', offset, length);
+    const { protocol } = this;
+    if (this.plainFile && protocol.allocate) await this.wrap('allocate', offset, () => protocol.allocate!(offset, length));
+  }
+
   /** Whether other threads may write distinct ranges of the same file at once (see FormatImage.plainFile). */
   get plainFile(): boolean {
     return this.layer.plainFile === true;

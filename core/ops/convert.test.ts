@@ -4,7 +4,11 @@ import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSy
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PLATTER_BIN, platter } from '../test/cli.js';
 import { hasTool, shStatus, tempDir } from '../test/tmp.js';
+import type { Image } from '../image/image.js';
+import { createImage, openImage } from '../image/open.js';
+import { findDriver } from '../image/registry.js';
 import { convert } from './convert.js';
+import { copySpans, DEFAULT_COPY_OPTIONS } from './copy.js';
 import { map } from './map.js';
 
 const MiB = 1 << 20;
@@ -44,6 +48,8 @@ describe('convert', () => {
     for (const out of ['sparse.raw', 'dense.raw']) {
       expect(readFileSync(t.path(out)).equals(readFileSync(src))).toBe(true);
     }
+    // The zeros took no blocks either: map cannot tell a hole from blocks allocated and never written.
+    expect(statSync(t.path('sparse.raw')).blocks * 512).toBeLessThan(MiB + 64 * 1024 + MiB / 2);
   });
 
   it.each([['-W'], ['-m', '1'], ['-m', '16', '-W']])('gives the same bytes with %s', async (...flags) => {
@@ -124,6 +130,40 @@ describe('convert', () => {
     expect((await platter(['convert', '-o', 'preallocation=full', src, t.path('full.raw')])).code).toBe(0);
     expect(statSync(t.path('full.raw')).blocks * 512).toBeGreaterThanOrEqual(8 * MiB);
     expect(readFileSync(t.path('full.raw')).equals(readFileSync(src))).toBe(true);
+  });
+});
+
+describe('copying into a raw file', () => {
+  /** Copies src.raw whole into `target`, logging the allocations and writes that reach the target's file. */
+  async function copyLogged(target: Image, targetIsZero: boolean): Promise<string[]> {
+    const log: string[] = [];
+    const file = target.protocol;
+    const [allocate, write] = [file.allocate!.bind(file), file.write.bind(file)];
+    file.allocate = (offset, length) => (log.push(`allocate ${offset}+${length}`), allocate(offset, length));
+    file.write = (buf, offset) => (log.push(`write ${offset}+${buf.length}`), write(buf, offset));
+    const source = await openImage(t.path('src.raw'), { format: 'raw' });
+    try {
+      const span = { source, sourceOffset: 0, length: source.size, targetOffset: 0 };
+      await copySpans([span], target, { ...DEFAULT_COPY_OPTIONS, targetIsZero }, {});
+    } finally {
+      await source.close();
+    }
+    return log;
+  }
+
+  it('allocates each run of data in a new file before writing it, and nothing for zeros', async () => {
+    source();
+    const created = await createImage(t.path('new.raw'), findDriver('raw'), 8 * MiB, {});
+    try {
+      const log = await copyLogged(created.image, true);
+      const data = [`${MiB}+${MiB}`, `${6 * MiB}+${64 * 1024}`];
+      expect(log.filter((l) => l.startsWith('allocate')).sort()).toEqual(data.map((r) => `allocate ${r}`).sort());
+      for (const r of data) expect(log.indexOf(`allocate ${r}`)).toBeLessThan(log.indexOf(`write ${r}`));
+      // Into a target that may hold data (-n), nothing is allocated.
+      expect((await copyLogged(created.image, false)).filter((l) => l.startsWith('allocate'))).toEqual([]);
+    } finally {
+      await created.abort();
+    }
   });
 });
 

@@ -115,11 +115,27 @@ export async function readChunk(chunk: CopySpan, buf: Uint8Array, sparseSize: nu
  * Writes one run of a chunk (as readChunk describes it, its bytes in `buf`)
  * into the target: the bytes, or zeros unless the target already reads as
  * zeros; zeros become holes where -S allows.
+ *
+ * Data going into a target that reads as zeros (a new file: the run lands
+ * in a hole) has its blocks allocated first where the target takes that
+ * (a raw file, Image.allocate): ext4 then skips reserving each block of
+ * the write on its own (see FileProtocol.allocate). 2 GiB bench image,
+ * `-t unsafe`, 11 alternating runs: qcow2->raw 674 -> 594 ms (system CPU
+ * 736 -> 547 ms), raw->raw 587 -> 480 ms; on one thread 870 -> 797 ms.
+ * Only data is allocated, so the target is as sparse as before (checked
+ * in convert.test.ts). The cost is in the layout: ext4 fits small runs
+ * into gaps near them instead of packing them in order at write-back
+ * (the bench image's copy: 841 extents, 288 of them placed backwards,
+ * instead of 316 and 1; 20 KiB more of extent tree).
  */
-export function writeRun(target: Image, chunk: CopySpan, buf: Uint8Array, run: Run, opts: CopyOptions): Promise<void> {
+export async function writeRun(target: Image, chunk: CopySpan, buf: Uint8Array, run: Run, opts: CopyOptions): Promise<void> {
   const dst = chunk.targetOffset + run.start;
-  if (!run.zero) return target.write(buf.subarray(run.start, run.start + run.length), dst);
-  return opts.targetIsZero ? Promise.resolve() : target.writeZeroes(dst, run.length, opts.sparseSize > 0);
+  if (run.zero) {
+    if (!opts.targetIsZero) await target.writeZeroes(dst, run.length, opts.sparseSize > 0);
+    return;
+  }
+  if (opts.targetIsZero) await target.allocate(dst, run.length);
+  await target.write(buf.subarray(run.start, run.start + run.length), dst);
 }
 
 export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOptions, ctx: JobContext): Promise<void> {
