@@ -45,9 +45,9 @@ interface Config {
   size: number;
   ops: number;
   /**
-   * Who creates the empty image: Platter unless said otherwise. qemu-img only
-   * where Platter cannot yet (a compat=1.1, 512-byte-cluster image with a
-   * backing file: see the pinned bug in interop.test.ts).
+   * Who creates the empty image: Platter unless said otherwise. One config
+   * starts from an image qemu-img created, so the random operations also run
+   * on a layout Platter did not make.
    */
   creator?: 'qemu-img';
   /** Write the whole image first (in random pieces), so the file outgrows its first refcount table. */
