@@ -1,23 +1,41 @@
 /**
- * For crash tests: a protocol that records the writes and truncates it
- * passes on, the file as it would be after a crash after any of them
- * (earlier ones done, later ones lost), and what each guest block may then read.
+ * For crash tests: a protocol that records the writes, truncates and
+ * discards it passes on, the file as it would be after a crash after any of
+ * them (earlier ones done, later ones lost), and what each guest block may then read.
  */
 import { createHash } from 'node:crypto';
 import type { Protocol } from '../io/protocol.js';
 
 const MiB = 1 << 20;
 
-export type Recorded = { kind: 'write'; offset: number; data: Uint8Array } | { kind: 'truncate'; size: number };
+export type Recorded =
+  | { kind: 'write'; offset: number; data: Uint8Array }
+  | { kind: 'truncate'; size: number }
+  | { kind: 'discard'; offset: number; length: number };
 
-/** A protocol that records every write and truncate it passes on. */
-export function recording(proto: Protocol, log: Recorded[]): Protocol {
+/**
+ * A protocol that records every write, truncate and discard it passes on;
+ * `flushes`, if given, gets the length of the log at each flush.
+ */
+export function recording(proto: Protocol, log: Recorded[], flushes?: number[]): Protocol {
   return new Proxy(proto, {
     get(target, prop, receiver) {
       if (prop === 'write') {
         return async (buf: Uint8Array, offset: number) => {
           log.push({ kind: 'write', offset, data: buf.slice() });
           await target.write(buf, offset);
+        };
+      }
+      if (prop === 'discard') {
+        return async (offset: number, length: number) => {
+          log.push({ kind: 'discard', offset, length });
+          await target.discard(offset, length);
+        };
+      }
+      if (prop === 'flush' && flushes) {
+        return async () => {
+          await target.flush();
+          flushes.push(log.length);
         };
       }
       if (prop === 'truncate') {
@@ -40,6 +58,9 @@ export function replay(base: Uint8Array, log: Recorded[], n: number): Uint8Array
       const next = Buffer.alloc(r.size);
       file.copy(next, 0, 0, Math.min(file.length, r.size));
       file = next;
+    } else if (r.kind === 'discard') {
+      // A punched hole reads as zeros; the file keeps its length.
+      file.fill(0, Math.min(r.offset, file.length), Math.min(r.offset + r.length, file.length));
     } else {
       if (r.offset + r.data.length > file.length) {
         const next = Buffer.alloc(r.offset + r.data.length);

@@ -58,6 +58,7 @@ import {
 import * as L from './limits.js';
 import { Refcounts } from './refcounts.js';
 import { encodeTable, halvesOf, HI, LO, readTable } from './tables.js';
+import { FreedClusters, MAX_FREED_RUNS } from './freed-clusters.js';
 import type { SnapshotEntry } from './snapshot-table.js';
 
 /** L2 tables kept in memory. */
@@ -148,6 +149,8 @@ export class Qcow2Image
   /** ...while requests on different clusters move data at the same time. */
   private readonly ranges = new RangeLock();
   private lastCompressed?: { host: number; data: Uint8Array };
+  /** Host clusters freed since the last flush, punched once nothing in the file maps them. */
+  private readonly freed = new FreedClusters();
   /** Where the next compressed cluster may be packed (0: start a new host cluster). */
   private compressedTail = 0;
 
@@ -185,7 +188,10 @@ export class Qcow2Image
   private watchFrees(refcounts: Refcounts): void {
     // Read-only views (a snapshot's) share the refcounts but never free anything.
     if (this.readOnly) return;
-    refcounts.onFreed = (c) => this.forgetCluster(c);
+    refcounts.onFreed = (c) => {
+      this.forgetCluster(c);
+      this.freed.add(c);
+    };
     refcounts.beforeDecrement = () => this.writeBack();
     refcounts.tableAt = (c) => this.tableAt(c, true);
   }
@@ -273,6 +279,17 @@ export class Qcow2Image
       }
       return fn();
     });
+  }
+
+  /**
+   * Punches the clusters freed so far, after making the metadata that no
+   * longer maps them durable (see freed-clusters.ts). Under the lock.
+   */
+  private async giveBackFreed(): Promise<void> {
+    if (!this.freed.size) return;
+    await this.writeBack();
+    await this.proto.flush();
+    await this.freed.punch(this.proto, this.refcounts);
   }
 
   /** Clears the dirty mark once everything is on disk (a clean close, or after a repair). */
@@ -862,6 +879,8 @@ export class Qcow2Image
       const last = Math.floor((m.host + m.length - 1) / cs);
       for (let c = first; c <= last; c++) await this.refcounts.free(c * cs, 1);
     }
+    // A discard of a large disk, or a long session with no flush, frees a lot: give it back as it goes.
+    if (this.freed.size >= MAX_FREED_RUNS) await this.giveBackFreed();
   }
 
   /**
@@ -1380,6 +1399,7 @@ export class Qcow2Image
     if (this.externalData) await this.data.flush();
     await this.lock.run(() => this.writeBack());
     await this.proto.flush();
+    await this.lock.run(() => this.giveBackFreed());
   }
 
   async close(): Promise<void> {
@@ -1389,6 +1409,7 @@ export class Qcow2Image
       await this.writeBack();
       await this.bitmaps?.store();
       if (this.markedDirty) await this.markClean();
+      await this.giveBackFreed();
     }));
     if (this.externalData) await this.data.close();
   }

@@ -168,6 +168,10 @@ export async function switchRefcounts(img: Qcow2Image, opts: RefcountSwitch): Pr
     throw err;
   }
   img.replaceRefcounts(await loadRefcounts(img.proto, h));
+  // Clusters the deltas took to zero are free from now on: their user is told, as of any other free.
+  const freed: number[] = [];
+  for (const [c, d] of delta) if (d < 0 && (await img.refcounts.get(c)) === 0) freed.push(c);
+  for (const c of freed.sort((x, y) => x - y)) img.refcounts.onFreed?.(c);
 
   // 5. The old structures are counted by the new blocks: release them.
   const oldTable = old.tableLocation;
