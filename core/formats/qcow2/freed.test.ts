@@ -84,6 +84,29 @@ describe.skipIf(!HAS_QEMU)('qcow2: freed clusters go back to the file system', (
     expect(onDisk(mine.top)).toBeLessThanOrEqual(onDisk(theirs.top) + 256 * KiB);
   });
 
+  it('commit gives back the space of an external data file, as qemu-img commit does', async () => {
+    const make = (name: string) => {
+      const base = t.path(`${name}-db.raw`);
+      const top = t.path(`${name}-dt.qcow2`);
+      sh('qemu-img', ['create', '-q', '-f', 'raw', base, '32M']);
+      // In the images' folder: qemu-img and qemu-io find a relative data file in their working folder.
+      const cwd = t.dir;
+      sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${name}-data.raw`, '-b', base, '-F', 'raw', top, '32M'], { cwd });
+      sh('qemu-io', ['-c', 'write -P 6 0 8M', top], { cwd });
+      return { base, top, data: t.path(`${name}-data.raw`) };
+    };
+    const mine = make('platter');
+    const theirs = make('qemu');
+
+    const r = await platter(['commit', mine.top]);
+    expect(r.stderr).toBe('');
+    sh('qemu-img', ['commit', theirs.top], { cwd: t.dir });
+
+    expect(sh('qemu-img', ['check', mine.top], { cwd: t.dir })).toMatch(/^No errors were found on the image\./);
+    expect(readFileSync(mine.base).equals(readFileSync(theirs.base))).toBe(true);
+    expect(onDisk(mine.data)).toBeLessThanOrEqual(onDisk(theirs.data) + 64 * KiB);
+  });
+
   it('a discard gives its clusters back; clusters still in a snapshot stay', async () => {
     const p = t.path('discard.qcow2');
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '32M']);

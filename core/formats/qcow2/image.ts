@@ -287,9 +287,14 @@ export class Qcow2Image
    */
   private async giveBackFreed(): Promise<void> {
     if (!this.freed.size) return;
+    await this.writeBackDurably();
+    await this.freed.punch(this.proto, this.refcounts);
+  }
+
+  /** Puts every metadata change on disk (under the lock): what no table maps any more may then be punched. */
+  private async writeBackDurably(): Promise<void> {
     await this.writeBack();
     await this.proto.flush();
-    await this.freed.punch(this.proto, this.refcounts);
   }
 
   /** Clears the dirty mark once everything is on disk (a clean close, or after a repair). */
@@ -1137,6 +1142,11 @@ export class Qcow2Image
         if (!decodeL1(this.l1[l1i], cs, l1i).offset) continue;
         const first = l1i * this.l2Entries;
         await this.remap(first * cs, (first + Math.min(this.l2Entries, total - first)) * cs, () => UNALLOCATED);
+      }
+      // An external data file's clusters are not counted: what they held is given back here.
+      if (this.externalData) {
+        await this.writeBackDurably();
+        await this.data.discard(0, Math.min(this.size, await this.data.size()));
       }
     });
   }
