@@ -39,6 +39,15 @@ export function optionList(p: Parsed, name = 'options'): Record<string, string> 
   return Object.assign({}, ...list.map(parseOptionList));
 }
 
+/** -b/-B FILE and -F FMT name a new image's backing file; as in qemu-img, they win over -o backing_file/backing_fmt. */
+export function withBackingArgs(p: Parsed, options: Record<string, string>): Record<string, string> {
+  const file = str(p, 'backing');
+  const format = str(p, 'backing-format');
+  if (file !== undefined) options.backing_file = file;
+  if (format !== undefined) options.backing_fmt = format;
+  return options;
+}
+
 export function sizeArg(p: Parsed, name: string, what: string): number | undefined {
   const v = str(p, name);
   return v === undefined ? undefined : parseSize(v, what);

@@ -9,6 +9,7 @@ import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
 import { copySpans, DEFAULT_COPY_OPTIONS, type CopyOptions, type CopySpan } from './copy.js';
 import { copyInWorkers } from './copy-workers.js';
+import { requireBackingFormat } from './create.js';
 import type { CacheMode } from '../io/protocol.js';
 import type { JobContext } from './job.js';
 
@@ -100,10 +101,14 @@ export async function copyIntoTarget(
   const driver = findDriver(opts.targetFormat ?? 'raw');
   const values = resolveOptions(createOptionsOf(driver), { ...opts.options }, driver.name);
   delete values.size; // the size is the sources' size
+  requireBackingFormat(values.backing_file, values.backing_fmt, { path: opts.target });
   let created: NewImage | undefined;
   try {
     created = await createImage(opts.target, driver, size, values, { cache });
-    await copyAll(created.image, { ...copy, targetIsZero: true });
+    // A new image reads as zeros, unless it has a backing file: then only
+    // the sources' own layers are copied over what that file holds.
+    const backed = created.image.backing !== undefined;
+    await copyAll(created.image, { ...copy, targetIsZero: !backed, targetHasBacking: backed });
     await created.commit({ durable });
   } catch (err) {
     await created?.abort();
@@ -119,6 +124,7 @@ export function copyOptionsFrom(opts: Partial<CopyOptions>): CopyOptions {
     parallel: opts.parallel ?? d.parallel,
     outOfOrder: opts.outOfOrder ?? d.outOfOrder,
     targetIsZero: opts.targetIsZero ?? d.targetIsZero,
+    targetHasBacking: opts.targetHasBacking ?? d.targetHasBacking,
     chunkSize: opts.chunkSize ?? d.chunkSize,
     rateLimit: opts.rateLimit ?? d.rateLimit,
     compress: opts.compress ?? d.compress,

@@ -144,7 +144,7 @@ async function inPlaceCopier(task: CopyTask): Promise<ChunkCopier> {
   const buf = takeBuffer(CHUNK);
   return {
     copy: async (chunk) => {
-      for (const run of await readChunk(chunk, buf, task.copy.sparseSize)) await writeRun(target, chunk, buf, run, task.copy);
+      for (const run of await readChunk(chunk, buf, task.copy)) await writeRun(target, chunk, buf, run, task.copy);
       return true;
     },
     finish: async () => {},

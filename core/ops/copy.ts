@@ -37,6 +37,12 @@ export interface CopyOptions {
   outOfOrder: boolean;
   /** The target already reads as zeros (a new image, or --target-is-zero). */
   targetIsZero: boolean;
+  /**
+   * The target reads from a backing file holding what the sources' backing
+   * files hold (convert -B, or -o backing_file): only what each source's own
+   * layer stores is copied, zeros included, as qemu-img convert does.
+   */
+  targetHasBacking: boolean;
   /** Bytes per request. */
   chunkSize: number;
   /** Bytes per second at most (qemu-img's -r); 0 for no limit. */
@@ -52,6 +58,7 @@ export const DEFAULT_COPY_OPTIONS: CopyOptions = {
   sparseSize: 4096,
   outOfOrder: false,
   targetIsZero: false,
+  targetHasBacking: false,
   chunkSize: 2 << 20,
   rateLimit: 0,
   compress: false,
@@ -93,12 +100,21 @@ export function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopyS
  * and which are zeros (chunk-relative runs). What the source's block status
  * calls zero is not read: those bytes of `buf` keep what they held. With a
  * `sparseSize` (-S), runs of whole zero blocks among the bytes read are
- * zeros too.
+ * zeros too. With `targetHasBacking`, bytes the source's backing files
+ * answer for are in no run: the target's backing file holds them.
  */
-export async function readChunk(chunk: CopySpan, buf: Uint8Array, sparseSize: number): Promise<Run[]> {
+export async function readChunk(
+  chunk: CopySpan,
+  buf: Uint8Array,
+  { sparseSize, targetHasBacking }: Pick<CopyOptions, 'sparseSize' | 'targetHasBacking'>,
+): Promise<Run[]> {
   const runs: Run[] = [];
   for (let at = 0; at < chunk.length; ) {
     const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
+    if (targetHasBacking && st.depth > 0) {
+      at += st.length;
+      continue;
+    }
     if (st.zero) runs.push({ start: at, length: st.length, zero: true });
     else {
       const data = buf.subarray(at, at + st.length);
@@ -176,7 +192,7 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
             else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
           }
         } else {
-          for (const run of await readChunk(chunk, buf, opts.sparseSize)) writes.push(() => writeRun(target, chunk, buf, run, opts));
+          for (const run of await readChunk(chunk, buf, opts)) writes.push(() => writeRun(target, chunk, buf, run, opts));
         }
         if (!opts.outOfOrder) await prev;
         // A chunk's writes cover distinct bytes: they go out together, and

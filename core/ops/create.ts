@@ -1,5 +1,5 @@
 /** create: a new, empty image. */
-import { BlockError, toBlockError } from '../image/errors.js';
+import { BlockError, toBlockError, type ErrorContext } from '../image/errors.js';
 import { createImage, openImage, resolveNamedFile } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
 import { parseSize } from '../options/size.js';
@@ -25,6 +25,13 @@ export async function create(opts: CreateOptions, _ctx: JobContext = {}): Promis
   }
 }
 
+/** A backing file's format is given, never probed: a probed format written into a header is a security hole. */
+export function requireBackingFormat(backing: unknown, format: unknown, where?: ErrorContext): void {
+  if (backing !== undefined && format === undefined) {
+    throw new BlockError('InvalidArgument', 'a backing file needs its format too (-F FMT)', where);
+  }
+}
+
 async function createFile(opts: CreateOptions): Promise<{ size: number; options: OptionValues }> {
   const driver = findDriver(opts.format ?? 'raw');
   if (!driver.create) throw new BlockError('Unsupported', `${driver.name} images cannot be created (read-only format)`);
@@ -32,10 +39,8 @@ async function createFile(opts: CreateOptions): Promise<{ size: number; options:
   const values = resolveOptions(createOptionsOf(driver), given, driver.name);
   let size = opts.size ?? (given.size !== undefined ? parseSize(given.size) : undefined);
   const backing = typeof values.backing_file === 'string' ? values.backing_file : undefined;
+  requireBackingFormat(backing, values.backing_fmt);
   if (backing !== undefined) {
-    if (values.backing_fmt === undefined) {
-      throw new BlockError('InvalidArgument', 'a backing file needs its format too (-F FMT)');
-    }
     if (!opts.unsafe) {
       // The backing file must open, and gives the size when none was given.
       const base = await openImage(resolveNamedFile(opts.filename, backing), {

@@ -382,7 +382,8 @@ export async function copyChunkPlaced(
     if (pieces.length && pieces[pieces.length - 1] === from) pieces[pieces.length - 1] = to;
     else pieces.push(from, to);
   };
-  for (const { start, length, zero } of await readChunk(chunk, buf, opts.sparseSize)) {
+  // Clusters are placed only in a new image with no backing file: every byte is copied.
+  for (const { start, length, zero } of await readChunk(chunk, buf, { ...opts, targetHasBacking: false })) {
     if (!zero) addData(start, start + length);
     else if (!zeroFilled) {
       // Only clusters this range shares with data are written (whole): zero its parts of those.

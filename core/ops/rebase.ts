@@ -11,6 +11,7 @@ import { changesBacking } from '../image/driver.js';
 import { BlockError, throwIfAborted, toBlockError } from '../image/errors.js';
 import type { Image } from '../image/image.js';
 import { openImage, resolveNamedFile } from '../image/open.js';
+import { requireBackingFormat } from './create.js';
 import { ProgressMeter, type JobContext } from './job.js';
 import type { CacheMode } from '../io/protocol.js';
 import { readGuest } from './read-ahead.js';
@@ -37,10 +38,7 @@ const SECTOR = 512;
 export async function rebase(opts: RebaseOptions, ctx: JobContext = {}): Promise<void> {
   const backing = opts.backing || undefined;
   const where = { path: opts.filename, op: 'rebase' };
-  // Checked first: a probed format written into a header is a security hole.
-  if (backing !== undefined && opts.backingFormat === undefined) {
-    throw new BlockError('InvalidArgument', 'a backing file needs its format too (-F FMT)', where);
-  }
+  requireBackingFormat(backing, opts.backingFormat, where);
   const image = await openImage(opts.filename, {
     format: opts.format,
     readOnly: false,

@@ -1,7 +1,7 @@
 import { BlockError } from '../../image/errors.js';
 import { convert } from '../../ops/convert.js';
 import { parseOptionList } from '../../options/schema.js';
-import { cacheArg, flag, intArg, optionList, sizeArg, str } from '../args.js';
+import { cacheArg, flag, intArg, optionList, sizeArg, str, withBackingArgs } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
@@ -10,7 +10,7 @@ export const convertCommand: Command = {
   summary: 'copy one or more images (concatenated) into a new image of any format',
   copySources: (args) => args.positionals.slice(0, -1),
   usage:
-    '[-p] [--progress=json] [-q] [-n] [-c] [-l SNAPSHOT] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
+    '[-p] [--progress=json] [-q] [-n] [-c] [-l SNAPSHOT] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
   options: {
     ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
@@ -18,6 +18,9 @@ export const convertCommand: Command = {
     ...PROGRESS_FLAGS,
     'output-format': { type: 'string', short: 'O' },
     options: { type: 'string', short: 'o', multiple: true },
+    // The output's backing file: only what the sources' own layers hold is copied.
+    backing: { type: 'string', short: 'B' },
+    'backing-format': { type: 'string', short: 'F' },
     'no-create': { type: 'boolean', short: 'n' },
     sparse: { type: 'string', short: 'S' },
     parallel: { type: 'string', short: 'm' },
@@ -43,7 +46,7 @@ export const convertCommand: Command = {
         sourceFormat: str(args, 'format'),
         target,
         targetFormat: str(args, 'output-format') ?? 'raw',
-        options: optionList(args),
+        options: withBackingArgs(args, optionList(args)),
         noCreate,
         cache,
         targetIsZero: flag(args, 'target-is-zero') || undefined,

@@ -1,4 +1,4 @@
-import { expectPositionals, flag, optionList, str } from '../args.js';
+import { expectPositionals, flag, optionList, str, withBackingArgs } from '../args.js';
 import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
 import { create } from '../../ops/create.js';
 import { createOptionsOf, findDriver } from '../../image/registry.js';
@@ -20,11 +20,7 @@ export const createCommand: Command = {
   },
   async run(args, io) {
     const format = str(args, 'format') ?? 'raw';
-    const options = optionList(args);
-    const backing = str(args, 'backing');
-    const backingFormat = str(args, 'backing-format');
-    if (backing !== undefined) options.backing_file = backing;
-    if (backingFormat !== undefined) options.backing_fmt = backingFormat;
+    const options = withBackingArgs(args, optionList(args));
     if ('help' in options || '?' in options) {
       io.stdout.write(formatOptionsHelp(createOptionsOf(findDriver(format))));
       return 0;
