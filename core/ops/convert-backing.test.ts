@@ -32,11 +32,12 @@ describe.skipIf(!HAS_QEMU)('convert into an image with a backing file', () => {
   });
 
   it.each([
-    ['-B/-F', ['-B', 'mid.qcow2', '-F', 'qcow2']],
-    ['-o backing_file', ['-o', 'backing_file=mid.qcow2,backing_fmt=qcow2']],
-  ])('with %s: reads as the source, holds what qemu-img convert puts there', async (name, args) => {
-    const mine = `mine-${name.length}.qcow2`;
-    const theirs = `theirs-${name.length}.qcow2`;
+    ['-B/-F', 'flags', ['-B', 'mid.qcow2', '-F', 'qcow2']],
+    ['-o backing_file', 'options', ['-o', 'backing_file=mid.qcow2,backing_fmt=qcow2']],
+    ['-c -B/-F (whole clusters compressed)', 'compressed', ['-c', '-B', 'mid.qcow2', '-F', 'qcow2']],
+  ])('with %s: reads as the source, holds what qemu-img convert puts there', async (_name, tag, args) => {
+    const mine = `mine-${tag}.qcow2`;
+    const theirs = `theirs-${tag}.qcow2`;
     const r = await platter(['convert', '-O', 'qcow2', ...args, t.path('top.qcow2'), t.path(mine)]);
     expect(r.stderr).toBe('');
     sh('qemu-img', ['convert', '-O', 'qcow2', ...args, t.path('top.qcow2'), t.path(theirs)]);

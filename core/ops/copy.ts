@@ -128,6 +128,28 @@ export async function readChunk(
 }
 
 /**
+ * The parts of a chunk its source's own layer answers for, widened to whole
+ * clusters of the target (chunk-relative, in order): what a compressed copy
+ * into a target with a backing file writes, since it stores whole clusters.
+ */
+async function ownClusters(chunk: CopySpan, cluster: number): Promise<{ start: number; length: number }[]> {
+  const windows: { start: number; length: number }[] = [];
+  for (let at = 0; at < chunk.length; ) {
+    const st = await chunk.source.blockStatus(chunk.sourceOffset + at, chunk.length - at);
+    if (st.depth === 0) {
+      const from = chunk.targetOffset + at;
+      const start = Math.max(0, Math.floor(from / cluster) * cluster - chunk.targetOffset);
+      const end = Math.min(chunk.length, Math.ceil((from + st.length) / cluster) * cluster - chunk.targetOffset);
+      const last = windows[windows.length - 1];
+      if (last && start <= last.start + last.length) last.length = Math.max(last.length, end - last.start);
+      else windows.push({ start, length: end - start });
+    }
+    at += st.length;
+  }
+  return windows;
+}
+
+/**
  * Writes one run of a chunk (as readChunk describes it, its bytes in `buf`)
  * into the target: the bytes, or zeros unless the target already reads as
  * zeros; zeros become holes where -S allows.
@@ -184,12 +206,15 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
         const writes: (() => Promise<void>)[] = [];
         if (cluster) {
           // Compression happens here, in parallel; only the stores wait their turn.
-          const data = buf.subarray(0, chunk.length);
-          await readGuest(chunk.source, data, chunk.sourceOffset);
-          for (const run of zeroRuns(data, chunk.targetOffset, cluster)) {
-            const dst = chunk.targetOffset + run.start;
-            if (run.zero) writes.push(() => writeRun(target, chunk, buf, run, opts));
-            else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
+          const windows = opts.targetHasBacking ? await ownClusters(chunk, cluster) : [{ start: 0, length: chunk.length }];
+          for (const w of windows) {
+            const data = buf.subarray(w.start, w.start + w.length);
+            await readGuest(chunk.source, data, chunk.sourceOffset + w.start);
+            for (const run of zeroRuns(data, chunk.targetOffset + w.start, cluster)) {
+              const inChunk = { ...run, start: w.start + run.start };
+              if (run.zero) writes.push(() => writeRun(target, chunk, buf, inChunk, opts));
+              else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), chunk.targetOffset + inChunk.start));
+            }
           }
         } else {
           for (const run of await readChunk(chunk, buf, opts)) writes.push(() => writeRun(target, chunk, buf, run, opts));
