@@ -70,7 +70,9 @@ const DAMAGE: Record<RefcountDamage, (i: number) => string> = {
  */
 async function checkOnce(img: Qcow2Image, repair: RepairMode, log: Log, rebuilt = false): Promise<CheckReport> {
   const report: CheckReport = { ...emptyCheckReport(), totalClusters: Math.ceil(img.size / img.clusterSize) };
-  const tally = new Tally(img, await img.proto.size(), report, log);
+  // After a rebuild qemu-img compares the counts once more only to mend
+  // them: what this pass finds is not reported again, only what it repairs.
+  const tally = new Tally(img, await img.proto.size(), report, rebuilt ? () => undefined : log);
   await tally.countAll();
   const found = { corruptions: report.corruptions, leaks: report.leaks };
   const { differences, highest } = await compareCounts(tally);
