@@ -254,13 +254,14 @@ describe.skipIf(!HAS_QEMU)('qcow2 amend errors', () => {
     expect(readFileSync(p).equals(bytes)).toBe(true);
     expect(shStatus('qemu-img', ['amend', '-o', 'compat=0.10', p]).status).toBe(1);
   });
-  it('size on an image with snapshots (which Platter cannot resize yet, unlike qemu-img), before anything changes', async () => {
-    const p = makeImage();
+  it('size on a compat=0.10 image with snapshots (as qemu-img refuses it), before anything changes', async () => {
+    const p = makeImage({ compat: '0.10' });
     const bytes = readFileSync(p);
-    const r = await platter(['amend', '-o', 'lazy_refcounts=on,size=16M', p]);
+    const r = await platter(['amend', '-o', 'size=16M', p]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/an image with internal snapshots cannot be resized/);
+    expect(r.stderr).toMatch(/a compat=0.10 image with internal snapshots cannot be resized/);
     expect(readFileSync(p).equals(bytes)).toBe(true);
+    expect(shStatus('qemu-img', ['amend', '-o', 'size=16M', p]).stderr).toMatch(/Can't resize a v2 image which has snapshots/);
   });
   it('lazy_refcounts with compat=0.10', () => refused(['-o', 'compat=0.10,lazy_refcounts=on'], /lazy_refcounts needs compat=1.1/));
   it('an unknown option', () => refused(['-o', 'foo=1'], /qcow2 does not support option 'foo'/));

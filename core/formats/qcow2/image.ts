@@ -1337,7 +1337,10 @@ export class Qcow2Image
 
   /** Refuses a new size this image cannot take, before anything changes (resize, amend). */
   checkResize(size: number): void {
-    if (this.header.nbSnapshots > 0) throw new BlockError('Unsupported', 'an image with internal snapshots cannot be resized');
+    // Version 3 snapshots record their own disk size (applying one restores it); version 2 ones do not.
+    if (this.header.nbSnapshots > 0 && this.header.version < 3) {
+      throw new BlockError('Unsupported', 'a compat=0.10 image with internal snapshots cannot be resized');
+    }
     if (size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
   }
 

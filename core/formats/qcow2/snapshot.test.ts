@@ -1,5 +1,5 @@
 /** Internal snapshots both ways with qemu-img: listed, applied, deleted, exported; checks clean. */
-import { readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import type { Qcow2Image } from './image.js';
@@ -122,6 +122,44 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshots', () => {
       sh('qemu-img', ['convert', '-l', l, '-O', 'raw', p, ref]);
       expect(readFileSync(out).equals(readFileSync(ref))).toBe(true);
     }
+  });
+
+  it('an image with snapshots grows and shrinks as qemu-img resizes it; each snapshot keeps its own size', async () => {
+    const p = qemuImage('resize.qcow2');
+    const q = t.path('resize-qemu.qcow2');
+    copyFileSync(p, q);
+    const snapshotsBefore = ['one', 'two'].map((snap) => exported(p, snap));
+    const same = async () => {
+      clean(p);
+      expect(exported(p).equals(exported(q))).toBe(true);
+      for (const snap of ['one', 'two']) expect(exported(p, snap).equals(exported(q, snap)), snap).toBe(true);
+      // Platter exports a snapshot at the size it was taken at (qemu-img: at the image's size now).
+      for (const [i, snap] of ['one', 'two'].entries()) {
+        const out = t.path(`resized-${snap}.raw`);
+        expect((await platter(['convert', '-l', snap, '-O', 'raw', p, out])).code).toBe(0);
+        expect(readFileSync(out).equals(snapshotsBefore[i]), snap).toBe(true);
+      }
+    };
+
+    expect((await platter(['resize', p, '24M'])).code).toBe(0);
+    sh('qemu-img', ['resize', '-q', q, '24M']);
+    await same();
+    // The grown area takes data, through the active view only.
+    const img = await openImage(p, { format: 'qcow2', readOnly: false });
+    await img.write(new Uint8Array(65536).fill(6), 20 * MiB);
+    await img.close();
+    sh('qemu-io', ['-c', 'write -P 6 20M 64k', q]);
+    await same();
+
+    expect((await platter(['resize', '--shrink', p, '4M'])).code).toBe(0);
+    sh('qemu-img', ['resize', '-q', '--shrink', q, '4M']);
+    await same();
+
+    // Applying a snapshot brings back its size.
+    expect((await platter(['snapshot', '-a', 'one', p])).code).toBe(0);
+    sh('qemu-img', ['snapshot', '-a', 'one', q]);
+    expect(JSON.parse(sh('qemu-img', ['info', '--output=json', p]))['virtual-size']).toBe(8 * MiB);
+    await same();
   });
 
   it('refuses snapshots where refcounts cannot count two, changing nothing', async () => {
