@@ -27,7 +27,8 @@ export const mapCommand: Command = {
       },
       { signal: io.signal },
     );
-    io.stdout.write(out === 'json' ? jsonMap(entries) : humanMap(entries));
+    if (out === 'json') io.stdout.write(jsonMap(entries));
+    else humanMap(entries, (line) => io.stdout.write(line));
     return 0;
   },
 };
@@ -43,9 +44,13 @@ function jsonMap(entries: MapEntry[]): string {
 
 const hex = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`);
 
-/** Only stored data is listed, with where it lives in which file. */
-function humanMap(entries: MapEntry[]): string {
-  let text = `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`;
+/**
+ * Only stored data is listed, with where it lives in which file. Data with
+ * no plain offset ends the list with an error, the lines before it printed,
+ * as qemu-img does.
+ */
+function humanMap(entries: MapEntry[], print: (line: string) => void): void {
+  print(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
   for (const e of entries) {
     if (!e.data || e.zero) continue;
     if (e.offset === undefined) {
@@ -53,7 +58,6 @@ function humanMap(entries: MapEntry[]): string {
         path: e.filename,
       });
     }
-    text += `${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${e.filename}\n`;
+    print(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${e.filename}\n`);
   }
-  return text;
 }

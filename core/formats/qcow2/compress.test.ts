@@ -60,6 +60,18 @@ describe.skipIf(!HAS_QEMU)('convert -c', () => {
     expect((await platter(['map', '--output=json', out])).stdout).toBe(sh('qemu-img', ['map', '--output=json', out]));
   });
 
+  it('human map lists the data before the first compressed cluster, then fails, as qemu-img does', async () => {
+    const p = t.path('partly-compressed.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '8M']);
+    sh('qemu-io', ['-c', 'write -P 1 0 1M', '-c', 'write -P 2 2M 64k', '-c', 'write -c -P 3 4M 64k', '-c', 'write -P 4 6M 64k', p]);
+    const ours = await platter(['map', p]);
+    const theirs = shStatus('qemu-img', ['map', p]);
+    expect(ours.stdout).toBe(theirs.stdout);
+    expect(ours.stdout.trim().split('\n')).toHaveLength(3);
+    expect(ours.code).toBe(theirs.status);
+    expect(ours.stderr).toMatch(/compressed or encrypted data/);
+  });
+
   it.each(['zlib', 'zstd'])('reads what qemu-img compresses with %s, and says so in info', async (type) => {
     const out = t.path(`q-${type}.qcow2`);
     sh('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', `compression_type=${type}`, src, out]);
