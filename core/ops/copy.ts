@@ -212,8 +212,9 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
             await readGuest(chunk.source, data, chunk.sourceOffset + w.start);
             for (const run of zeroRuns(data, chunk.targetOffset + w.start, cluster)) {
               const inChunk = { ...run, start: w.start + run.start };
+              const dst = chunk.targetOffset + inChunk.start;
               if (run.zero) writes.push(() => writeRun(target, chunk, buf, inChunk, opts));
-              else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), chunk.targetOffset + inChunk.start));
+              else writes.push(await target.compressClusters(data.subarray(run.start, run.start + run.length), dst));
             }
           }
         } else {
