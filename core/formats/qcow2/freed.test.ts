@@ -206,7 +206,7 @@ describe.skipIf(!HAS_QEMU)('qcow2: freed clusters go back to the file system', (
     // Every compressed piece rewritten: their host clusters are freed.
     for (let b = 0; b < 4; b++) await fill(b, 0x10 + b);
     await discard(4);
-    // Before any flush: new data takes the clusters block 4 just gave up.
+    // Before any flush: new data takes clusters freed just now.
     await fill(8, 0x20);
     await img.createSnapshot('s');
     await fill(5, 0x21);
