@@ -165,6 +165,15 @@ export class Image {
   }
 
   /**
+   * Bytes this image's own files take on their storage (its backing chain's
+   * not counted; qemu-img info's actual-size), when the storage tells.
+   */
+  async allocatedSize(): Promise<number | undefined> {
+    const own = await this.protocol.allocatedSize();
+    return own === undefined ? undefined : own + ((await this.info()).otherFilesAllocated ?? 0);
+  }
+
+  /**
    * What the run of bytes at `offset` (at most `length`) is, looking down the
    * backing chain for ranges this layer leaves unallocated.
    */

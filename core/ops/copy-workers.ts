@@ -64,9 +64,10 @@ const YIELD_EVERY = 20;
 /**
  * The same in a placed copy, where the calling thread also serves the
  * workers' requests: well within the 8 MiB (a few ms of copying) a worker
- * holds in its slots. Measured on the 2 GiB bench image into qcow2: after
- * every chunk, the turns took 110-140 ms of the calling thread's 650; every
- * 5 ms, 60-75 ms.
+ * holds in its slots in a copy of 256 MiB of data or more (runBytesFor;
+ * smaller copies have smaller runs, and may wait for them). Measured on
+ * the 2 GiB bench image into qcow2: after every chunk, the turns took
+ * 110-140 ms of the calling thread's 650; every 5 ms, 60-75 ms.
  */
 const SERVE_EVERY = 5;
 
@@ -343,6 +344,24 @@ function threadedTarget(spans: CopySpan[], target: Image): { placement?: Cluster
 }
 
 /**
+ * What the sources and their backing chains take on their storage: about
+ * the data a copy of them writes (less where they are compressed, more
+ * where they hold metadata or written zeros). Undefined when some storage
+ * does not tell.
+ */
+async function storedBytes(sources: Image[]): Promise<number | undefined> {
+  const layers = new Set<Image>();
+  for (const source of sources) for (let layer: Image | undefined = source; layer; layer = layer.backing) layers.add(layer);
+  let total = 0;
+  for (const layer of layers) {
+    const size = await layer.allocatedSize();
+    if (size === undefined) return undefined;
+    total += size;
+  }
+  return total;
+}
+
+/**
  * Copies `spans` into `target` on this thread and worker threads when that
  * applies (a raw target or a new one that places clusters, sources and
  * target reopenable, no compression or rate limit, enough data); returns
@@ -400,7 +419,7 @@ export async function copyInWorkers(
     if (how.placement) {
       const { clusterSize } = how.placement;
       const clusters = spans.reduce((n, s) => n + Math.ceil(s.length / clusterSize), 0);
-      metadata = await PlacementService.start(how.placement, target.protocol, workers, clusters, fail);
+      metadata = await PlacementService.start(how.placement, target.protocol, workers, clusters, await storedBytes(sources), fail);
       task.placed = metadata.share;
     }
     const runThread = async (worker: number) => {

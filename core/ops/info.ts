@@ -45,8 +45,7 @@ export async function info(opts: InfoOptions, _ctx: JobContext = {}): Promise<Im
 
 async function describe(image: Image): Promise<ImageInfo> {
   const details = await image.info();
-  const own = await image.protocol.allocatedSize();
-  const actual = own === undefined ? undefined : own + (details.otherFilesAllocated ?? 0);
+  const actual = await image.allocatedSize();
   const ref = image.layer.backingRef;
   // Built key by key so JSON.stringify prints qemu-img's order.
   const out = {} as ImageInfo;
