@@ -49,9 +49,9 @@ async function describe(image: Image): Promise<ImageInfo> {
   const ref = image.layer.backingRef;
   // Built key by key so JSON.stringify prints qemu-img's order.
   const out = {} as ImageInfo;
+  if (ref?.format !== undefined) out['backing-filename-format'] = ref.format;
   const snapshots = listSnapshots(image);
   if (snapshots.length) out.snapshots = snapshots;
-  if (ref?.format !== undefined) out['backing-filename-format'] = ref.format;
   out['virtual-size'] = image.size;
   out.filename = image.filename;
   if (details.clusterSize !== undefined) out['cluster-size'] = details.clusterSize;

@@ -44,6 +44,16 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshots', () => {
     expect((await platter(['info', '--output=json', p])).stdout).toBe(sh('qemu-img', ['info', '--output=json', p]));
   });
 
+  it('info on an image with snapshots and a backing file prints what qemu-img prints, key for key', async () => {
+    const base = qemuImage('listed-base.qcow2');
+    const p = t.path('listed-top.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', p]);
+    sh('qemu-img', ['snapshot', '-c', 'top', p]);
+    for (const args of [['info'], ['info', '--output=json'], ['info', '--output=json', '--backing-chain']]) {
+      expect((await platter([...args, p])).stdout, args.join(' ')).toBe(sh('qemu-img', [...args, p]));
+    }
+  });
+
   it.each([['cluster_size=65536'], ['cluster_size=512'], ['compat=0.10'], ['cluster_size=4096,refcount_bits=64']])(
     'applies and deletes qemu-img snapshots (%s), checks clean',
     async (opts) => {
