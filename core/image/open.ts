@@ -80,6 +80,16 @@ async function checkFileAllowed(imagePath: string, what: string, name: string, r
   }
 }
 
+/**
+ * A file an image names (its backing file, its data file, an extent) that
+ * is not there: said of the image, whose user may never have heard of the
+ * file. Other errors pass as they are (they name the file already).
+ */
+function missingPart(err: unknown, imageName: string, what: string, file: string, fileDisplayName: string): unknown {
+  if (!(err instanceof BlockError) || err.kind !== 'NotFound' || err.context.path !== fileDisplayName) return err;
+  return new BlockError('NotFound', `cannot open its ${what} ${file}: ${err.message}`, { path: imageName, op: 'open' }, err);
+}
+
 /** Opens an image and its backing chain. */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<Image> {
   return openChain(filename, opts, []);
@@ -99,7 +109,10 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
     const openFile = async (file: string, o: { readOnly: boolean; what: string }) => {
       const path = resolveNamedFile(filename, file);
       await checkFileAllowed(name, o.what, file, path, opts.allowExternalFiles ?? false);
-      return openProtocol(path, { readOnly: o.readOnly, displayName: resolveNamedFile(name, file), cache, blocking });
+      const displayName = resolveNamedFile(name, file);
+      return openProtocol(path, { readOnly: o.readOnly, displayName, cache, blocking }).catch((err: unknown) => {
+        throw missingPart(err, name, o.what, file, displayName);
+      });
     };
     const layer = await driver.open(proto, { readOnly, snapshot: opts.snapshot, repair: opts.repair, forCheck: opts.forCheck, openFile });
     if (opts.snapshot !== undefined && !hasSnapshots(layer)) {
@@ -118,17 +131,14 @@ async function openChain(filename: string, opts: OpenOptions, above: string[]): 
         if (above.length >= MAX_BACKING_DEPTH) {
           throw new BlockError('Unsupported', `the backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { path: name });
         }
+        const displayName = resolveNamedFile(name, ref.filename);
         backing = await openChain(
           path,
-          {
-            format: ref.format,
-            readOnly: true,
-            allowExternalFiles: opts.allowExternalFiles,
-            displayName: resolveNamedFile(name, ref.filename),
-            blocking,
-          },
+          { format: ref.format, readOnly: true, allowExternalFiles: opts.allowExternalFiles, displayName, blocking },
           chain,
-        );
+        ).catch((err: unknown) => {
+          throw missingPart(err, name, 'backing file', ref.filename, displayName);
+        });
         layer.setBacking(backing);
       }
     } catch (err) {

@@ -7,8 +7,8 @@ import { listSnapshots } from './snapshot.js';
 
 /** `qemu-img info --output=json`'s object, key for key. */
 export interface ImageInfo {
-  snapshots?: SnapshotInfo[];
   'backing-filename-format'?: string;
+  snapshots?: SnapshotInfo[];
   'virtual-size': number;
   filename: string;
   'cluster-size'?: number;
@@ -31,6 +31,8 @@ export async function info(opts: InfoOptions, _ctx: JobContext = {}): Promise<Im
   const image = await openImage(opts.filename, {
     format: opts.format,
     allowExternalFiles: opts.allowExternalFiles,
+    // Nothing of the backing file is shown unless asked for: an image whose backing file is missing is described, as qemu-img does.
+    noBacking: !opts.backingChain,
   });
   try {
     const out: ImageInfo[] = [];
