@@ -12,6 +12,7 @@ import { copySpans, DEFAULT_COPY_OPTIONS } from './copy.js';
 import { map } from './map.js';
 
 const MiB = 1 << 20;
+const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils');
 let t: ReturnType<typeof tempDir>;
 beforeEach(() => (t = tempDir()));
 afterEach(() => t.cleanup());
@@ -32,7 +33,7 @@ const dataRanges = async (p: string) =>
   (await map({ filename: p })).filter((e) => e.data).map((e) => [e.start, e.length]);
 
 describe('convert', () => {
-  it('turns written zeros into holes by default, and keeps them with -S 0', async () => {
+  it('turns written zeros into holes by default; -S 0 allocates every byte, holes included, as qemu-img does', async () => {
     const src = source();
     expect((await platter(['convert', src, t.path('sparse.raw')])).code).toBe(0);
     expect(await dataRanges(t.path('sparse.raw'))).toEqual([
@@ -40,16 +41,24 @@ describe('convert', () => {
       [6 * MiB, 64 * 1024],
     ]);
     expect((await platter(['convert', '-S', '0', src, t.path('dense.raw')])).code).toBe(0);
-    expect(await dataRanges(t.path('dense.raw'))).toEqual([
-      [MiB, MiB],
-      [3 * MiB, MiB],
-      [6 * MiB, 64 * 1024],
-    ]);
+    expect(await dataRanges(t.path('dense.raw'))).toEqual([[0, 8 * MiB]]);
     for (const out of ['sparse.raw', 'dense.raw']) {
       expect(readFileSync(t.path(out)).equals(readFileSync(src))).toBe(true);
     }
     // The zeros took no blocks either: map cannot tell a hole from blocks allocated and never written.
     expect(statSync(t.path('sparse.raw')).blocks * 512).toBeLessThan(MiB + 64 * 1024 + MiB / 2);
+    expect(statSync(t.path('dense.raw')).blocks * 512).toBeGreaterThanOrEqual(8 * MiB);
+  });
+
+  it.skipIf(!HAS_QEMU)('-S 0 into qcow2: every cluster allocated, as qemu-img convert -S 0 leaves it', async () => {
+    const src = source();
+    const ours = t.path('dense.qcow2');
+    const theirs = t.path('dense-qemu.qcow2');
+    expect((await platter(['convert', '-S', '0', '-O', 'qcow2', src, ours])).code).toBe(0);
+    expect(shStatus('qemu-img', ['convert', '-S', '0', '-O', 'qcow2', src, theirs]).status).toBe(0);
+    const allocation = (p: string) => JSON.parse(shStatus('qemu-img', ['check', '--output=json', p]).stdout)['allocated-clusters'];
+    expect(allocation(ours)).toBe(128);
+    expect(allocation(ours)).toBe(allocation(theirs));
   });
 
   it.each([['-W'], ['-m', '1'], ['-m', '16', '-W']])('gives the same bytes with %s', async (...flags) => {

@@ -21,7 +21,11 @@ export interface CopySpan {
 }
 
 export interface CopyOptions {
-  /** Zero runs at least this long (and aligned) become holes; 0 writes every byte. */
+  /**
+   * Zero runs at least this long (and aligned) become holes; 0 writes every
+   * byte, zeros the source does not store included (qemu-img's -S 0: a
+   * fully allocated target), except what a target's backing file holds.
+   */
   sparseSize: number;
   /**
    * Chunks in flight (qemu-img's -m); by default 8, or 3 when the target
@@ -98,7 +102,8 @@ export function* chunksOf(spans: CopySpan[], chunkSize: number): Generator<CopyS
 /**
  * Reads `chunk` into `buf` and says, in order, which of its bytes are data
  * and which are zeros (chunk-relative runs). What the source's block status
- * calls zero is not read: those bytes of `buf` keep what they held. With a
+ * calls zero is not read: those bytes of `buf` keep what they held, or,
+ * with a `sparseSize` of 0, are zeroed and called data. With a
  * `sparseSize` (-S), runs of whole zero blocks among the bytes read are
  * zeros too. With `targetHasBacking`, bytes the source's backing files
  * answer for are in no run: the target's backing file holds them.
@@ -115,7 +120,10 @@ export async function readChunk(
       at += st.length;
       continue;
     }
-    if (st.zero) runs.push({ start: at, length: st.length, zero: true });
+    if (st.zero && sparseSize === 0) {
+      buf.fill(0, at, at + st.length);
+      runs.push({ start: at, length: st.length, zero: false });
+    } else if (st.zero) runs.push({ start: at, length: st.length, zero: true });
     else {
       const data = buf.subarray(at, at + st.length);
       await chunk.source.read(data, chunk.sourceOffset + at);
@@ -210,7 +218,9 @@ export async function copySpans(spans: CopySpan[], target: Image, opts: CopyOpti
           for (const w of windows) {
             const data = buf.subarray(w.start, w.start + w.length);
             await readGuest(chunk.source, data, chunk.sourceOffset + w.start);
-            for (const run of zeroRuns(data, chunk.targetOffset + w.start, cluster)) {
+            // -S 0: zero clusters are stored (compressed) too, as qemu-img does.
+            const runs = opts.sparseSize === 0 ? [{ start: 0, length: w.length, zero: false }] : zeroRuns(data, chunk.targetOffset + w.start, cluster);
+            for (const run of runs) {
               const inChunk = { ...run, start: w.start + run.start };
               const dst = chunk.targetOffset + inChunk.start;
               if (run.zero) writes.push(() => writeRun(target, chunk, buf, inChunk, opts));

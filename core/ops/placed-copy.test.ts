@@ -136,7 +136,7 @@ describe.skipIf(!hasQemu)('copy on threads into a new qcow2', () => {
     ['1-bit refcounts', ['-o', 'refcount_bits=1']],
     ['64-bit refcounts', ['-o', 'refcount_bits=64']],
     ['lazy refcounts', ['-o', 'lazy_refcounts=on']],
-    ['-S 0: every data cluster, zeros included', ['-S', '0']],
+    ['-S 0: every cluster, holes included', ['-S', '0']],
     ['-S 1M (in-process: zero blocks bigger than a chunk)', ['-S', '1M']],
   ];
   it.each(variants)('%s: clean, identical, and mapped as the in-process copy maps it', (label, opts) => {
