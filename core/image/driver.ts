@@ -238,7 +238,7 @@ export interface Snapshots {
   listSnapshots(): SnapshotInfo[];
   createSnapshot(name: string): Promise<void>;
   applySnapshot(idOrName: string): Promise<void>;
-  deleteSnapshot(idOrName: string): Promise<void>;
+  deleteSnapshot(name: string): Promise<void>;
 }
 export function hasSnapshots(img: FormatImage): img is FormatImage & Snapshots {
   return typeof (img as Partial<Snapshots>).listSnapshots === 'function';

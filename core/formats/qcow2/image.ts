@@ -991,9 +991,9 @@ export class Qcow2Image
     await applySnapshot(this, idOrName);
   }
 
-  async deleteSnapshot(idOrName: string): Promise<void> {
+  async deleteSnapshot(name: string): Promise<void> {
     this.checkWritable();
-    await deleteSnapshot(this, idOrName);
+    await deleteSnapshot(this, name);
   }
 
   /**

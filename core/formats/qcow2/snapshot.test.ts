@@ -213,6 +213,31 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshots', () => {
     }
   });
 
+  it('applies by ID or name but deletes by name only, as qemu-img: an ID that is another name never deletes the wrong one', async () => {
+    const names = (p: string) => sh('qemu-img', ['snapshot', '-l', p]).split('\n').slice(2, -1).map((l) => l.split(/\s+/).slice(0, 2).join(' '));
+    const make = (name: string) => {
+      const p = t.path(name);
+      sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '1M']);
+      // IDs 1, 2 and 3 named '2', '1' and 'x'.
+      for (const [tag, fill] of [['2', 1], ['1', 2], ['x', 3]] as const) {
+        sh('qemu-io', ['-c', `write -P ${fill} 0 64k`, p]);
+        sh('qemu-img', ['snapshot', '-c', tag, p]);
+      }
+      return p;
+    };
+    const [ours, theirs] = [make('ids-platter.qcow2'), make('ids-qemu.qcow2')];
+    expect((await platter(['snapshot', '-d', '1', ours])).code).toBe(0);
+    sh('qemu-img', ['snapshot', '-d', '1', theirs]);
+    expect(names(ours)).toEqual(['1 2', '3 x']);
+    expect(names(ours)).toEqual(names(theirs));
+    const r = await platter(['snapshot', '-d', '3', ours]);
+    expect(r).toMatchObject({ code: 1, stderr: `platter: ${ours}: no snapshot named '3' (snapshots are deleted by name: ID 3 is 'x')\n` });
+    // Apply takes the ID first: ID 1 is the snapshot named '2', whose data is 1s.
+    expect((await platter(['snapshot', '-a', '1', ours])).code).toBe(0);
+    expect(exported(ours).subarray(0, 64 * 1024).every((b) => b === 1)).toBe(true);
+    clean(ours);
+  });
+
   it('unknown snapshots and formats without snapshots give one line', async () => {
     const p = qemuImage('errors.qcow2');
     const r = await platter(['snapshot', '-a', 'nope', p]);

@@ -14,10 +14,24 @@ import { switchRefcounts } from './refcount-switch.js';
 import { readSnapshotTable, serializeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
 import { encodeTable, readTable } from './tables.js';
 
-/** qemu-img finds a snapshot by ID first, then by name. */
+/** qemu-img finds a snapshot to apply or read by ID first, then by name. */
 export function findSnapshot(img: Qcow2Image, key: string): SnapshotEntry {
   const sn = img.snapshots.find((s) => s.id === key) ?? img.snapshots.find((s) => s.name === key);
   if (!sn) throw new BlockError('NotFound', `no snapshot named '${key}'`);
+  return sn;
+}
+
+/**
+ * qemu-img deletes a snapshot by name only, the first of that name: an ID
+ * that is also another snapshot's name must not delete the wrong one.
+ */
+function findSnapshotNamed(img: Qcow2Image, name: string): SnapshotEntry {
+  const sn = img.snapshots.find((s) => s.name === name);
+  if (!sn) {
+    const withId = img.snapshots.find((s) => s.id === name);
+    const hint = withId ? ` (snapshots are deleted by name: ID ${name} is '${withId.name}')` : '';
+    throw new BlockError('NotFound', `no snapshot named '${name}'${hint}`);
+  }
   return sn;
 }
 
@@ -251,8 +265,8 @@ export async function applySnapshot(img: Qcow2Image, key: string): Promise<void>
   });
 }
 
-export async function deleteSnapshot(img: Qcow2Image, key: string): Promise<void> {
-  const sn = findSnapshot(img, key);
+export async function deleteSnapshot(img: Qcow2Image, name: string): Promise<void> {
+  const sn = findSnapshotNamed(img, name);
   await img.exclusive(async () => {
     const snapL1 = await readTable(img.proto, sn.l1TableOffset, sn.l1Size);
     // Its tables and what they reach lose its references; the active view
