@@ -312,10 +312,17 @@ export function isEmptiable(img: FormatImage): img is FormatImage & Emptiable {
   return typeof (img as Partial<Emptiable>).makeEmpty === 'function';
 }
 
+/**
+ * An internal snapshot: a text is an ID or, failing that, a name (qemu-img's
+ * -l TEXT, snapshot -a); an object matches what it gives, exactly (qemu-img's
+ * -l snapshot.id=ID,snapshot.name=NAME, either or both).
+ */
+export type SnapshotKey = string | { id?: string; name?: string };
+
 export interface DriverOpenOptions {
   readOnly: boolean;
-  /** Open this internal snapshot's content (by ID or name), read-only. */
-  snapshot?: string;
+  /** Open this internal snapshot's content, read-only. */
+  snapshot?: SnapshotKey;
   /** Opened by check to repair it: allowed even when marked corrupt. */
   repair?: boolean;
   /** Opened by check: damage that open would refuse is left for check to report. */

@@ -5,7 +5,7 @@ import { openProtocol } from '../io/open.js';
 import { PendingFile } from '../io/pending-file.js';
 import type { CacheMode, Protocol } from '../io/protocol.js';
 import { type OptionValues } from '../options/schema.js';
-import { hasBacking, hasSnapshots, type FormatDriver } from './driver.js';
+import { hasBacking, hasSnapshots, type FormatDriver, type SnapshotKey } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { Image } from './image.js';
 import { readProbeInput } from './probe.js';
@@ -25,7 +25,7 @@ export interface OpenOptions {
   /** Open only this layer, ignoring its backing file (qemu-img's -u). */
   noBacking?: boolean;
   /** Read an internal snapshot instead of the current content (read-only). */
-  snapshot?: string;
+  snapshot?: SnapshotKey;
   /** Open to repair (check -r): formats allow this even on images marked corrupt. */
   repair?: boolean;
   /** Opened by check: damage the format refuses at open is left for check to report. */

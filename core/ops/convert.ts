@@ -2,6 +2,7 @@
  * convert: copy one or more images (concatenated) into a new image of any
  * writable format, or into an existing one with `noCreate`.
  */
+import type { SnapshotKey } from '../image/driver.js';
 import { BlockError } from '../image/errors.js';
 import type { Image } from '../image/image.js';
 import { createImage, openImage, type NewImage } from '../image/open.js';
@@ -20,7 +21,7 @@ export interface ConvertOptions extends Partial<CopyOptions> {
   /** Open backing files outside the images' folders. */
   allowExternalFiles?: boolean;
   /** Copy this internal snapshot of the (single) source (`-l`). */
-  snapshot?: string;
+  snapshot?: SnapshotKey;
   sources: string[];
   /** Format of every source; probed when omitted. */
   sourceFormat?: string;

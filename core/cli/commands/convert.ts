@@ -1,3 +1,4 @@
+import type { SnapshotKey } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import { convert } from '../../ops/convert.js';
 import { parseOptionList } from '../../options/schema.js';
@@ -64,13 +65,12 @@ export const convertCommand: Command = {
   },
 };
 
-/** -l takes a snapshot's ID or name, or qemu-img's "snapshot.id=ID" / "snapshot.name=NAME". */
-function snapshotParam(text: string | undefined): string | undefined {
+/** -l takes a snapshot's ID or name, or qemu-img's "snapshot.id=ID", "snapshot.name=NAME" or both (then both must match). */
+function snapshotParam(text: string | undefined): SnapshotKey | undefined {
   if (text === undefined || !text.includes('=')) return text;
-  const opts = parseOptionList(text);
-  const key = opts['snapshot.id'] ?? opts['snapshot.name'];
-  if (key === undefined || Object.keys(opts).length !== 1) {
-    throw new BlockError('InvalidArgument', `invalid snapshot parameter '${text}' (use snapshot.id=ID or snapshot.name=NAME)`);
+  const { 'snapshot.id': id, 'snapshot.name': name, ...rest } = parseOptionList(text);
+  if ((id === undefined && name === undefined) || Object.keys(rest).length) {
+    throw new BlockError('InvalidArgument', `invalid snapshot parameter '${text}' (use snapshot.id=ID, snapshot.name=NAME or both)`);
   }
-  return key;
+  return { id, name };
 }

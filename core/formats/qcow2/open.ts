@@ -1,6 +1,6 @@
 /** Opening a qcow2 image: header, L1 table, refcount table, all validated. */
 import { BlockError } from '../../image/errors.js';
-import type { DriverOpenOptions } from '../../image/driver.js';
+import type { DriverOpenOptions, SnapshotKey } from '../../image/driver.js';
 import type { Protocol } from '../../io/protocol.js';
 import { Qcow2Bitmaps } from './bitmaps.js';
 import { parseHeader, peekClusterBits } from './header.js';
@@ -16,7 +16,7 @@ import { readTable } from './tables.js';
 export async function openQcow2(
   proto: Protocol,
   readOnly: boolean,
-  snapshot?: string,
+  snapshot?: SnapshotKey,
   repair = false,
   openFile?: DriverOpenOptions['openFile'],
   /** Opened by check: damaged refcount table entries are left for check to report and repair. */
@@ -61,11 +61,11 @@ export async function openQcow2(
 }
 
 /** A read-only image whose active view is the snapshot's L1 table and size. */
-async function snapshotView(image: Qcow2Image, key: string): Promise<Qcow2Image> {
+async function snapshotView(image: Qcow2Image, key: SnapshotKey): Promise<Qcow2Image> {
   const sn = findSnapshot(image, key);
   const header = { ...image.header, size: sn.diskSize ?? image.header.size, l1Size: sn.l1Size, l1TableOffset: sn.l1TableOffset };
   const need = Math.ceil(header.size / image.clusterSize / image.l2Entries);
-  if (sn.l1Size < need) throw new BlockError('Corrupt', `snapshot '${key}' has an L1 table too small for its size`);
+  if (sn.l1Size < need) throw new BlockError('Corrupt', `snapshot '${sn.name}' (ID ${sn.id}) has an L1 table too small for its size`);
   const l1 = await readTable(image.proto, sn.l1TableOffset, sn.l1Size);
   return new Qcow2Image(image.proto, header, l1, image.refcounts, true, image.snapshots, image.externalData ? image.data : undefined);
 }

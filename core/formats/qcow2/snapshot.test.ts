@@ -1,11 +1,11 @@
 /** Internal snapshots both ways with qemu-img: listed, applied, deleted, exported; checks clean. */
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import type { Qcow2Image } from './image.js';
 import { platter } from '../../test/cli.js';
 import { CLEAN, problems, qemuCheck } from '../../test/qemu.js';
-import { hasTool, sh, tempDir } from '../../test/tmp.js';
+import { hasTool, sh, shStatus, tempDir } from '../../test/tmp.js';
 
 const MiB = 1 << 20;
 const HAS_QEMU = hasTool('qemu-img', 'apt-get install qemu-utils') && hasTool('qemu-io', 'apt-get install qemu-utils');
@@ -123,6 +123,31 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshots', () => {
     for (const at of [1, 2, 3]) expect([data[at * MiB], data[at * MiB + 100]]).toEqual([at + 2, 9]);
   });
 
+  /** Snapshots with IDs 1, 2 and 3 named '2', '1' and 'x', holding 1s, 2s and 3s. */
+  function namedLikeIds(name: string): string {
+    const p = t.path(name);
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '1M']);
+    for (const [tag, fill] of [['2', 1], ['1', 2], ['x', 3]] as const) {
+      sh('qemu-io', ['-c', `write -P ${fill} 0 64k`, p]);
+      sh('qemu-img', ['snapshot', '-c', tag, p]);
+    }
+    return p;
+  }
+
+  it('convert -l picks the snapshot qemu-img picks: snapshot.name by name only, snapshot.id by ID only, both when both are given', async () => {
+    const p = namedLikeIds('pick.qcow2');
+    for (const l of ['snapshot.name=1', 'snapshot.id=1', '1', 'snapshot.id=1,snapshot.name=2', 'snapshot.id=1,snapshot.name=1']) {
+      const [out, ref] = [t.path('pick.raw'), t.path('pick.qemu.raw')];
+      const r = await platter(['convert', '-l', l, '-O', 'raw', p, out]);
+      const q = shStatus('qemu-img', ['convert', '-l', l, '-O', 'raw', p, ref]);
+      expect(r.code, l).toBe(q.status);
+      if (q.status === 0) expect(readFileSync(out).equals(readFileSync(ref)), l).toBe(true);
+      else expect(r.stderr).toBe(`platter: ${p}: no snapshot with ID 1 and name '1'\n`);
+      rmSync(out, { force: true });
+      rmSync(ref, { force: true });
+    }
+  });
+
   it('convert -l exports a snapshot like qemu-img convert -l', async () => {
     const p = qemuImage('export.qcow2');
     for (const l of ['snapshot.name=one', 'two', 'snapshot.id=1']) {
@@ -215,17 +240,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshots', () => {
 
   it('applies by ID or name but deletes by name only, as qemu-img: an ID that is another name never deletes the wrong one', async () => {
     const names = (p: string) => sh('qemu-img', ['snapshot', '-l', p]).split('\n').slice(2, -1).map((l) => l.split(/\s+/).slice(0, 2).join(' '));
-    const make = (name: string) => {
-      const p = t.path(name);
-      sh('qemu-img', ['create', '-q', '-f', 'qcow2', p, '1M']);
-      // IDs 1, 2 and 3 named '2', '1' and 'x'.
-      for (const [tag, fill] of [['2', 1], ['1', 2], ['x', 3]] as const) {
-        sh('qemu-io', ['-c', `write -P ${fill} 0 64k`, p]);
-        sh('qemu-img', ['snapshot', '-c', tag, p]);
-      }
-      return p;
-    };
-    const [ours, theirs] = [make('ids-platter.qcow2'), make('ids-qemu.qcow2')];
+    const [ours, theirs] = [namedLikeIds('ids-platter.qcow2'), namedLikeIds('ids-qemu.qcow2')];
     expect((await platter(['snapshot', '-d', '1', ours])).code).toBe(0);
     sh('qemu-img', ['snapshot', '-d', '1', theirs]);
     expect(names(ours)).toEqual(['1 2', '3 x']);

@@ -4,7 +4,7 @@
  * Every operation builds the new state beside the old one and switches to
  * it with one header write (switchView), so a crash leaves leaks, not damage.
  */
-import type { SnapshotInfo } from '../../image/driver.js';
+import type { SnapshotInfo, SnapshotKey } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import type { Qcow2Header } from './header.js';
 import { decodeL1, hostOf } from './l2.js';
@@ -14,10 +14,19 @@ import { switchRefcounts } from './refcount-switch.js';
 import { readSnapshotTable, serializeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
 import { encodeTable, readTable } from './tables.js';
 
-/** qemu-img finds a snapshot to apply or read by ID first, then by name. */
-export function findSnapshot(img: Qcow2Image, key: string): SnapshotEntry {
-  const sn = img.snapshots.find((s) => s.id === key) ?? img.snapshots.find((s) => s.name === key);
-  if (!sn) throw new BlockError('NotFound', `no snapshot named '${key}'`);
+/** The snapshot to apply or read (see SnapshotKey): a text is tried as an ID first, then as a name, as qemu-img does. */
+export function findSnapshot(img: Qcow2Image, key: SnapshotKey): SnapshotEntry {
+  if (typeof key === 'string') {
+    const sn = img.snapshots.find((s) => s.id === key) ?? img.snapshots.find((s) => s.name === key);
+    if (!sn) throw new BlockError('NotFound', `no snapshot named '${key}'`);
+    return sn;
+  }
+  const { id, name } = key;
+  const sn = img.snapshots.find((s) => (id === undefined || s.id === id) && (name === undefined || s.name === name));
+  if (!sn) {
+    const wanted = [id !== undefined ? `ID ${id}` : '', name !== undefined ? `name '${name}'` : ''].filter(Boolean).join(' and ');
+    throw new BlockError('NotFound', `no snapshot with ${wanted}`);
+  }
   return sn;
 }
 
