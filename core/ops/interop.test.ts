@@ -200,6 +200,13 @@ describe.skipIf(!HAS_QEMU)('interop with qemu-img', () => {
     expect(shStatus('qemu-img', ['resize', '-f', 'raw', f, '1M']).status).toBe(1);
     expect((await platter(['resize', '--shrink', f, '-5M'])).code).toBe(0);
     expect(statSync(f).size).toBe(MiB);
+    // A negative size after "--" (qemu-img takes both forms), and a size of 0, refused as qemu-img refuses it.
+    expect((await platter(['resize', '--shrink', f, '--', '-512K'])).code).toBe(0);
+    expect(statSync(f).size).toBe(MiB / 2);
+    expect(await platter(['resize', '--shrink', f, '-512K'])).toMatchObject({ code: 1, stderr: `platter: ${f}: the new size must be positive\n` });
+    expect(shStatus('qemu-img', ['resize', '-f', 'raw', '--shrink', f, '-512K']).status).toBe(1);
+    expect(statSync(f).size).toBe(MiB / 2);
+    expect((await platter(['resize', f, '1M'])).code).toBe(0);
     expect((await platter(['resize', '--preallocation=full', f, '3M'])).code).toBe(0);
     expect(statSync(f).blocks * 512).toBeGreaterThanOrEqual(2 * MiB);
   });

@@ -21,7 +21,8 @@ export async function resize(opts: ResizeOptions, _ctx: JobContext = {}): Promis
   try {
     const size = opts.relative ? image.size + opts.size : opts.size;
     const ctx = { path: opts.filename, op: 'resize' };
-    if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('InvalidArgument', 'the new size would be negative', ctx);
+    // qemu-img's rule too: a size of 0 would only lose the data.
+    if (!Number.isSafeInteger(size) || size <= 0) throw new BlockError('InvalidArgument', 'the new size must be positive', ctx);
     if (size < image.size && !opts.shrink) {
       throw new BlockError('InvalidArgument', 'shrinking deletes the data past the new end; use --shrink to do it', ctx);
     }

@@ -10,8 +10,9 @@ export const resizeCommand: Command = {
   summary: 'change the virtual size of an image (shrinking needs --shrink)',
   usage: '[-q] [-f FMT] [--preallocation=off|metadata|falloc|full] [--shrink] FILE [+|-]SIZE',
   options: { ...FORMAT_OPTION, ...OPEN_OPTIONS, ...QUIET_OPTION, preallocation: { type: 'string' }, shrink: { type: 'boolean' } },
-  // "-5M" is a size, not a flag (as in qemu-img).
-  preprocess: (argv) => (/^-\d/.test(argv[argv.length - 1] ?? '') ? [...argv.slice(0, -1), '--', argv[argv.length - 1]] : argv),
+  // "-5M" is a size, not a flag (as in qemu-img), unless it already follows "--".
+  preprocess: (argv) =>
+    /^-\d/.test(argv[argv.length - 1] ?? '') && argv[argv.length - 2] !== '--' ? [...argv.slice(0, -1), '--', argv[argv.length - 1]] : argv,
   async run(args, io) {
     const [filename, sizeText] = expectPositionals(args, 2, 2, 'an image file and a size');
     const sign = sizeText[0] === '+' ? 1 : sizeText[0] === '-' ? -1 : 0;
