@@ -1360,12 +1360,19 @@ export class Qcow2Image
         );
       }
       await this.bitmaps?.beforeResize(size);
+      const needL1 = Math.ceil(size / cs / this.l2Entries);
       if (size < old) {
         const first = Math.ceil(size / cs);
         const last = Math.ceil(old / cs);
         if (last > first) await this.remap(first * cs, last * cs, () => UNALLOCATED);
+        // L2 tables wholly past the new end map nothing any more: QEMU frees them too (the L1 table keeps its size).
+        for (let i = this.l1.length - 1; i >= needL1; i--) {
+          const { offset } = decodeL1(this.l1[i], cs, i);
+          if (!offset) continue;
+          await this.setL1(i, 0n);
+          await this.refcounts.free(offset, 1);
+        }
       }
-      const needL1 = Math.ceil(size / cs / this.l2Entries);
       if (needL1 > this.l1.length) await this.growL1(needL1);
       if (overBacking) {
         const zeroStart = Math.min(size, Math.ceil(old / cs) * cs);
@@ -1379,7 +1386,21 @@ export class Qcow2Image
       // A raw data file stays the size of the guest.
       if (this.rawData) await this.data.truncate(size);
       if (opts.prealloc !== 'off' && size > old) await this.preallocateLocked(opts.prealloc, old);
+      if (size < old) await this.trimFile();
     });
+  }
+
+  /**
+   * After a shrink, the file gives back what the image no longer uses, as
+   * QEMU's does: refcount blocks that count nothing else are dropped, and
+   * the file ends after its last cluster in use (Refcounts.trimEnd).
+   */
+  private async trimFile(): Promise<void> {
+    await this.giveBackFreed();
+    await this.writeBackDurably();
+    await this.refcounts.dropEmptyBlocks();
+    const end = await this.refcounts.trimEnd();
+    if (end < (await this.proto.size())) await this.proto.truncate(end);
   }
 
   /** Moves the L1 table to a bigger place (written before the header points at it). */

@@ -677,6 +677,47 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       expectIdentical(model, img);
     });
 
+    it.each([
+      ['64 KiB clusters', 'cluster_size=65536', '1M'],
+      ['512-byte clusters (refcount blocks past the end dropped)', 'cluster_size=512', '512'],
+      ['512-byte clusters, 64-bit refcounts', 'cluster_size=512,refcount_bits=64', '16M'],
+      ['4 KiB clusters, 1-bit refcounts', 'cluster_size=4096,refcount_bits=1', '1M'],
+    ])('a shrink gives the file back as qemu-img does (%s): the same file size, no more disk', async (label, opts, size) => {
+      const [ours, theirs] = ['ours', 'theirs'].map((who) => {
+        const p = t.path(`shrink-${label.replace(/\W+/g, '-')}-${who}.qcow2`);
+        sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', opts, p, '32M']);
+        qemuIo(p, ['write -P 1 0 1M', 'write -P 3 15M 2M', 'write -P 2 31M 1M']);
+        return p;
+      });
+      expect((await platter(['resize', '--shrink', ours, size])).code).toBe(0);
+      sh('qemu-img', ['resize', '--shrink', theirs, size]);
+      expectClean(ours);
+      expect(shStatus('qemu-img', ['compare', ours, theirs]).status).toBe(0);
+      expect(statSync(ours).size).toBe(statSync(theirs).size);
+      expect(statSync(ours).blocks).toBeLessThanOrEqual(statSync(theirs).blocks);
+    });
+
+    it('a shrink of an image with a snapshot keeps what the snapshot holds and ends the file as qemu-img does', async () => {
+      const [ours, theirs] = ['ours', 'theirs'].map((who) => {
+        const p = t.path(`shrink-snap-${who}.qcow2`);
+        sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', p, '32M']);
+        qemuIo(p, ['write -P 1 0 1M', 'write -P 2 31M 1M']);
+        sh('qemu-img', ['snapshot', '-c', 's', p]);
+        qemuIo(p, ['write -P 4 30M 1M']);
+        return p;
+      });
+      expect((await platter(['resize', '--shrink', ours, '1M'])).code).toBe(0);
+      sh('qemu-img', ['resize', '--shrink', theirs, '1M']);
+      expectClean(ours);
+      expect(statSync(ours).size).toBe(statSync(theirs).size);
+      const snapshot = (p: string) => {
+        const out = `${p}.s.raw`;
+        sh('qemu-img', ['convert', '-l', 's', '-O', 'raw', p, out]);
+        return readFileSync(out);
+      };
+      expect(snapshot(ours).equals(snapshot(theirs))).toBe(true);
+    });
+
     it('growing over a longer backing file shows zeros in the new area, as qemu-img resize does', async () => {
       for (const [cs, oldSize] of [['64K', '1M'], ['64K', String(MiB + 3 * 512)], ['512', '1000448']]) {
         const ours = t.path(`rb-${cs}-${oldSize}.qcow2`);

@@ -284,6 +284,60 @@ export class Refcounts {
     return this.dirty.size;
   }
 
+  /**
+   * Drops the blocks that count no cluster but (at most) their own: their
+   * table entries are cleared on disk, durably, before a block that counts
+   * one of them drops that count, so a crash leaks at most.
+   */
+  async dropEmptyBlocks(): Promise<void> {
+    if (this.dirty.size) throw new Error('dropEmptyBlocks needs the counts written back');
+    const empty: number[] = [];
+    for (let bi = 0; bi < this.table.length; bi++) {
+      const off = this.table[bi];
+      const b = off ? await this.block(bi) : undefined;
+      if (!b) continue;
+      const self = off / this.clusterSize;
+      const own = Math.floor(self / this.perBlock) === bi ? self % this.perBlock : -1;
+      let used = false;
+      for (let i = 0; i < this.perBlock && !used; i++) used = i !== own && readRefcount(b, i, this.bits) !== 0;
+      if (!used) empty.push(bi);
+    }
+    if (!empty.length) return;
+    const zero = new Uint8Array(8);
+    for (const bi of empty) await this.proto.write(zero, this.location.offset + bi * 8);
+    await this.proto.flush();
+    for (const bi of empty) {
+      const off = this.table[bi];
+      const self = off / this.clusterSize;
+      this.table[bi] = 0;
+      this.blockOffsets.delete(off);
+      this.cache.delete(off);
+      this.lastBlock = undefined;
+      // A block counted by another: that count goes (one in its own range went with it).
+      if (Math.floor(self / this.perBlock) !== bi) await this.update(self, 1, -1);
+      else this.onFreed?.(self);
+      this.freeHint = Math.min(this.freeHint, self);
+    }
+  }
+
+  /** Lowers the end of the image to just past its last cluster in use, and returns it in bytes. */
+  async trimEnd(): Promise<number> {
+    let last = -1;
+    for (let bi = Math.min(this.table.length, Math.ceil(this.end / this.perBlock)) - 1; bi >= 0 && last < 0; bi--) {
+      const b = await this.block(bi);
+      if (!b) continue;
+      for (let i = this.perBlock - 1; i >= 0; i--) {
+        if (readRefcount(b, i, this.bits) !== 0) {
+          last = bi * this.perBlock + i;
+          break;
+        }
+      }
+    }
+    this.end = Math.min(this.end, last + 1);
+    this.freeHint = Math.min(this.freeHint, this.end);
+    return this.end * this.clusterSize;
+  }
+
   /** Writes the counts held in memory only. */
   async writeBack(): Promise<void> {
     for (const [offset, { from, to }] of this.dirty) {
