@@ -1,16 +1,17 @@
 /**
  * qemu-img amend for qcow2: the version (compat), lazy refcounts, the
- * refcount width and the size of an existing image. The steps run in QEMU's
- * order: upgrade first (the others may need version 3), then the refcount
- * width, lazy refcounts and size, and the downgrade last (once the others
- * have removed what version 2 cannot hold). What would be refused is
- * refused before the first step changes anything.
+ * refcount width, the size, and the name and rawness of an external data
+ * file. The steps run in QEMU's order: upgrade first (the others may need
+ * version 3), then the refcount width, the data file, lazy refcounts and
+ * size, and the downgrade last (once the others have removed what version
+ * 2 cannot hold). What would be refused is refused before the first step
+ * changes anything.
  */
 import type { AmendProgress } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import type { OptionValues } from '../../options/schema.js';
 import { expandZeroClusters } from './expand-zero.js';
-import { featureTableFor } from './header.js';
+import { featureTableFor, serializeHeader } from './header.js';
 import type { Qcow2Image } from './image.js';
 import * as L from './limits.js';
 import { switchRefcounts } from './refcount-switch.js';
@@ -40,6 +41,7 @@ export async function amendQcow2(img: Qcow2Image, o: OptionValues, progress: Ame
   }
   if (size !== img.size) img.checkResize(size);
   if (version < h.version) checkDowngrade(img, order, size);
+  const dataFile = dataFileChange(img, o);
 
   // Progress: the version and refcount width changes are the long steps.
   const steps = Number(version !== h.version) + Number(order !== h.refcountOrder) || 1;
@@ -54,6 +56,11 @@ export async function amendQcow2(img: Qcow2Image, o: OptionValues, progress: Ame
     await img.exclusive(() => switchRefcounts(img, { order, progress: stepProgress }));
     step++;
   }
+  if (dataFile) {
+    Object.assign(h, dataFile);
+    await img.writeHeader();
+    await img.proto.flush();
+  }
   if (o.lazy_refcounts !== undefined && o.lazy_refcounts !== lazy) {
     if (!o.lazy_refcounts) await img.markClean();
     h.compatible = o.lazy_refcounts ? h.compatible | L.COMPAT_LAZY_REFCOUNTS : h.compatible & ~L.COMPAT_LAZY_REFCOUNTS;
@@ -63,6 +70,26 @@ export async function amendQcow2(img: Qcow2Image, o: OptionValues, progress: Ame
   if (size !== img.size) await img.resize(size, { prealloc: 'off', shrink: true });
   if (version < h.version) await downgrade(img, stepProgress);
   progress(steps, steps);
+}
+
+/**
+ * The header fields a change of data_file or data_file_raw sets, checked as
+ * QEMU checks them; undefined when nothing changes. A data file can be
+ * renamed (the file itself is not touched: moving it is the user's part),
+ * and stop being kept raw, but an image cannot gain one or become raw.
+ */
+function dataFileChange(img: Qcow2Image, o: OptionValues): { dataFile: string; autoclear: bigint } | undefined {
+  const h = img.header;
+  if (o.data_file === undefined && o.data_file_raw === undefined) return undefined;
+  if (o.data_file !== undefined && !img.externalData) throw invalid('data_file can only be set for images that use an external data file');
+  if (o.data_file === '') throw invalid('data_file cannot be emptied: the image could not be opened without it');
+  if (o.data_file_raw === true && !img.rawData) throw invalid('data_file_raw cannot be set on existing images');
+  const dataFile = (o.data_file as string | undefined) ?? h.dataFile!;
+  const autoclear = o.data_file_raw === false ? h.autoclear & ~L.AUTOCLEAR_DATA_FILE_RAW : h.autoclear;
+  if (dataFile === h.dataFile && autoclear === h.autoclear) return undefined;
+  // Refused here, before any step, when the name does not fit in the header.
+  serializeHeader({ ...h, dataFile, autoclear });
+  return { dataFile, autoclear };
 }
 
 /** What QEMU refuses to downgrade to version 2, refused before any step runs. */

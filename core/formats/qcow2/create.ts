@@ -59,7 +59,7 @@ export const QCOW2_CREATE_OPTIONS: readonly OptionDecl[] = [
   { name: 'extended_l2', type: 'bool', default: false, help: 'Extended L2 tables' },
 ];
 
-const AMENDABLE = ['size', 'compat', 'backing_file', 'backing_fmt', 'lazy_refcounts', 'refcount_bits'];
+const AMENDABLE = ['size', 'compat', 'backing_file', 'backing_fmt', 'lazy_refcounts', 'refcount_bits', 'data_file', 'data_file_raw'];
 
 /**
  * The create options amend can change. Without defaults (what is left out

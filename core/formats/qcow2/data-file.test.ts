@@ -6,7 +6,7 @@
  * directory, Platter against the image's folder (as for backing files), so
  * qemu runs in the images' folder here and both find the same file.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
@@ -126,6 +126,36 @@ describe.skipIf(!HAS_QEMU)('qcow2 external data files', () => {
     expect(r.stderr).toBe(`platter: ${img}: ${message}\n`);
     expect(existsSync(img) || existsSync(t.path('x.data'))).toBe(false);
     expect(shStatus('qemu-img', ['create', '-f', 'qcow2', '-o', opts, t.path('q-refused.qcow2'), '1M']).status).toBe(1);
+  });
+
+  it('amend renames the data file and stops keeping it raw, refusing what qemu-img refuses', async () => {
+    // Two copies of one image, one amended by each tool, each over its own data file.
+    for (const who of ['ours', 'theirs']) {
+      qemu('create', '-q', '-f', 'qcow2', '-o', `data_file=${who}-old.data,data_file_raw=on`, `${who}.qcow2`, '2M');
+      qemuIo(`${who}.qcow2`, ['write -P 5 64k 64k']);
+      renameSync(t.path(`${who}-old.data`), t.path(`${who}-new.data`));
+    }
+    // The old name is gone: the image cannot be opened, so amend cannot run on it (nor qemu-img's).
+    expect((await platter(['amend', '-o', 'data_file=ours-new.data', t.path('ours.qcow2')])).code).toBe(1);
+    for (const who of ['ours', 'theirs']) renameSync(t.path(`${who}-new.data`), t.path(`${who}-old.data`));
+    const both = async (opts: (who: string) => string) => {
+      const r = await platter(['amend', '-o', opts('ours'), t.path('ours.qcow2')]);
+      const q = shStatus('qemu-img', ['amend', '-o', opts('theirs'), 'theirs.qcow2'], { cwd: t.dir });
+      expect(r.code, opts('ours')).toBe(q.status);
+      return r.code;
+    };
+    expect(await both((who) => `data_file=${who}-new.data,data_file_raw=off`)).toBe(0);
+    for (const who of ['ours', 'theirs']) renameSync(t.path(`${who}-old.data`), t.path(`${who}-new.data`));
+    expect(await both(() => 'data_file_raw=on')).toBe(1);
+    // qemu-img empties the name, leaving an image it opens only with --image-opts; Platter refuses.
+    expect((await platter(['amend', '-o', 'data_file=', t.path('ours.qcow2')])).stderr).toBe(
+      `platter: ${t.path('ours.qcow2')}: data_file cannot be emptied: the image could not be opened without it\n`,
+    );
+    const info = (who: string) => qemu('info', `${who}.qcow2`).replaceAll(who, 'X').replace(/disk size: .*\n/, '');
+    expect(info('ours')).toMatch(/data file: X-new\.data\n\s+data file raw: false/);
+    expect(info('ours')).toBe(info('theirs'));
+    expectClean('ours.qcow2');
+    expect(guest('ours.qcow2').equals(guest('theirs.qcow2'))).toBe(true);
   });
 
   it('no internal snapshots and no compressed clusters with a data file (as in qemu)', async () => {
