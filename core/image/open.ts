@@ -197,7 +197,8 @@ export async function createImage(
   driver: FormatDriver,
   size: number,
   options: OptionValues,
-  { cache }: { cache?: CacheMode } = {},
+  /** noBacking: the backing file the image names is not opened (create -u: it may not exist yet). */
+  { cache, noBacking }: { cache?: CacheMode; noBacking?: boolean } = {},
 ): Promise<NewImage> {
   const pending = new PendingFile(path);
   // Files the image names (a data file) are made next to it, under their
@@ -239,6 +240,7 @@ export async function createImage(
       displayName: path,
       cache,
       allowExternalFiles: true,
+      noBacking,
     });
     return {
       image,

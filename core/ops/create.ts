@@ -37,6 +37,9 @@ async function createFile(opts: CreateOptions): Promise<{ size: number; options:
   if (!driver.create) throw new BlockError('Unsupported', `${driver.name} images cannot be created (read-only format)`);
   const given = { ...opts.options };
   const values = resolveOptions(createOptionsOf(driver), given, driver.name);
+  if (opts.size !== undefined && given.size !== undefined) {
+    throw new BlockError('InvalidArgument', 'the image size must be given only once (as an argument or as -o size)', { path: opts.filename });
+  }
   let size = opts.size ?? (given.size !== undefined ? parseSize(given.size) : undefined);
   const backing = typeof values.backing_file === 'string' ? values.backing_file : undefined;
   requireBackingFormat(backing, values.backing_fmt);
@@ -52,7 +55,7 @@ async function createFile(opts: CreateOptions): Promise<{ size: number; options:
     }
   }
   if (size === undefined) throw new BlockError('InvalidArgument', 'the image size must be given', { path: opts.filename });
-  const created = await createImage(opts.filename, driver, size, values);
+  const created = await createImage(opts.filename, driver, size, values, { noBacking: opts.unsafe });
   try {
     await created.commit();
   } catch (err) {

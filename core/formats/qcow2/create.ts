@@ -106,7 +106,8 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     throw new BlockError('InvalidArgument', `compression_type=${o.compression_type} needs compat=1.1`);
   }
   checkExtendedL2(o);
-  if (req.size % 512 !== 0) throw new BlockError('InvalidArgument', 'the size of a qcow2 image must be a multiple of 512');
+  // Whole sectors, rounded up as qemu-img rounds them.
+  const size = Math.ceil(req.size / 512) * 512;
   const dataFileName = typeof o.data_file === 'string' ? o.data_file : undefined;
   const rawData = o.data_file_raw === true;
   if (rawData && dataFileName === undefined) throw new BlockError('InvalidArgument', 'data_file_raw needs data_file');
@@ -119,11 +120,11 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
     throw new BlockError('Unsupported', 'extended_l2 with an external data file is not supported');
   }
   const extended = o.extended_l2 === true;
-  const l1Size = l1EntriesFor(req.size, clusterSize, extended);
+  const l1Size = l1EntriesFor(size, clusterSize, extended);
   const header: Qcow2Header = {
     version,
     clusterBits,
-    size: req.size,
+    size,
     cryptMethod: 0,
     l1Size,
     l1TableOffset: 0,
@@ -188,7 +189,7 @@ export async function createQcow2(proto: Protocol, req: CreateRequest): Promise<
   if (dataFileName !== undefined) {
     if (!req.createFile) throw new BlockError('Unsupported', 'an external data file cannot be created here');
     dataFile = await req.createFile(dataFileName);
-    await dataFile.truncate(req.size, o.preallocation === 'falloc' || o.preallocation === 'full' ? o.preallocation : 'off');
+    await dataFile.truncate(size, o.preallocation === 'falloc' || o.preallocation === 'full' ? o.preallocation : 'off');
   }
   const image = new Qcow2Image(proto, header, new BigUint64Array(l1Size), refcounts, false, [], dataFile);
   // A raw data file needs every cluster mapped, or the qcow2 view would read zeros where it has data.

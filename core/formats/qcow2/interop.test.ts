@@ -817,5 +817,24 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       expect([info['backing-filename'], info['backing-filename-format']]).toEqual(['base.raw', 'raw']);
       expect((await platter(['hash', img])).stdout).toBe(`${sha256File(`${dir}/base.raw`)}  ${img}\n`);
     });
+
+    it('as qemu-img: -u with a backing file not there yet, a size rounded up to whole sectors, a size given once only', async () => {
+      const info = (img: string) => sh('qemu-img', ['info', '-U', img]).replace(/^image: .*\n/m, '').replace(/disk size: .*\n/, '');
+      for (const [label, args] of [
+        ['unsafe', ['-u', '-b', 'nothere.qcow2', '-F', 'qcow2']],
+        ['odd', ['-o', 'size=1000']],
+      ] as const) {
+        const [ours, theirs] = [t.path(`${label}-ours.qcow2`), t.path(`${label}-theirs.qcow2`)];
+        const size = label === 'odd' ? [] : ['16M'];
+        expect(await platter(['create', '-q', '-f', 'qcow2', ...args, ours, ...size]), label).toMatchObject({ code: 0, stderr: '' });
+        sh('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, theirs, ...size]);
+        expect(info(ours).replaceAll(ours, 'X')).toBe(info(theirs).replaceAll(theirs, 'X'));
+      }
+      expect(qemuInfo(t.path('odd-ours.qcow2'))['virtual-size']).toBe(1024);
+      const twice = t.path('twice.qcow2');
+      const r = await platter(['create', '-f', 'qcow2', '-o', 'size=4M', twice, '8M']);
+      expect(r).toMatchObject({ code: 1, stderr: `platter: ${twice}: the image size must be given only once (as an argument or as -o size)\n` });
+      expect(shStatus('qemu-img', ['create', '-f', 'qcow2', '-o', 'size=4M', t.path('q-twice.qcow2'), '8M']).status).toBe(1);
+    });
   });
 });
