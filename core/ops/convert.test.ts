@@ -128,10 +128,15 @@ describe('convert', () => {
     expect((await platter(['convert', '-m', '17', src, t.path('x.raw')])).stderr).toBe(
       'platter: parallel requests must be between 1 and 16\n',
     );
-    expect((await platter(['convert', '-S', '100', src, t.path('x.raw')])).stderr).toBe(
-      'platter: the sparse size (-S) must be a multiple of 512\n',
-    );
-    expect(existsSync(t.path('x.raw'))).toBe(false);
+    for (const bad of ['100', '17M']) {
+      expect((await platter(['convert', '-S', bad, src, t.path('x.raw')])).stderr).toBe(
+        'platter: the sparse size (-S) must be a multiple of 512 up to 16 MiB (0 allocates everything)\n',
+      );
+    }
+    expect((await platter(['convert', '-S', '16M', src, t.path('x.raw')])).code).toBe(0);
+    const compressed = await platter(['convert', '-c', '-O', 'qcow2', '-o', 'preallocation=metadata', src, t.path('x.qcow2')]);
+    expect(compressed.stderr).toBe(`platter: ${t.path('x.qcow2')}: compression (-c) and preallocation cannot be used together\n`);
+    expect(existsSync(t.path('x.qcow2'))).toBe(false);
   });
 
   it('writes a fully allocated target with -o preallocation=full', async () => {

@@ -17,6 +17,9 @@ import type { JobContext } from './job.js';
 /** Same bounds as qemu-img: at most 16 requests in flight. */
 export const MAX_PARALLEL = 16;
 
+/** The largest -S, as qemu-img's (32768 sectors). */
+const MAX_SPARSE_SIZE = 16 << 20;
+
 export interface ConvertOptions extends Partial<CopyOptions> {
   /** Open backing files outside the images' folders. */
   allowExternalFiles?: boolean;
@@ -102,6 +105,10 @@ export async function copyIntoTarget(
   const driver = findDriver(opts.targetFormat ?? 'raw');
   const values = resolveOptions(createOptionsOf(driver), { ...opts.options }, driver.name);
   delete values.size; // the size is the sources' size
+  // Compressed clusters go only where nothing is allocated yet: preallocation would leave no room for any.
+  if (copy.compress && values.preallocation !== undefined && values.preallocation !== 'off') {
+    throw new BlockError('InvalidArgument', 'compression (-c) and preallocation cannot be used together', { path: opts.target });
+  }
   requireBackingFormat(values.backing_file, values.backing_fmt, { path: opts.target });
   let created: NewImage | undefined;
   try {
@@ -136,8 +143,8 @@ export function copyOptionsFrom(opts: Partial<CopyOptions>): CopyOptions {
   if (copy.parallel !== undefined && (!Number.isInteger(copy.parallel) || copy.parallel < 1 || copy.parallel > MAX_PARALLEL)) {
     throw new BlockError('InvalidArgument', `parallel requests must be between 1 and ${MAX_PARALLEL}`);
   }
-  if (!Number.isSafeInteger(copy.sparseSize) || copy.sparseSize < 0 || copy.sparseSize % 512 !== 0) {
-    throw new BlockError('InvalidArgument', 'the sparse size (-S) must be a multiple of 512');
+  if (!Number.isSafeInteger(copy.sparseSize) || copy.sparseSize < 0 || copy.sparseSize % 512 !== 0 || copy.sparseSize > MAX_SPARSE_SIZE) {
+    throw new BlockError('InvalidArgument', 'the sparse size (-S) must be a multiple of 512 up to 16 MiB (0 allocates everything)');
   }
   return copy;
 }
