@@ -1,5 +1,6 @@
 /** Command-line parsing in qemu-img's style, on top of node:util's parseArgs. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { SnapshotKey } from '../image/driver.js';
 import { BlockError } from '../image/errors.js';
 import { CACHE_MODES, type CacheMode } from '../io/protocol.js';
 import { parseOptionList } from '../options/schema.js';
@@ -86,4 +87,15 @@ export function cacheArg(p: Parsed, name: string): CacheMode {
     throw new BlockError('InvalidArgument', `invalid cache mode '${v}' (allowed values: ${CACHE_MODES.join(', ')})`);
   }
   return v as CacheMode;
+}
+
+/** -l: a snapshot's ID or name, or qemu-img's "snapshot.id=ID", "snapshot.name=NAME" or both (then both must match). */
+export function snapshotArg(p: Parsed): SnapshotKey | undefined {
+  const text = str(p, 'snapshot');
+  if (text === undefined || !text.includes('=')) return text;
+  const { 'snapshot.id': id, 'snapshot.name': name, ...rest } = parseOptionList(text);
+  if ((id === undefined && name === undefined) || Object.keys(rest).length) {
+    throw new BlockError('InvalidArgument', `invalid snapshot parameter '${text}' (use snapshot.id=ID, snapshot.name=NAME or both)`);
+  }
+  return { id, name };
 }

@@ -1,9 +1,10 @@
 /** measure: how much room a new image of some format would need. */
 import { BlockError, throwIfAborted } from '../image/errors.js';
+import type { Image } from '../image/image.js';
 import { openImage } from '../image/open.js';
 import { createOptionsOf, findDriver } from '../image/registry.js';
 import { resolveOptions } from '../options/schema.js';
-import type { PersistentBitmap } from '../image/driver.js';
+import type { PersistentBitmap, SnapshotKey } from '../image/driver.js';
 import type { JobContext } from './job.js';
 
 export interface MeasureOptions {
@@ -11,9 +12,10 @@ export interface MeasureOptions {
   options?: Record<string, string>;
   /** Measure for an empty image of this size ... */
   size?: number;
-  /** ... or for a copy of this image. */
+  /** ... or for a copy of this image (of this internal snapshot of it). */
   filename?: string;
   format?: string;
+  snapshot?: SnapshotKey;
   allowExternalFiles?: boolean;
 }
 
@@ -22,6 +24,26 @@ export interface MeasureResult {
   bitmaps?: number;
   required: number;
   'fully-allocated': number;
+}
+
+interface Extent {
+  offset: number;
+  length: number;
+}
+
+/** The ranges of `image` holding data other than zeros, neighbours merged. */
+async function storedExtents(image: Image, ctx: JobContext): Promise<Extent[]> {
+  const extents: Extent[] = [];
+  for (let at = 0; at < image.size; ) {
+    throwIfAborted(ctx.signal);
+    const st = await image.blockStatus(at, image.size - at);
+    const last = extents[extents.length - 1];
+    const stored = st.data && !st.zero;
+    if (stored && last && last.offset + last.length === at) last.length += st.length;
+    else if (stored) extents.push({ offset: at, length: st.length });
+    at += st.length;
+  }
+  return extents;
 }
 
 export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promise<MeasureResult> {
@@ -33,21 +55,15 @@ export async function measure(opts: MeasureOptions, ctx: JobContext = {}): Promi
   const values = resolveOptions(createOptionsOf(driver), { ...opts.options }, driver.name);
   let size = opts.size ?? 0;
   let bitmaps: readonly PersistentBitmap[] | undefined;
-  const extents: { offset: number; length: number }[] = [];
+  let extents: Extent[] = [];
   if (opts.filename !== undefined) {
-    const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles });
+    const image = await openImage(opts.filename, { format: opts.format, allowExternalFiles: opts.allowExternalFiles, snapshot: opts.snapshot });
     try {
       size = image.size;
       bitmaps = (await image.info()).bitmaps;
-      for (let at = 0; at < size; ) {
-        throwIfAborted(ctx.signal);
-        const st = await image.blockStatus(at, size - at);
-        const last = extents[extents.length - 1];
-        const stored = st.data && !st.zero;
-        if (stored && last && last.offset + last.length === at) last.length += st.length;
-        else if (stored) extents.push({ offset: at, length: st.length });
-        at += st.length;
-      }
+      // A new image over a backing file of its own may share nothing with the
+      // source: every cluster may have to be written (QEMU assumes so too).
+      extents = values.backing_file === undefined ? await storedExtents(image, ctx) : [{ offset: 0, length: size }];
     } finally {
       await image.close();
     }

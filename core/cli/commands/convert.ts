@@ -1,8 +1,6 @@
-import type { SnapshotKey } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import { convert } from '../../ops/convert.js';
-import { parseOptionList } from '../../options/schema.js';
-import { cacheArg, flag, intArg, optionList, sizeArg, str, withBackingArgs } from '../args.js';
+import { cacheArg, flag, intArg, optionList, sizeArg, snapshotArg, str, withBackingArgs } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
@@ -57,20 +55,10 @@ export const convertCommand: Command = {
         allowExternalFiles: flag(args, 'allow-external-files'),
         rateLimit: sizeArg(args, 'rate-limit', 'rate limit'),
         compress: flag(args, 'compress'),
-        snapshot: snapshotParam(str(args, 'snapshot')),
+        snapshot: snapshotArg(args),
       },
       { signal: io.signal, onProgress: progressFromArgs(args, io) },
     );
     return 0;
   },
 };
-
-/** -l takes a snapshot's ID or name, or qemu-img's "snapshot.id=ID", "snapshot.name=NAME" or both (then both must match). */
-function snapshotParam(text: string | undefined): SnapshotKey | undefined {
-  if (text === undefined || !text.includes('=')) return text;
-  const { 'snapshot.id': id, 'snapshot.name': name, ...rest } = parseOptionList(text);
-  if ((id === undefined && name === undefined) || Object.keys(rest).length) {
-    throw new BlockError('InvalidArgument', `invalid snapshot parameter '${text}' (use snapshot.id=ID, snapshot.name=NAME or both)`);
-  }
-  return { id, name };
-}

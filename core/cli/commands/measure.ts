@@ -1,12 +1,12 @@
 import { BlockError } from '../../image/errors.js';
 import { measure } from '../../ops/measure.js';
-import { flag, optionList, outputFormat, sizeArg, str } from '../args.js';
+import { flag, optionList, outputFormat, sizeArg, snapshotArg, str } from '../args.js';
 import { FORMAT_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
 
 export const measureCommand: Command = {
   name: 'measure',
   summary: 'say how much room a new image of some format needs',
-  usage: '[--output=human|json] -O OUTPUT_FMT [-o OPTIONS] (--size N | [-f FMT] FILE)',
+  usage: '[--output=human|json] -O OUTPUT_FMT [-o OPTIONS] (--size N | [-f FMT] [-l SNAPSHOT] FILE)',
   options: {
     ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
@@ -14,6 +14,7 @@ export const measureCommand: Command = {
     'output-format': { type: 'string', short: 'O' },
     options: { type: 'string', short: 'o', multiple: true },
     size: { type: 'string' },
+    snapshot: { type: 'string', short: 'l' },
   },
   async run(args, io) {
     const out = outputFormat(args);
@@ -24,6 +25,7 @@ export const measureCommand: Command = {
       size: sizeArg(args, 'size', 'size'),
       filename: args.positionals[0],
       format: str(args, 'format'),
+      snapshot: snapshotArg(args),
       allowExternalFiles: flag(args, 'allow-external-files'),
     });
     io.stdout.write(

@@ -614,6 +614,21 @@ describe.skipIf(!HAS_QEMU)('qcow2 interop with qemu-img and qemu-io', () => {
       expect(ours.code).toBe(1);
     });
 
+    it('for a snapshot of a source (-l), and for a copy over a backing file of its own (every cluster counted)', async () => {
+      const img = t.path('measure-snap.qcow2');
+      sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', src, img]);
+      sh('qemu-img', ['snapshot', '-c', 'then', img]);
+      qemuIo(img, ['write -P 7 0 4M']);
+      for (const args of [
+        ['-l', 'then'],
+        ['-l', 'snapshot.name=then'],
+        ['-o', `backing_file=${img},backing_fmt=qcow2`],
+      ]) {
+        const all = ['-O', 'qcow2', ...args, img];
+        expect((await platter(['measure', ...all])).stdout, args.join(' ')).toBe(sh('qemu-img', ['measure', ...all]));
+      }
+    });
+
     it('for a qcow2 source, with the "bitmaps size" line qemu-img prints', async () => {
       const img = t.path('measure-src.qcow2');
       sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', src, img]);
