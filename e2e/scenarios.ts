@@ -43,6 +43,15 @@ export function appScenarios(ctx: ScenarioContext): void {
     await screenshot(ctx.page(), `${ctx.prefix}-inspector`);
   });
 
+  it('describes an image whose backing file is missing, and says which file where the chain would be', async () => {
+    const top = ctx.tmp.path('orphan.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', 'gone.qcow2', '-F', 'qcow2', top, '48M']);
+    await openInToolbar(top);
+    await expect.poll(() => ctx.page().getByTestId('virtual-size').textContent()).toContain('48 MiB');
+    await expect.poll(() => ctx.page().getByTestId('chain-error').textContent()).toContain('cannot open its backing file gone.qcow2');
+    await screenshot(ctx.page(), `${ctx.prefix}-missing-backing`);
+  });
+
   it('compacts a VDI from the inspector: zero blocks dropped, the map redrawn, qemu-img finds it clean', async () => {
     const vdi = ctx.tmp.path('packed.vdi');
     sh('qemu-img', ['create', '-q', '-f', 'vdi', vdi, '16M']);

@@ -74,7 +74,10 @@ export function Inspector({ path }: { path: string }) {
   // Bumped after an action changes the file, so what is shown is read again.
   const [version, setVersion] = useState(0);
   const key = `${path}#${version}`;
-  const info = useLoad(() => api().info({ path, backingChain: true }), key);
+  // The image alone, then its chain: a backing file that cannot be opened
+  // leaves the image described, and says so where the chain would be.
+  const info = useLoad(() => api().info({ path }), key);
+  const chain = useLoad(() => api().info({ path, backingChain: true }), key);
   const map = useLoad<MapExtent[]>(() => api().map({ path }), key);
   const top = info.value?.[0];
   const snapshots = useMemo(() => top?.snapshots ?? [], [top]);
@@ -109,9 +112,13 @@ export function Inspector({ path }: { path: string }) {
           </section>
           <section aria-labelledby="chain-title">
             <h3 id="chain-title">Backing chain</h3>
-            {info.value!.length > 1 ? (
+            {chain.error ? (
+              <p className="error" role="alert" data-testid="chain-error">{chain.error}</p>
+            ) : !chain.value ? (
+              <p className="muted">Reading the chain…</p>
+            ) : chain.value.length > 1 ? (
               <ol className="chain">
-                {info.value!.map((img, i) => (
+                {chain.value.map((img, i) => (
                   <li key={i}>{img.filename} <span className="muted">({img.format}, {formatSize(img['virtual-size'])})</span></li>
                 ))}
               </ol>
