@@ -89,6 +89,11 @@ export function cacheArg(p: Parsed, name: string): CacheMode {
   return v as CacheMode;
 }
 
+/** Checks -T (see SOURCE_CACHE_OPTION). */
+export function sourceCacheArg(p: Parsed): void {
+  cacheArg(p, 'source-cache');
+}
+
 /** -l: a snapshot's ID or name, or qemu-img's "snapshot.id=ID", "snapshot.name=NAME" or both (then both must match). */
 export function snapshotArg(p: Parsed): SnapshotKey | undefined {
   const text = str(p, 'snapshot');

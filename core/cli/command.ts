@@ -32,5 +32,12 @@ export interface Command {
 export const FORMAT_OPTION: OptionSpec = { format: { type: 'string', short: 'f' } };
 export const QUIET_OPTION: OptionSpec = { quiet: { type: 'boolean', short: 'q' } };
 
+/**
+ * qemu-img's -T: the cache mode of images only read. Platter reads through
+ * the page cache whatever it is (writeback and unsafe differ in flushes
+ * only); it is checked so that qemu-img's syntax keeps working (sourceCacheArg).
+ */
+export const SOURCE_CACHE_OPTION: OptionSpec = { 'source-cache': { type: 'string', short: 'T' } };
+
 /** Lets backing files outside the image's folder be opened. */
 export const OPEN_OPTIONS: OptionSpec = { 'allow-external-files': { type: 'boolean' } };

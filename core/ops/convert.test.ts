@@ -215,4 +215,13 @@ describe('convert -t', () => {
     const r = await platter(['convert', '-t', 'none', source(), t.path('x.raw')]);
     expect(r.stderr).toBe("platter: invalid cache mode 'none' (allowed values: writeback, unsafe)\n");
   });
+
+  it('takes qemu-img\'s -T (the sources\' cache mode) in convert, compare and check', async () => {
+    const src = source();
+    expect(await platter(['convert', '-T', 'unsafe', src, t.path('x.raw')])).toMatchObject({ code: 0, stderr: '' });
+    expect((await platter(['compare', '-T', 'writeback', src, t.path('x.raw')])).code).toBe(0);
+    expect((await platter(['check', '-T', 'writeback', src])).stderr).toBe(`platter: ${src}: raw images have no metadata to check\n`);
+    const r = await platter(['compare', '-T', 'none', src, t.path('x.raw')]);
+    expect(r).toMatchObject({ code: 2, stderr: "platter: invalid cache mode 'none' (allowed values: writeback, unsafe)\n" });
+  });
 });

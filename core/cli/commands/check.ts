@@ -2,8 +2,8 @@ import { REPAIR_MODES, type RepairMode } from '../../image/driver.js';
 import { BlockError } from '../../image/errors.js';
 import { check, type CheckResult } from '../../ops/check.js';
 import { printfFixed } from '../../options/size.js';
-import { expectPositionals, flag, outputFormat, str } from '../args.js';
-import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
+import { expectPositionals, flag, outputFormat, sourceCacheArg, str } from '../args.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, SOURCE_CACHE_OPTION, type Command } from '../command.js';
 
 /** qemu-img check's exit codes. */
 const EXIT = { clean: 0, failed: 1, corrupt: 2, leaks: 3, unsupported: 63 };
@@ -11,11 +11,20 @@ const EXIT = { clean: 0, failed: 1, corrupt: 2, leaks: 3, unsupported: 63 };
 export const checkCommand: Command = {
   name: 'check',
   summary: 'check an image for errors and leaks, optionally repair (exit 0 clean, 2 corrupt, 3 leaks)',
-  usage: '[-q] [-f FMT] [--output=human|json] [-r leaks|all] FILE',
-  options: { ...FORMAT_OPTION, ...QUIET_OPTION, ...OPEN_OPTIONS, output: { type: 'string' }, repair: { type: 'string', short: 'r' } },
+  usage: '[-q] [-f FMT] [-T SRC_CACHE] [--output=human|json] [-r leaks|all] FILE',
+  options: {
+    ...FORMAT_OPTION,
+    ...QUIET_OPTION,
+    ...OPEN_OPTIONS,
+    // A repair flushes whatever the mode: unsafe allows skipping flushes, it does not ask for it.
+    ...SOURCE_CACHE_OPTION,
+    output: { type: 'string' },
+    repair: { type: 'string', short: 'r' },
+  },
   async run(args, io) {
     const out = outputFormat(args);
     const [filename] = expectPositionals(args, 1, 1, 'one image file');
+    sourceCacheArg(args);
     const given = str(args, 'repair');
     if (given !== undefined && (given === 'none' || !(REPAIR_MODES as readonly string[]).includes(given))) {
       throw new BlockError('InvalidArgument', `-r must be leaks or all, not '${given}'`);

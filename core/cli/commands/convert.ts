@@ -1,7 +1,7 @@
 import { BlockError } from '../../image/errors.js';
 import { convert } from '../../ops/convert.js';
-import { cacheArg, flag, intArg, optionList, sizeArg, snapshotArg, str, withBackingArgs } from '../args.js';
-import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, type Command } from '../command.js';
+import { cacheArg, flag, intArg, optionList, sizeArg, snapshotArg, sourceCacheArg, str, withBackingArgs } from '../args.js';
+import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, SOURCE_CACHE_OPTION, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
 export const convertCommand: Command = {
@@ -9,7 +9,7 @@ export const convertCommand: Command = {
   summary: 'copy one or more images (concatenated) into a new image of any format',
   copySources: (args) => args.positionals.slice(0, -1),
   usage:
-    '[-p] [--progress=json] [-q] [-n] [-c] [-l SNAPSHOT] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] FILE [FILE2 ...] OUTPUT',
+    '[-p] [--progress=json] [-q] [-n] [-c] [-l SNAPSHOT] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM] [-W] [-r RATE_LIMIT] [-t writeback|unsafe] [-T SRC_CACHE] FILE [FILE2 ...] OUTPUT',
   options: {
     ...OPEN_OPTIONS,
     ...FORMAT_OPTION,
@@ -27,6 +27,7 @@ export const convertCommand: Command = {
     'target-is-zero': { type: 'boolean' },
     'rate-limit': { type: 'string', short: 'r' },
     cache: { type: 'string', short: 't' },
+    ...SOURCE_CACHE_OPTION,
     compress: { type: 'boolean', short: 'c' },
     snapshot: { type: 'string', short: 'l' },
   },
@@ -36,6 +37,7 @@ export const convertCommand: Command = {
     const target = args.positionals[args.positionals.length - 1];
     const noCreate = flag(args, 'no-create');
     const cache = cacheArg(args, 'cache');
+    sourceCacheArg(args);
     if (flag(args, 'target-is-zero') && !noCreate) {
       throw new BlockError('InvalidArgument', '--target-is-zero only applies to an existing target (-n)');
     }

@@ -1,7 +1,7 @@
 import { BlockError } from '../../image/errors.js';
 import { rebase } from '../../ops/rebase.js';
-import { cacheArg, expectPositionals, flag, str } from '../args.js';
-import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
+import { cacheArg, expectPositionals, flag, sourceCacheArg, str } from '../args.js';
+import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, SOURCE_CACHE_OPTION, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
 export const rebaseCommand: Command = {
@@ -17,7 +17,7 @@ export const rebaseCommand: Command = {
     'backing-format': { type: 'string', short: 'F' },
     unsafe: { type: 'boolean', short: 'u' },
     cache: { type: 'string', short: 't' },
-    'source-cache': { type: 'string', short: 'T' },
+    ...SOURCE_CACHE_OPTION,
   },
   async run(args, io) {
     const [filename] = expectPositionals(args, 1, 1, 'one image file');
@@ -26,8 +26,7 @@ export const rebaseCommand: Command = {
     if (backing === undefined && !unsafe) {
       throw new BlockError('InvalidArgument', 'give the new backing file (-b FILE, or -b "" for none) or use unsafe mode (-u)');
     }
-    // Backing files are only read, so their cache mode changes nothing; checked for qemu-img's syntax.
-    cacheArg(args, 'source-cache');
+    sourceCacheArg(args);
     await rebase(
       {
         filename,
