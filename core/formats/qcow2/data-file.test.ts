@@ -6,7 +6,7 @@
  * directory, Platter against the image's folder (as for backing files), so
  * qemu runs in the images' folder here and both find the same file.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../image/open.js';
 import { platter } from '../../test/cli.js';
@@ -126,6 +126,30 @@ describe.skipIf(!HAS_QEMU)('qcow2 external data files', () => {
     expect(r.stderr).toBe(`platter: ${img}: ${message}\n`);
     expect(existsSync(img) || existsSync(t.path('x.data'))).toBe(false);
     expect(shStatus('qemu-img', ['create', '-f', 'qcow2', '-o', opts, t.path('q-refused.qcow2'), '1M']).status).toBe(1);
+  });
+
+  it.each([
+    ['plain', '', ['--shrink', '1M']],
+    ['plain', '', ['+16M']],
+    ['plain', '', ['--preallocation=falloc', '+16M']],
+    ['raw', ',data_file_raw=on', ['+16M']],
+    ['raw', ',data_file_raw=on', ['--shrink', '1M']],
+  ])('resize (%s data file, %j) leaves the data file and the map as qemu-img does', async (_kind, raw, args) => {
+    const [flags, size] = [args.slice(0, -1), args[args.length - 1]];
+    const tag = `rs-${raw ? 'raw' : 'plain'}-${args.join('').replace(/\W/g, '')}`;
+    for (const who of ['ours', 'theirs']) {
+      qemu('create', '-q', '-f', 'qcow2', '-o', `data_file=${tag}-${who}.data${raw}`, `${tag}-${who}.qcow2`, '32M');
+      qemuIo(`${tag}-${who}.qcow2`, ['write -P 1 0 1M', 'write -P 2 31M 1M']);
+    }
+    expect((await platter(['resize', ...flags, t.path(`${tag}-ours.qcow2`), size])).code).toBe(0);
+    qemu('resize', ...flags, `${tag}-theirs.qcow2`, size);
+    const data = (who: string) => statSync(t.path(`${tag}-${who}.data`));
+    // Past a shrink's end nothing stays; a grow makes the file the guest's size, preallocated as asked.
+    expect(data('ours').size).toBe(data('theirs').size);
+    expect(data('ours').blocks).toBe(data('theirs').blocks);
+    const map = (who: string) => qemu('map', '--output=json', `${tag}-${who}.qcow2`).replaceAll(`${tag}-${who}`, 'X');
+    expect(map('ours')).toBe(map('theirs'));
+    expectClean(`${tag}-ours.qcow2`);
   });
 
   it('amend renames the data file and stops keeping it raw, refusing what qemu-img refuses', async () => {

@@ -1383,21 +1383,29 @@ export class Qcow2Image
       }
       this.header.size = size;
       await this.writeHeader();
-      // A raw data file stays the size of the guest.
-      if (this.rawData) await this.data.truncate(size);
-      if (opts.prealloc !== 'off' && size > old) await this.preallocateLocked(opts.prealloc, old);
+      // A raw data file is the guest: its new part is mapped too, or what is
+      // written there through the data file would read as zeros here (QEMU
+      // maps it, as create does).
+      const prealloc = this.rawData && opts.prealloc === 'off' ? 'metadata' : opts.prealloc;
+      // An external data file is the size of the guest, as QEMU keeps it, its
+      // new part preallocated as asked (a shrink cuts it in trimFile).
+      if (this.externalData && size > old) await this.data.truncate(size, prealloc === 'metadata' ? 'off' : prealloc);
+      if (prealloc !== 'off' && size > old) await this.preallocateLocked(prealloc, old);
       if (size < old) await this.trimFile();
     });
   }
 
   /**
-   * After a shrink, the file gives back what the image no longer uses, as
-   * QEMU's does: refcount blocks that count nothing else are dropped, and
-   * the file ends after its last cluster in use (Refcounts.trimEnd).
+   * After a shrink, the files give back what the image no longer uses, as
+   * QEMU's do: refcount blocks that count nothing else are dropped, the
+   * file ends after its last cluster in use (Refcounts.trimEnd), and an
+   * external data file ends with the guest. Only once no table on disk
+   * maps what is cut.
    */
   private async trimFile(): Promise<void> {
     await this.giveBackFreed();
     await this.writeBackDurably();
+    if (this.externalData) await this.data.truncate(this.size);
     await this.refcounts.dropEmptyBlocks();
     const end = await this.refcounts.trimEnd();
     if (end < (await this.proto.size())) await this.proto.truncate(end);
