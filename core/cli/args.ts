@@ -89,6 +89,11 @@ export function cacheArg(p: Parsed, name: string): CacheMode {
   return v as CacheMode;
 }
 
+/** `-o help` (or `-o ?`): list the options instead of running, as qemu-img does. */
+export function asksOptionsHelp(options: Record<string, string>): boolean {
+  return 'help' in options || '?' in options;
+}
+
 /** Checks -T (see SOURCE_CACHE_OPTION). */
 export function sourceCacheArg(p: Parsed): void {
   cacheArg(p, 'source-cache');

@@ -216,6 +216,14 @@ describe('convert -t', () => {
     expect(r.stderr).toBe("platter: invalid cache mode 'none' (allowed values: writeback, unsafe)\n");
   });
 
+  it('-o help lists the target format\'s options, as create -o help does, and copies nothing', async () => {
+    const help = await platter(['convert', '-O', 'qcow2', '-o', 'help', source(), t.path('x.qcow2')]);
+    expect(help).toMatchObject({ code: 0, stdout: (await platter(['create', '-f', 'qcow2', '-o', 'help'])).stdout });
+    expect(help.stdout).toMatch(/^Supported options:\n[^]*cluster_size=<size>/);
+    expect(existsSync(t.path('x.qcow2'))).toBe(false);
+    expect((await platter(['convert', '-o', '?'])).stdout).toBe((await platter(['create', '-o', 'help'])).stdout);
+  });
+
   it('takes qemu-img\'s -T (the sources\' cache mode) in convert, compare and check', async () => {
     const src = source();
     expect(await platter(['convert', '-T', 'unsafe', src, t.path('x.raw')])).toMatchObject({ code: 0, stderr: '' });

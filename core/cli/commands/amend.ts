@@ -3,7 +3,7 @@ import { openImage } from '../../image/open.js';
 import { findDriver } from '../../image/registry.js';
 import { amend } from '../../ops/amend.js';
 import { formatOptionsHelp } from '../../options/schema.js';
-import { expectPositionals, flag, optionList, str, type Parsed } from '../args.js';
+import { asksOptionsHelp, expectPositionals, flag, optionList, str, type Parsed } from '../args.js';
 import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
@@ -23,7 +23,7 @@ export const amendCommand: Command = {
   async run(args, io) {
     if (args.values.options === undefined) throw new BlockError('InvalidArgument', 'must specify options (-o)');
     const options = optionList(args);
-    if ('help' in options || '?' in options) {
+    if (asksOptionsHelp(options)) {
       io.stdout.write(await amendHelp(args));
       return 0;
     }

@@ -1,6 +1,8 @@
 import { BlockError } from '../../image/errors.js';
 import { convert } from '../../ops/convert.js';
-import { cacheArg, flag, intArg, optionList, sizeArg, snapshotArg, sourceCacheArg, str, withBackingArgs } from '../args.js';
+import { createOptionsOf, findDriver } from '../../image/registry.js';
+import { formatOptionsHelp } from '../../options/schema.js';
+import { asksOptionsHelp, cacheArg, flag, intArg, optionList, sizeArg, snapshotArg, sourceCacheArg, str, withBackingArgs } from '../args.js';
 import { FORMAT_OPTION, QUIET_OPTION, OPEN_OPTIONS, SOURCE_CACHE_OPTION, type Command } from '../command.js';
 import { progressFromArgs, PROGRESS_FLAGS } from '../progress-args.js';
 
@@ -32,6 +34,11 @@ export const convertCommand: Command = {
     snapshot: { type: 'string', short: 'l' },
   },
   async run(args, io) {
+    const targetFormat = str(args, 'output-format') ?? 'raw';
+    if (asksOptionsHelp(optionList(args))) {
+      io.stdout.write(formatOptionsHelp(createOptionsOf(findDriver(targetFormat))));
+      return 0;
+    }
     if (args.positionals.length < 2) throw new BlockError('InvalidArgument', 'expected one or more source images and an output file');
     const sources = args.positionals.slice(0, -1);
     const target = args.positionals[args.positionals.length - 1];
@@ -46,7 +53,7 @@ export const convertCommand: Command = {
         sources,
         sourceFormat: str(args, 'format'),
         target,
-        targetFormat: str(args, 'output-format') ?? 'raw',
+        targetFormat,
         options: withBackingArgs(args, optionList(args)),
         noCreate,
         cache,

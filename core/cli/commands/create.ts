@@ -1,4 +1,4 @@
-import { expectPositionals, flag, optionList, str, withBackingArgs } from '../args.js';
+import { asksOptionsHelp, expectPositionals, flag, optionList, str, withBackingArgs } from '../args.js';
 import { FORMAT_OPTION, OPEN_OPTIONS, QUIET_OPTION, type Command } from '../command.js';
 import { create } from '../../ops/create.js';
 import { createOptionsOf, findDriver } from '../../image/registry.js';
@@ -21,7 +21,7 @@ export const createCommand: Command = {
   async run(args, io) {
     const format = str(args, 'format') ?? 'raw';
     const options = withBackingArgs(args, optionList(args));
-    if ('help' in options || '?' in options) {
+    if (asksOptionsHelp(options)) {
       io.stdout.write(formatOptionsHelp(createOptionsOf(findDriver(format))));
       return 0;
     }
