@@ -1374,9 +1374,15 @@ export class Qcow2Image
         }
       }
       if (needL1 > this.l1.length) await this.growL1(needL1);
+      // The rest of the old last cluster may still hold data from before a
+      // shrink (which keeps a partial cluster whole, as QEMU's does): grown
+      // back, it must read as zeros. QEMU zeroes it only over a longer backing file.
+      const zeroStart = Math.min(size, Math.ceil(old / cs) * cs);
+      if (zeroStart > old) {
+        const last = (await this.lookup(Math.floor(old / cs))).kind;
+        if (overBacking || last === 'data' || last === 'compressed' || last === 'subclusters') await this.writeZeroBytes(old, zeroStart - old);
+      }
       if (overBacking) {
-        const zeroStart = Math.min(size, Math.ceil(old / cs) * cs);
-        if (zeroStart > old) await this.writeZeroBytes(old, zeroStart - old);
         const first = zeroStart / cs;
         const last = Math.ceil(size / cs);
         if (last > first) await this.remap(first * cs, last * cs, () => ({ kind: 'zero', host: 0, copied: false }));

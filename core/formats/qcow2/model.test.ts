@@ -18,6 +18,8 @@
  *   longer than the old size (qemu zeroes it; it must not show backing data).
  *   Version 2 images cannot express that, so growing one over a longer
  *   backing file is refused (as qemu-img refuses it) and nothing changes.
+ * - resize (shrink): what was past the new end is gone; grown again, it
+ *   reads as zeros.
  *
  * Failures print the seed, the config and the last operations, so a run can
  * be replayed by putting that one config in CONFIGS.
@@ -270,13 +272,20 @@ describe.skipIf(!HAS_QEMU)('qcow2 driver against a model of the guest content', 
             await Promise.all(batch.map((m) => m.promise));
             for (const m of batch) m.apply();
           } else if (kind < 0.69) {
-            // Grow by up to a quarter, in whole sectors, at most to 3x the start.
+            // Grow by up to a quarter, in whole sectors, at most to 3x the
+            // start; or, one time in three, shrink by up to a quarter.
             const old = model.size;
-            const size = Math.min(3 * cfg.size, old + 512 * rng.int(1, Math.max(2, old / 2048)));
+            const step = 512 * rng.int(1, Math.max(2, old / 2048));
+            const shrink = rng.next() < 1 / 3 && old - step >= 512;
+            const size = shrink ? old - step : Math.min(3 * cfg.size, old + step);
             log.push(`resize ${old} -> ${size}`);
             const layer = image.layer;
             if (!isResizable(layer)) throw new Error('the qcow2 layer must be resizable');
-            if (v2WithBacking && backing!.length > old) {
+            if (shrink) {
+              await layer.resize(size, { prealloc: 'off', shrink: true });
+              model.resize(size);
+              expect(image.size).toBe(size);
+            } else if (v2WithBacking && backing!.length > old) {
               await expect(layer.resize(size, { prealloc: 'off', shrink: false })).rejects.toThrow(/backing file/);
               expect(image.size).toBe(old);
             } else {
