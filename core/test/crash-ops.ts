@@ -26,6 +26,8 @@ export interface CrashVariant {
   /** Each resize grows the image by 1 to 3 of these, up to maxSize. */
   growStep: number;
   maxSize: number;
+  /** Resizes may also shrink the image by 1 to 3 growSteps, never below the window. */
+  shrinks?: boolean;
 }
 
 export const PREFILL_BYTE = 0x5a;
@@ -38,7 +40,8 @@ export type CrashOp =
   | { kind: 'snapshot-create'; name: string }
   | { kind: 'snapshot-delete'; name: string }
   | { kind: 'snapshot-apply'; name: string }
-  | { kind: 'grow'; size: number };
+  | { kind: 'grow'; size: number }
+  | { kind: 'shrink'; size: number };
 
 export const OP_KINDS: readonly CrashOp['kind'][] = [
   'write',
@@ -49,6 +52,7 @@ export const OP_KINDS: readonly CrashOp['kind'][] = [
   'snapshot-delete',
   'snapshot-apply',
   'grow',
+  'shrink',
 ];
 
 /** At most this many snapshots at once: each create and delete walks every table. */
@@ -95,9 +99,12 @@ export function* crashOps(seed: number, v: CrashVariant): Generator<CrashOp> {
     } else if (r < 0.58 && snapshots.length) {
       yield { kind: 'snapshot-apply', name: snapshots[rng.int(0, snapshots.length)] };
     } else if (r < 0.64 && !snapshots.length && size + v.growStep <= v.maxSize) {
-      // Qcow2 images with snapshots cannot be resized: grow only without.
+      // Version 2 qcow2 images with snapshots cannot be resized: resize only without.
       size = Math.min(v.maxSize, size + rng.int(1, 4) * v.growStep);
       yield { kind: 'grow', size };
+    } else if (r < 0.72 && v.shrinks && !snapshots.length && size - v.growStep >= v.window) {
+      size = Math.max(v.window, size - rng.int(1, 4) * v.growStep);
+      yield { kind: 'shrink', size };
     } else {
       const { offset, length } = range(4 * cs);
       yield { kind: 'write', offset, data: content(rng, length) };
@@ -141,6 +148,8 @@ export class GuestModel {
         this.window.fill(0, Math.ceil(op.offset / cs) * cs, Math.floor((op.offset + op.length) / cs) * cs);
         return;
       case 'grow':
+      case 'shrink':
+        // Past the window the guest holds zeros only: nothing else changes.
         this.size = op.size;
         return;
       case 'snapshot-create':

@@ -47,8 +47,9 @@ async function run(img: Image, op: CrashOp): Promise<void> {
       if (!hasSnapshots(layer)) throw new Error('no snapshots');
       return layer.applySnapshot(op.name);
     case 'grow':
+    case 'shrink':
       if (!isResizable(layer)) throw new Error('not resizable');
-      return layer.resize(op.size, { prealloc: 'off', shrink: false });
+      return layer.resize(op.size, { prealloc: 'off', shrink: op.kind === 'shrink' });
   }
 }
 

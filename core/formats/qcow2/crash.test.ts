@@ -14,7 +14,8 @@
  * The worker (core/test/crash-worker.ts) runs seeded random operations on
  * images of several variants: writes of any size and alignment, zero
  * writes, discards, compressed writes, snapshot creation, deletion and
- * application, and resizes that move the L1 table; one variant also
+ * application, and resizes that move the L1 table (and shrinks, which free
+ * tables, drop refcount blocks and cut the file); one variant also
  * outgrows its refcount table. Three kills in four come at an exact moment: the worker kills
  * itself before a chosen write of a chosen operation (reproducible); every
  * fourth comes from outside after a random delay.
@@ -68,6 +69,7 @@ const VARIANTS: CrashVariant[] = [
     lazy: false,
     growStep: 512 * MiB,
     maxSize: 8 * GiB,
+    shrinks: true,
   })),
   {
     name: 'cluster_size=512',
@@ -81,6 +83,7 @@ const VARIANTS: CrashVariant[] = [
     lazy: false,
     growStep: 32 * KiB,
     maxSize: 16 * MiB,
+    shrinks: true,
   },
   {
     name: 'refcount_bits=1',
@@ -94,6 +97,7 @@ const VARIANTS: CrashVariant[] = [
     lazy: false,
     growStep: 2 * MiB,
     maxSize: 64 * MiB,
+    shrinks: true,
   },
   {
     name: 'refcount_bits=64',
@@ -107,6 +111,7 @@ const VARIANTS: CrashVariant[] = [
     lazy: false,
     growStep: 32 * KiB,
     maxSize: 16 * MiB,
+    shrinks: true,
   },
   {
     name: 'lazy_refcounts=on',
@@ -120,6 +125,7 @@ const VARIANTS: CrashVariant[] = [
     lazy: true,
     growStep: 2 * MiB,
     maxSize: 64 * MiB,
+    shrinks: true,
   },
 ];
 
